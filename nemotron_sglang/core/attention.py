@@ -1,0 +1,140 @@
+"""Reference attention over the paged KV cache for every mask kind NLD's modes use (the oracle).
+
+A request's pass has ``P`` committed tokens in the cache (positions ``0..P-1``) and ``L`` new
+query tokens. Every query sees the whole cached prefix; what it sees among the new tokens
+depends on the :class:`MaskKind` (``x`` = may attend, ``.`` = masked; columns after ``|`` are
+the new tokens):
+
+CAUSAL (prefill, AR decode, verify, KV refresh)::
+
+    prefix | n0 n1 n2 n3
+    x x x  | x  .  .  .
+    x x x  | x  x  .  .
+    x x x  | x  x  x  .
+    x x x  | x  x  x  x
+
+BIDIRECTIONAL (diffusion denoise, self-spec draft): every new token sees every new token::
+
+    x x x  | x  x  x  x      (all rows)
+
+QUADRATIC (quadratic self-spec, model_spec §2.5), R rows of ``[d_i, M×B]`` (here R=2, B=2, so
+new tokens are ``d0 m m d1 m m``): ``d_i`` sees ``d_0..d_i``; row ``i``'s masks see
+``d_0..d_i`` and their whole own row::
+
+             d0 m  m  d1 m  m
+    d0    x | x  .  .  .  .  .
+    m     x | x  x  x  .  .  .
+    m     x | x  x  x  .  .  .
+    d1    x | x  .  .  x  .  .
+    m     x | x  .  .  x  x  x
+    m     x | x  .  .  x  x  x
+
+Only causal passes may write KV: all new tokens for CAUSAL, the ``d_i`` heads of every row for
+QUADRATIC (their K/V are causal, hence equal to AR's).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+
+class MaskKind(str, enum.Enum):
+    CAUSAL = "causal"
+    BIDIRECTIONAL = "bidirectional"
+    QUADRATIC = "quadratic"
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """How one request's new tokens attend to each other. ``block`` is B for QUADRATIC."""
+
+    kind: MaskKind
+    block: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind == MaskKind.QUADRATIC and self.block < 1:
+            raise ValueError("a QUADRATIC mask needs block >= 1")
+
+    def rows(self, q_len: int) -> int:
+        """Number of quadratic rows in ``q_len`` new tokens (q_len = rows·(B+1))."""
+        if self.kind != MaskKind.QUADRATIC:
+            raise ValueError(f"{self.kind} mask has no rows")
+        if q_len % (self.block + 1):
+            raise ValueError(f"quadratic q_len {q_len} is not a multiple of B+1={self.block + 1}")
+        return q_len // (self.block + 1)
+
+    def kv_write_index(self, q_len: int) -> torch.Tensor:
+        """Indices (into the new tokens) whose K/V a KV-writing pass stores, in position order."""
+        if self.kind == MaskKind.CAUSAL:
+            return torch.arange(q_len)
+        if self.kind == MaskKind.QUADRATIC:
+            return torch.arange(self.rows(q_len)) * (self.block + 1)
+        raise ValueError("a BIDIRECTIONAL pass never writes KV")
+
+
+CAUSAL = MaskSpec(MaskKind.CAUSAL)
+BIDIRECTIONAL = MaskSpec(MaskKind.BIDIRECTIONAL)
+
+
+def quadratic(block: int) -> MaskSpec:
+    return MaskSpec(MaskKind.QUADRATIC, block)
+
+
+def build_mask(spec: MaskSpec, prefix_len: int, q_len: int, device=None) -> torch.Tensor:
+    """Dense boolean mask [q_len, prefix_len + q_len]; True where the query may attend."""
+    new = torch.zeros(q_len, q_len, dtype=torch.bool, device=device)
+    if spec.kind == MaskKind.CAUSAL:
+        new = torch.ones(q_len, q_len, dtype=torch.bool, device=device).tril()
+    elif spec.kind == MaskKind.BIDIRECTIONAL:
+        new[:] = True
+    else:
+        w = spec.block + 1
+        r = spec.rows(q_len)
+        row = torch.arange(q_len, device=device) // w
+        slot = torch.arange(q_len, device=device) % w
+        key_row, key_slot = row[None, :], slot[None, :]
+        sees_heads = (key_slot == 0) & (key_row <= row[:, None])
+        own_row = (key_row == row[:, None]) & (slot[:, None] > 0)
+        new = sees_heads | own_row
+        assert new.shape == (r * w, r * w)
+    prefix = torch.ones(q_len, prefix_len, dtype=torch.bool, device=device)
+    return torch.cat([prefix, new], dim=1)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    """Masked GQA softmax attention, computed in float32 (float64 if the input is float64).
+
+    q [Lq, Hq, d], k/v [Lk, Hkv, d], mask [Lq, Lk] bool -> out [Lq, Hq, d] in q's dtype.
+    """
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    group = q.shape[1] // k.shape[1]
+    qf = q.to(acc).transpose(0, 1)                                    # [Hq, Lq, d]
+    kf = k.to(acc).repeat_interleave(group, dim=1).transpose(0, 1)    # [Hq, Lk, d]
+    vf = v.to(acc).repeat_interleave(group, dim=1).transpose(0, 1)
+    scores = (qf @ kf.transpose(1, 2)) * scale
+    scores = scores.masked_fill(~mask[None], float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ vf                          # [Hq, Lq, d]
+    return out.transpose(0, 1).to(q.dtype)
+
+
+def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache, layer: int,
+                    batch, scale: float) -> torch.Tensor:
+    """Attention of a packed batch of new tokens over each request's cached prefix.
+
+    q [T, Hq, d], k_new/v_new [T, Hkv, d] for the packed new tokens of ``batch``
+    (a :class:`~nemotron_sglang.core.batch.ForwardBatch`); the prefix K/V of request ``r`` are
+    the first ``batch.prefix_lens[r]`` tokens of ``batch.seq_ids[r]`` in ``cache``.
+    Returns [T, Hq, d]. Kernels implement this same signature.
+    """
+    out = torch.empty_like(q)
+    for r, (start, end) in enumerate(batch.spans()):
+        pk, pv = cache.gather(layer, batch.seq_ids[r], batch.prefix_lens[r])
+        k = torch.cat([pk.to(k_new.dtype), k_new[start:end]])
+        v = torch.cat([pv.to(v_new.dtype), v_new[start:end]])
+        mask = build_mask(batch.masks[r], batch.prefix_lens[r], end - start, device=q.device)
+        out[start:end] = reference_attention(q[start:end], k, v, mask, scale)
+    return out

@@ -1,0 +1,82 @@
+"""``diffusion`` (FastDiffuser): block denoising with a confidence threshold (model_spec §3.2).
+
+Each block is ``[seed, mask × (B-1)]`` at the positions right after the committed KV. A denoise
+pass (bidirectional, no KV write) gives every masked slot a candidate and a confidence; the
+most confident masked slot and every masked slot with confidence >= threshold are committed.
+When no mask is left, one causal pass over the block writes its KV and picks the next seed
+from its last logit. The block's tokens are emitted when it is finished. A request stops early,
+without the refresh pass, once its output is decided: an EOS with no mask before it, or the
+first ``max_new_tokens - emitted`` slots all committed (later slots cannot change them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..attention import BIDIRECTIONAL, CAUSAL
+from .base import Pass, RequestState, Strategy
+from .sampling import diffusion_candidates, pick
+
+
+def commit_step(block: list[int], logits: torch.Tensor, mask_id: int, threshold: float,
+                temperature: float, generator: torch.Generator | None) -> list[int]:
+    """One denoise step on ``block`` [B] with its bidirectional logits [B, V]; returns the new
+    block. Commits the most confident masked slot plus every masked slot with confidence >=
+    threshold (threshold 0 commits all, > 1 exactly one)."""
+    masked = torch.tensor([t == mask_id for t in block])
+    if not masked.any():
+        return list(block)
+    cand, conf = diffusion_candidates(logits, temperature, mask_id, generator)
+    conf = conf.masked_fill(~masked, float("-inf"))
+    commit = masked & (conf >= threshold)
+    commit[int(conf.argmax())] = True
+    return [int(c) if m else t for t, c, m in zip(block, cand.tolist(), commit.tolist())]
+
+
+def decided_length(block: list[int], mask_id: int, eos_id: int, need: int) -> int | None:
+    """How many of the block's tokens finish the request, once that is decided: up to an EOS
+    with no mask before it, or the first ``need`` slots all unmasked. None while undecided or
+    when the whole block is committed and the request goes on (then the refresh pass runs)."""
+    for i, t in enumerate(block):
+        if t == mask_id:
+            return None
+        if t == eos_id or i + 1 >= need:
+            return i + 1
+    return None
+
+
+class DiffusionStrategy(Strategy):
+    name = "diffusion"
+
+    def start(self, req: RequestState, last_logits: torch.Tensor) -> None:
+        seed = int(pick(last_logits[None], req.params.temperature, req.mask_id, req.generator)[0])
+        req.scratch["block"] = [seed] + [req.mask_id] * (req.block - 1)
+        self._finish_if_decided(req)
+
+    def _finish_if_decided(self, req: RequestState) -> None:
+        block = req.scratch["block"]
+        n = decided_length(block, req.mask_id, req.eos_id, req.remaining)
+        if n is not None:
+            req.cycles += 1
+            req.cycle_tokens += req.emit(block[:n])
+            assert req.finished
+
+    def next_pass(self, req: RequestState) -> Pass:
+        block = req.scratch["block"]
+        pos = list(range(req.kv_len, req.kv_len + len(block)))
+        if req.mask_id in block:
+            return Pass(list(block), pos, BIDIRECTIONAL)
+        return Pass(list(block), pos, CAUSAL, write_kv=True)
+
+    def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
+        block = req.scratch["block"]
+        if p.write_kv:        # refresh pass: KV of the finished block, next seed
+            req.cycles += 1
+            req.cycle_tokens += req.emit(block)
+            self.start(req, logits[-1])
+            return len(block)
+        prm = req.params
+        req.scratch["block"] = commit_step(block, logits, req.mask_id, prm.threshold,
+                                           prm.temperature, req.generator)
+        self._finish_if_decided(req)
+        return 0

@@ -1,0 +1,164 @@
+"""Tiny NLD-format tokenizer: build, save and load it (one responsibility).
+
+Real Nemotron-Labs-Diffusion checkpoints cannot be downloaded here, so tests use tiny
+checkpoints in the exact Hugging Face layout. This module builds their tokenizer offline: a
+deterministic byte-level BPE whose ids 0..127 are special tokens with the NLD ids that matter
+(bos ``<s>`` = 1, eos / chat turn end ``<|im_end|>`` = 11, diffusion mask ``<|mask|>`` = 100),
+then the 256 byte-level symbols, then merges learned on a small embedded corpus. It writes and
+reads the HF files (``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``,
+``chat_template.jinja``). Only the standard library and ``tokenizers`` are used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+NUM_RESERVED = 128
+UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 11, 100
+_NAMED = {0: "<unk>", 1: "<s>", 2: "</s>", 10: "<|im_start|>", 11: "<|im_end|>", 100: "<|mask|>"}
+SPECIAL_TOKENS: dict[int, str] = {i: _NAMED.get(i, f"<SPECIAL_{i}>") for i in range(NUM_RESERVED)}
+BYTE_ALPHABET_SIZE = 256
+MIN_VOCAB_SIZE = NUM_RESERVED + BYTE_ALPHABET_SIZE + 1  # 385: at least one learned merge
+MODEL_MAX_LENGTH = 4096
+
+CHAT_TEMPLATE = (
+    "{{ '<s>' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A diffusion language model fills masked tokens in
+parallel, block by block, and commits the most confident predictions at every denoising step.
+Nemotron models are trained on large amounts of text, code and mathematics. The server receives
+a request, tokenizes the prompt, runs the model on the accelerator and streams the answer back.
+She opened the window and the cold morning air filled the small kitchen with the smell of rain.
+We measured the latency of each request and reported the median, the mean and the tail values.
+Please write a short story about a robot who learns to paint with watercolors in the mountains.
+What is the capital of France? The capital of France is Paris, a city on the river Seine.
+How many days are there in a leap year? There are 366 days in a leap year and 365 otherwise.
+The meeting starts at 10:30 on Monday, March 4th, 2024, in room 215 of the north building.
+In 1969, astronauts landed on the Moon; the mission lasted 8 days, 3 hours and 18 minutes.
+Water boils at 100 degrees Celsius at sea level, which is 212 degrees Fahrenheit.
+Pi is approximately 3.14159, and the square root of 2 is about 1.41421356.
+Our team shipped version 2.7.1 with 128 bug fixes, 42 new features and 7 performance improvements.
+The train leaves the station at 6:45 in the evening and arrives the next morning around 9:15.
+Students should read the first three chapters before the exam on Thursday afternoon.
+If you cannot find the answer in the documentation, ask a question on the community forum.
+Each layer has its own attention weights, a feed forward network and two normalization layers.
+The cache stores keys and values so that earlier positions do not have to be recomputed.
+Good software is simple to read, easy to test, and honest about what it does not support.
+My grandmother grows tomatoes, beans, peppers and sunflowers in her garden every summer.
+The library closes at eight o'clock, but the reading room stays open until midnight.
+def add(a, b):
+    return a + b
+
+def fibonacci(n: int) -> int:
+    if n < 2:
+        return n
+    return fibonacci(n - 1) + fibonacci(n - 2)
+
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+
+    def increment(self, step=1):
+        self.value += step
+        return self.value
+
+for i in range(10):
+    print(f"item {i}: {i * i}")
+
+import json
+data = {"name": "tiny", "layers": 2, "hidden_size": 64, "vocab_size": 512}
+with open("config.json", "w") as handle:
+    json.dump(data, handle, indent=2)
+
+numbers = [x for x in range(100) if x % 3 == 0]
+total = sum(numbers) / len(numbers)
+assert total > 0, "the average must be positive"
+"""
+
+
+def _default_texts() -> list[str]:
+    numbers = " ".join(str(i * 37 % 1000) for i in range(200))
+    return _CORPUS.splitlines() + [numbers]
+
+
+def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None) -> Tokenizer:
+    """Train the deterministic byte-level BPE tokenizer with exactly ``vocab_size`` entries."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be >= {MIN_VOCAB_SIZE}, got {vocab_size}")
+    specials = [AddedToken(SPECIAL_TOKENS[i], special=True, normalized=False) for i in range(NUM_RESERVED)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=0,
+        show_progress=False,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(list(_default_texts() if texts is None else texts), trainer=trainer)
+    tok.add_special_tokens(specials)
+    got = tok.get_vocab_size()
+    if got != vocab_size:
+        raise ValueError(f"training texts too small: learned vocab of {got}, wanted {vocab_size}")
+    for i, s in SPECIAL_TOKENS.items():
+        if tok.token_to_id(s) != i:
+            raise RuntimeError(f"special token {s!r} got id {tok.token_to_id(s)}, expected {i}")
+    return tok
+
+
+def _added_token_entry(content: str) -> dict:
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+            "single_word": False, "special": True}
+
+
+def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> None:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja."""
+    os.makedirs(directory, exist_ok=True)
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    names = {"bos_token": SPECIAL_TOKENS[BOS_ID], "eos_token": SPECIAL_TOKENS[EOS_ID],
+             "unk_token": SPECIAL_TOKENS[UNK_ID], "pad_token": SPECIAL_TOKENS[EOS_ID]}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **names,
+        "add_bos_token": False,
+        "model_max_length": MODEL_MAX_LENGTH,
+        "chat_template": CHAT_TEMPLATE,
+        "added_tokens_decoder": {str(i): _added_token_entry(s) for i, s in SPECIAL_TOKENS.items()},
+    }
+    files = {
+        "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+        "special_tokens_map.json": json.dumps(names, indent=2) + "\n",
+        "chat_template.jinja": CHAT_TEMPLATE,
+    }
+    for name, text in files.items():
+        with open(os.path.join(directory, name), "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """Load ``tokenizer.json`` from ``directory``."""
+    path = os.path.join(directory, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no tokenizer.json at {path}")
+    return Tokenizer.from_file(path)
+
+
+def encode(tok: Tokenizer, text: str) -> list[int]:
+    """Token ids of ``text``; special-token text maps to its id, no bos/eos is added."""
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def decode(tok: Tokenizer, ids: list[int], skip_special: bool = False) -> str:
+    """Text of ``ids``; ``skip_special`` drops the special tokens (ids < 128)."""
+    return tok.decode(list(ids), skip_special_tokens=skip_special)

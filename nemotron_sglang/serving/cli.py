@@ -1,0 +1,129 @@
+"""The ``nemotron-sglang`` command line: ``make-tiny-checkpoint`` and ``generate``.
+
+``generate`` runs core's decoders in this process (no server): it is the reference path the
+SGLang plugin is compared against. With no ``--model`` it uses the embedded default, a tiny
+generated checkpoint cached under ``$NEMOTRON_SGLANG_CACHE`` (default ``~/.cache/nemotron-sglang``).
+With ``--json`` the last line printed is one JSON object: ``output_ids`` (generated tokens only),
+``text``, ``forwards``, ``tokens_per_forward``, ``finish_reason``, ``mode`` and, for
+self-speculation, ``acceptance_length``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
+
+
+def default_model_dir() -> Path:
+    """The embedded default checkpoint, generated once (deterministic, seed 0, with LoRA)."""
+    from ..core.weights import write_tiny_checkpoint
+
+    root = Path(os.environ.get("NEMOTRON_SGLANG_CACHE", Path.home() / ".cache" / "nemotron-sglang"))
+    d = root / "tiny-seed0"
+    if not d.exists():
+        tmp = root / f".tiny-seed0.{os.getpid()}"
+        write_tiny_checkpoint(tmp, seed=0, with_lora=True)
+        try:
+            tmp.rename(d)          # atomic: the directory is complete or absent
+        except OSError:            # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prompt-ids must be comma-separated integers: {text!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nemotron-sglang", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    mk = sub.add_parser("make-tiny-checkpoint", help="write a tiny random NLD checkpoint (HF layout)")
+    mk.add_argument("dir")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--block-size", type=int, default=None)
+    mk.add_argument("--with-lora", action="store_true")
+    mk.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+
+    g = sub.add_parser("generate", help="decode one prompt with core's decoders")
+    g.add_argument("--model", default=None, help="checkpoint dir (default: embedded tiny model)")
+    g.add_argument("--mode", choices=MODES, default="ar")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt")
+    src.add_argument("--prompt-ids", type=_ids)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--block-length", type=int, default=None)
+    g.add_argument("--threshold", type=float, default=0.9)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    lora = g.add_mutually_exclusive_group()
+    lora.add_argument("--lora", dest="lora", action="store_true", default=None)
+    lora.add_argument("--no-lora", dest="lora", action="store_false")
+    g.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32")
+    g.add_argument("--json", action="store_true")
+    return ap
+
+
+def _make(args) -> int:
+    from ..core.weights import write_tiny_checkpoint
+
+    d = write_tiny_checkpoint(args.dir, seed=args.seed, block_size=args.block_size,
+                              with_lora=args.with_lora, dtype=args.dtype)
+    print(d)
+    return 0
+
+
+def _generate(args) -> int:
+    import torch
+
+    from ..core.decoding import DecodeParams, Request, generate
+    from ..core.tokenizer import decode, encode, load_tokenizer
+    from ..core.weights import load_model
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    model = load_model(model_dir, dtype=getattr(torch, args.dtype), lora=args.lora)
+    tok = load_tokenizer(model_dir) if (model_dir / "tokenizer.json").exists() else None
+    if args.prompt is not None:
+        if tok is None:
+            raise ValueError(f"{model_dir} has no tokenizer.json; use --prompt-ids")
+        prompt = encode(tok, args.prompt)
+    else:
+        prompt = args.prompt_ids
+    params = DecodeParams(max_new_tokens=args.max_new_tokens, block_length=args.block_length,
+                          threshold=args.threshold, temperature=args.temperature, seed=args.seed,
+                          use_lora=args.lora is not False)
+    (res,) = generate(model, [Request(prompt, args.mode, params)])
+    text = decode(tok, res.output_ids) if tok is not None else None
+    out = {"mode": res.mode, "output_ids": res.output_ids, "text": text,
+           "forwards": res.forwards, "tokens_per_forward": round(res.tokens_per_forward, 4),
+           "finish_reason": res.finish_reason, "acceptance_length": res.acceptance_length,
+           "lora": model.has_lora and args.lora is not False and args.mode == "linear_spec"}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(text if text is not None else res.output_ids)
+        print(f"[{res.mode}] {len(res.output_ids)} tokens, {res.forwards} forwards, "
+              f"TPF {res.tokens_per_forward:.2f}, finish {res.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _make(args) if args.cmd == "make-tiny-checkpoint" else _generate(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nemotron-sglang: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
