@@ -83,7 +83,7 @@ def speculative_accept(drafts: list[int], draft_probs: torch.Tensor | None,
                 return out
         out.append(verified[n])
         return out
-    if draft_probs is None:
+    if draft_probs is None and n:
         raise ValueError("sampled verification needs the draft distributions")
     p = target_probs(target_logits, temperature, mask_id)
     out = []

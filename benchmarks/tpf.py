@@ -1,0 +1,214 @@
+"""Tokens-per-forward benchmark of core's decoders: one table of TPF, acceptance and speed per mode.
+
+For a batch of seeded random prompts it runs ``ar``, ``diffusion``, ``linear_spec`` (LoRA drafter
+on and off) and ``quadratic_spec`` through core's step loop (``make_decoder`` + ``default_cache``,
+all prompts of a mode in one batch), at each requested block length, and prints the figures with
+the hardware, dtype, checkpoint geometry and exact command line. It also checks that both
+self-speculation modes reproduce ``ar``'s greedy output exactly (exit code 1 if not).
+
+    python benchmarks/tpf.py                       # tiny random checkpoint with LoRA, B = 4
+    python benchmarks/tpf.py --block-lengths 2,4 --markdown
+    python benchmarks/tpf.py --model /path/to/checkpoint --trained --dtype bfloat16
+
+Random weights make TPF and acceptance plumbing figures only (drafts rarely agree with the
+verifier); pass ``--trained`` only for a checkpoint with trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nemotron_sglang.core.decoding import (DecodeError, DecodeParams, Request, default_cache,
+                                           make_decoder)
+from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
+
+# (mode, use_lora) in table order; ar ignores the block length and runs once.
+VARIANTS = (("diffusion", False), ("linear_spec", True), ("linear_spec", False),
+            ("quadratic_spec", False))
+LOSSLESS = ("linear_spec", "quadratic_spec")
+
+
+@dataclass
+class Row:
+    mode: str
+    block: str
+    lora: str
+    requests: int
+    tokens: int
+    forwards: int
+    acceptance: float | None
+    model_calls: int
+    wall_s: float
+    outputs: list[list[int]]
+
+    @property
+    def tpf(self) -> float:
+        return self.tokens / self.forwards if self.forwards else float("nan")
+
+    def cells(self) -> list[str]:
+        acc = "-" if self.acceptance is None else f"{self.acceptance:.3f}"
+        tps = self.tokens / self.wall_s if self.wall_s > 0 else float("inf")
+        return [self.mode, self.block, self.lora, str(self.requests), str(self.tokens),
+                str(self.forwards), f"{self.tpf:.3f}", acc, str(self.model_calls),
+                f"{self.wall_s:.3f}", f"{tps:.1f}"]
+
+
+HEADERS = ["mode", "block", "lora", "requests", "tokens", "forwards", "TPF", "accept len",
+           "model calls", "wall s", "tokens/s"]
+
+
+def _block_lengths(text: str) -> list[int]:
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers expected, got {text!r}")
+    if not out:
+        raise argparse.ArgumentTypeError("at least one block length is needed")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None,
+                    help="checkpoint dir (default: a tiny random checkpoint with LoRA, temp dir)")
+    ap.add_argument("--prompts", type=int, default=32, help="number of random prompts")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--block-lengths", type=_block_lengths, default=[4],
+                    help="comma list, each <= the checkpoint's block_size (default 4)")
+    ap.add_argument("--threshold", type=float, default=0.9, help="diffusion unmask threshold")
+    ap.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32")
+    ap.add_argument("--seed", type=int, default=0, help="prompt (and tiny checkpoint) seed")
+    ap.add_argument("--trained", action="store_true",
+                    help="the checkpoint has trained weights (drops the random-weights note)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = ap.parse_args(argv)
+    if args.prompts < 1:
+        ap.error("--prompts must be >= 1")
+    return args
+
+
+def random_prompts(n: int, vocab_size: int, seed: int) -> list[list[int]]:
+    """n prompts of 4..24 tokens drawn from the non-special ids 128..vocab-1."""
+    rng = random.Random(seed)
+    return [[rng.randrange(128, vocab_size) for _ in range(rng.randint(4, 24))] for _ in range(n)]
+
+
+def run_variant(model, prompts, mode: str, block: int, use_lora: bool, args) -> Row:
+    params = DecodeParams(max_new_tokens=args.max_new_tokens, block_length=block,
+                          threshold=args.threshold, temperature=0.0, seed=args.seed,
+                          use_lora=use_lora)
+    requests = [Request(p, mode, params) for p in prompts]
+    decoder = make_decoder(model, default_cache(model, requests))
+    t0 = time.perf_counter()
+    results = decoder.run(requests)
+    wall = time.perf_counter() - t0
+    accs = [r.acceptance_length for r in results if r.acceptance_length is not None]
+    if mode == "linear_spec":
+        lora = ("on" if use_lora else "off") if model.has_lora else "absent"
+    else:
+        lora = "-"
+    return Row(mode=mode, block="-" if mode == "ar" else str(block), lora=lora,
+               requests=len(results), tokens=sum(len(r.output_ids) for r in results),
+               forwards=sum(r.forwards for r in results),
+               acceptance=sum(accs) / len(accs) if accs else None,
+               model_calls=decoder.stats.model_calls, wall_s=wall,
+               outputs=[r.output_ids for r in results])
+
+
+def format_table(rows: list[Row], markdown: bool) -> str:
+    cells = [r.cells() for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(HEADERS) + " |",
+                 "|" + "|".join("---" if i < 3 else "---:" for i in range(len(HEADERS))) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(HEADERS)]
+    fmt = lambda row: "  ".join(v.ljust(w) if i < 3 else v.rjust(w)  # noqa: E731
+                                for i, (v, w) in enumerate(zip(row, widths)))
+    return "\n".join([fmt(HEADERS), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells])
+
+
+def header(args, model_dir: Path, generated: bool, cfg) -> str:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        f"command:    {shlex.join([sys.executable, *sys.argv])}",
+        f"hardware:   {cpu}, {os.cpu_count()} CPUs ({platform.platform()})",
+        f"torch:      {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, device cpu",
+        f"dtype:      {args.dtype}",
+        f"checkpoint: {model_dir}" + (f" (generated: tiny preset, seed {args.seed}, LoRA)"
+                                      if generated else ""),
+        f"geometry:   hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, heads "
+        f"{cfg.num_attention_heads}/{cfg.num_key_value_heads} kv, head_dim {cfg.head_dim}, "
+        f"intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}, context "
+        f"{cfg.max_position_embeddings}, block_size {cfg.block_size}",
+        f"workload:   {args.prompts} prompts (4..24 tokens, seed {args.seed}), max_new_tokens "
+        f"{args.max_new_tokens}, temperature 0, diffusion threshold {args.threshold}, "
+        f"block lengths {','.join(map(str, args.block_lengths))}",
+    ]
+    if not args.trained:
+        lines.append("NOTE: random weights - TPF/acceptance are plumbing figures, not quality")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="nld-tpf-") as tmp:
+        generated = args.model is None
+        model_dir = Path(args.model) if args.model else write_tiny_checkpoint(
+            Path(tmp) / "tiny", seed=args.seed, with_lora=True)
+        try:
+            model = load_model(model_dir, dtype=getattr(torch, args.dtype))
+        except (ValueError, FileNotFoundError) as e:
+            print(f"tpf: error: {e}", file=sys.stderr)
+            return 2
+        cfg = model.config
+        too_big = [b for b in args.block_lengths if b > cfg.block_size]
+        if too_big:
+            print(f"tpf: error: block lengths {too_big} exceed the checkpoint's block_size "
+                  f"{cfg.block_size}", file=sys.stderr)
+            return 2
+        prompts = random_prompts(args.prompts, cfg.vocab_size, args.seed)
+        print(header(args, model_dir, generated, cfg))
+        print()
+
+        variants = [(m, lora) for m, lora in VARIANTS if m != "linear_spec" or lora
+                    or model.has_lora]
+        try:
+            for mode, lora in [("ar", False), *variants]:     # warm-up, not timed
+                run_variant(model, prompts[:1], mode, args.block_lengths[0], lora,
+                            argparse.Namespace(**{**vars(args), "max_new_tokens": 4}))
+            ar = run_variant(model, prompts, "ar", args.block_lengths[0], False, args)
+            rows = [ar] + [run_variant(model, prompts, mode, block, lora, args)
+                           for block in args.block_lengths for mode, lora in variants]
+        except DecodeError as e:
+            print(f"tpf: error: {e}", file=sys.stderr)
+            return 2
+
+    print(format_table(rows, args.markdown))
+    print()
+    ok = True
+    for row in rows:
+        if row.mode not in LOSSLESS:
+            continue
+        same = sum(a == b for a, b in zip(row.outputs, ar.outputs))
+        good = same == len(ar.outputs)
+        ok &= good
+        print(f"lossless check: {row.mode:<14} block {row.block} lora {row.lora:<6} == ar at T=0: "
+              f"{'OK' if good else 'MISMATCH'} ({same}/{len(ar.outputs)} requests)")
+    print("lossless: PASS" if ok else "lossless: FAIL (self-speculation diverged from ar)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

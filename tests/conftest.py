@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny NLD checkpoints generated once per session, models in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemotron_sglang.core.kv_cache import PagedKVCache
+from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def ckpt_dirs(tmp_path_factory):
+    """name -> checkpoint dir: seeds 0..2, block sizes 4 / 8, with and without LoRA."""
+    root = tmp_path_factory.mktemp("ckpts")
+    specs = {"s0_lora": dict(seed=0, with_lora=True), "s1_b8": dict(seed=1, block_size=8),
+             "s2_lora": dict(seed=2, with_lora=True)}
+    return {name: write_tiny_checkpoint(root / name, **kw) for name, kw in specs.items()}
+
+
+@pytest.fixture(scope="session")
+def model64(ckpt_dirs):
+    return load_model(ckpt_dirs["s0_lora"], dtype=torch.float64)
+
+
+def new_cache(model, num_pages=256, page_size=4, shuffle_seed=None) -> PagedKVCache:
+    c = model.config
+    return PagedKVCache(num_layers=c.num_hidden_layers, num_kv_heads=c.num_key_value_heads,
+                        head_dim=c.head_dim, num_pages=num_pages, page_size=page_size,
+                        dtype=model.dtype, shuffle_seed=shuffle_seed)
+
+
+def random_prompts(n: int, seed: int, vocab: int, lo: int = 1, hi: int = 16,
+                   avoid: tuple[int, ...] = (100,)) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        ids = torch.randint(0, vocab, (length,), generator=g).tolist()
+        out.append([t if t not in avoid else t + 1 for t in ids])
+    return out
