@@ -104,10 +104,12 @@ def random_prompts(n: int, vocab_size: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(128, vocab_size) for _ in range(rng.randint(4, 24))] for _ in range(n)]
 
 
-def run_variant(model, prompts, mode: str, block: int, use_lora: bool, args) -> Row:
-    params = DecodeParams(max_new_tokens=args.max_new_tokens, block_length=block,
-                          threshold=args.threshold, temperature=0.0, seed=args.seed,
-                          use_lora=use_lora)
+def run_variant(model, prompts, mode: str, block: int, use_lora: bool, args,
+                max_new_tokens: int | None = None) -> Row:
+    """All ``prompts`` as one batch through a fresh decoder; figures summed over requests."""
+    params = DecodeParams(max_new_tokens=max_new_tokens or args.max_new_tokens,
+                          block_length=block, threshold=args.threshold, temperature=0.0,
+                          seed=args.seed, use_lora=use_lora)
     requests = [Request(p, mode, params) for p in prompts]
     decoder = make_decoder(model, default_cache(model, requests))
     t0 = time.perf_counter()
@@ -133,8 +135,11 @@ def format_table(rows: list[Row], markdown: bool) -> str:
                  "|" + "|".join("---" if i < 3 else "---:" for i in range(len(HEADERS))) + "|"]
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(HEADERS)]
-    fmt = lambda row: "  ".join(v.ljust(w) if i < 3 else v.rjust(w)  # noqa: E731
-                                for i, (v, w) in enumerate(zip(row, widths)))
+
+    def fmt(row: list[str]) -> str:   # text columns left-aligned, numbers right-aligned
+        return "  ".join(v.ljust(w) if i < 3 else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(row, widths)))
+
     return "\n".join([fmt(HEADERS), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells])
 
 
@@ -186,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                     or model.has_lora]
         try:
             for mode, lora in [("ar", False), *variants]:     # warm-up, not timed
-                run_variant(model, prompts[:1], mode, args.block_lengths[0], lora,
-                            argparse.Namespace(**{**vars(args), "max_new_tokens": 4}))
+                run_variant(model, prompts[:1], mode, args.block_lengths[0], lora, args,
+                            max_new_tokens=4)
             ar = run_variant(model, prompts, "ar", args.block_lengths[0], False, args)
             rows = [ar] + [run_variant(model, prompts, mode, block, lora, args)
                            for block in args.block_lengths for mode, lora in variants]

@@ -294,19 +294,20 @@ def test_missing_head_dim_falls_back_to_hidden_over_heads():
     assert NLDConfig.from_hf_dict(d).head_dim == 4096 // 32
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="BUG config.py from_hf_dict: a config.json that is valid JSON but not an "
-                          "object (e.g. a list) hits d.get(...) -> AttributeError, not ConfigError")
 def test_from_pretrained_json_not_an_object(tmp_path):
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(ConfigError):
         NLDConfig.from_pretrained(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason="BUG config.py from_hf_dict: without head_dim, hidden_size // "
-                          "num_attention_heads is computed before validation, so "
-                          "num_attention_heads=0 gives ZeroDivisionError, not ConfigError")
+def test_string_rope_factor_is_a_config_error():
+    d = cfg8b()
+    del d["max_position_embeddings"]
+    d["rope_parameters"] = dict(d["rope_parameters"], factor="16")
+    with pytest.raises(ConfigError):
+        NLDConfig.from_hf_dict(d)
+
+
 def test_zero_heads_without_head_dim():
     d = cfg8b(num_attention_heads=0)
     del d["head_dim"]

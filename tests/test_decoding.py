@@ -320,3 +320,12 @@ def test_self_spec_sampling_matches_ar_distribution_end_to_end(model64, mode):
              [sp.count(k) for k in big] + [n - sum(sp.count(k) for k in big)]]
     assert len(big) >= 4, big
     assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_block_length_one_degenerates_to_ar(model64):
+    prompts = random_prompts(6, seed=29, vocab=512)
+    ar = run(model64, prompts, "ar", [9] * 6)
+    for mode in ("diffusion", "linear_spec", "quadratic_spec"):
+        got = run(model64, prompts, mode, [9] * 6, block_length=1)
+        assert [g.output_ids for g in got] == [a.output_ids for a in ar]
+        assert [g.forwards for g in got] == [a.forwards for a in ar]   # no wasted draft pass

@@ -144,6 +144,15 @@ def test_probe_catches_violations(tmp_path):
 
 # ---- (b) static: AST scan of core ----------------------------------------------------------
 
+def _is_dynamic_import(call: ast.Call) -> bool:
+    """``__import__("x")`` or ``importlib.import_module("x")`` with a literal name."""
+    f = call.func
+    named = (isinstance(f, ast.Name) and f.id == "__import__") or \
+        (isinstance(f, ast.Attribute) and f.attr == "import_module")
+    return named and bool(call.args) and isinstance(call.args[0], ast.Constant) \
+        and isinstance(call.args[0].value, str)
+
+
 def _blocked_imports(path: Path, root: Path = ROOT) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     hits = []
@@ -153,10 +162,7 @@ def _blocked_imports(path: Path, root: Path = ROOT) -> list[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
-        elif (isinstance(node, ast.Call) and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-              and ((isinstance(node.func, ast.Name) and node.func.id == "__import__")
-                   or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"))):
+        elif isinstance(node, ast.Call) and _is_dynamic_import(node):
             names = [node.args[0].value]
         hits += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names
                  if n.split(".")[0] in BLOCKED]
@@ -183,11 +189,13 @@ def test_ast_scan_detects_forbidden_imports(tmp_path):
 def test_repo_ships_no_top_level_kernels_package():
     assert not (ROOT / "kernels" / "__init__.py").exists(), \
         "kernels/ must stay a plain directory (no __init__.py): 'kernels' is the HF hub package"
-    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = list(setuptools_cfg.get("packages", []) if isinstance(
-        setuptools_cfg.get("packages"), list) else [])
-    find = setuptools_cfg.get("packages", {}).get("find", {}) \
-        if isinstance(setuptools_cfg.get("packages"), dict) else {}
-    assert not any(p == "kernels" or p.startswith("kernels.") for p in listed)
-    include = find.get("include", ["*"])
-    assert not any(fnmatch.fnmatchcase("kernels", pat) for pat in include), include
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {}) \
+        .get("setuptools", {})
+    packages = setuptools_cfg.get("packages", {"find": {}})
+    if isinstance(packages, dict):      # [tool.setuptools.packages.find]
+        include = packages.get("find", {}).get("include", ["*"])
+        assert not any(fnmatch.fnmatchcase("kernels", pat) for pat in include), include
+    else:                               # an explicit packages = [...] list
+        assert not any(p.split(".")[0] == "kernels" for p in packages), packages
+    for top_level in ROOT.glob("*.egg-info/top_level.txt"):   # an installed build's record
+        assert "kernels" not in top_level.read_text().split(), top_level

@@ -144,7 +144,9 @@ class NLDConfig:
     # ---- HF round trip ------------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any]) -> "NLDConfig":
-        """Build from a parsed ``config.json``; refuses other architectures and unknown keys' types."""
+        """Build from a parsed ``config.json``; refuses other architectures and bad values."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"config.json must be a JSON object, got {type(d).__name__}")
         archs = d.get("architectures")
         if archs != [ARCHITECTURE]:
             raise ConfigError(f"unsupported architectures {archs!r}: expected [{ARCHITECTURE!r}]")
@@ -162,7 +164,10 @@ class NLDConfig:
         if "original_max_position_embeddings" in rp_kwargs:
             rp_kwargs["original_max_position_embeddings"] = int(
                 rp_kwargs["original_max_position_embeddings"])
-        rope = RopeParameters(**rp_kwargs)
+        try:
+            rope = RopeParameters(**rp_kwargs)
+        except TypeError as e:
+            raise ConfigError(f"bad rope_parameters: {e}") from None
         fields = {f.name for f in dataclasses.fields(cls)} - {"rope_parameters"}
         kwargs = {k: d[k] for k in fields if k in d}
         eos = kwargs.get("eos_token_id")
@@ -174,10 +179,22 @@ class NLDConfig:
                          "num_key_value_heads", "intermediate_size", "vocab_size"):
             if required not in kwargs:
                 raise ConfigError(f"config.json lacks required key {required!r}")
-        kwargs.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
-        kwargs.setdefault("max_position_embeddings",
-                          int(rope.factor * rope.original_max_position_embeddings))
-        return cls(rope_parameters=rope, **kwargs)
+        if "head_dim" not in kwargs:
+            heads = kwargs["num_attention_heads"]
+            if not isinstance(heads, int) or heads <= 0:
+                raise ConfigError(f"num_attention_heads must be a positive integer, got {heads!r}")
+            kwargs["head_dim"] = kwargs["hidden_size"] // heads
+        if "max_position_embeddings" not in kwargs:
+            try:
+                kwargs["max_position_embeddings"] = int(
+                    float(rope.factor) * int(rope.original_max_position_embeddings))
+            except (TypeError, ValueError):
+                raise ConfigError("max_position_embeddings missing and not derivable from "
+                                  "rope_parameters") from None
+        try:
+            return cls(rope_parameters=rope, **kwargs)
+        except TypeError as e:        # a value of the wrong type reached a comparison
+            raise ConfigError(f"invalid NLD config: {e}") from None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "NLDConfig":

@@ -102,7 +102,7 @@ def _generate(args) -> int:
                           threshold=args.threshold, temperature=args.temperature, seed=args.seed,
                           use_lora=args.lora is not False)
     (res,) = generate(model, [Request(prompt, args.mode, params)])
-    text = decode(tok, res.output_ids) if tok is not None else None
+    text = decode(tok, res.output_ids, skip_special=True) if tok is not None else None
     out = {"mode": res.mode, "output_ids": res.output_ids, "text": text,
            "forwards": res.forwards, "tokens_per_forward": round(res.tokens_per_forward, 4),
            "finish_reason": res.finish_reason, "acceptance_length": res.acceptance_length,

@@ -2,7 +2,7 @@
 
 The prefill's pick is the seed and is emitted. Each cycle drafts ``[seed, mask × (B-1)]`` with
 bidirectional attention (LoRA on when loaded and wanted), fills every mask, then verifies the
-block causally (LoRA off), staging B KV entries. The longest agreeing prefix of c drafts plus
+block causally (LoRA off), staging B KV entries (B = 1 skips the draft pass: plain AR). The longest agreeing prefix of c drafts plus
 the verifier's next token are emitted; KV is kept for the seed and the c accepted drafts; the
 last emitted token is the next seed. At T = 0 the output equals greedy ``ar`` exactly; at T > 0
 :func:`speculative_accept` keeps AR's distribution.
@@ -31,10 +31,10 @@ class LinearSpecStrategy(Strategy):
         pos = list(range(req.kv_len, req.kv_len + b))
         seed = req.output[-1]
         drafts = req.scratch["drafts"]
-        if drafts is None:
+        if drafts is None and b > 1:
             return Pass([seed] + [req.mask_id] * (b - 1), pos, BIDIRECTIONAL,
                         lora=req.lora)
-        return Pass([seed] + drafts, pos, CAUSAL, write_kv=True)
+        return Pass([seed] + (drafts or []), pos, CAUSAL, write_kv=True)
 
     def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
         prm = req.params
@@ -42,7 +42,7 @@ class LinearSpecStrategy(Strategy):
             drafts, q = draft_tokens(logits[1:], prm.temperature, req.mask_id, req.generator)
             req.scratch.update(drafts=drafts, q=q)
             return 0
-        drafts, q = req.scratch["drafts"], req.scratch["q"]
+        drafts, q = req.scratch["drafts"] or [], req.scratch["q"]
         req.scratch.update(drafts=None, q=None)
         out = speculative_accept(drafts, q, logits, prm.temperature, req.mask_id, req.generator)
         req.cycles += 1
