@@ -24,7 +24,7 @@ class ARStrategy(Strategy):
         self._take(req, last_logits)
 
     def next_pass(self, req: RequestState) -> Pass:
-        return Pass([req.output[-1]], [req.kv_len], CAUSAL, write_kv=True)
+        return Pass([req.output[-1]], [req.kv_len], CAUSAL, write_kv=True, refresh=True)
 
     def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
         self._take(req, logits[-1])

@@ -46,13 +46,20 @@ class DecodeParams:
 
 @dataclass(frozen=True)
 class Pass:
-    """One request's share of a forward: new tokens at positions starting at the KV length."""
+    """One request's share of a forward: new tokens at positions starting at the KV length.
+
+    ``refresh`` marks a causal pass whose only jobs are writing the KV of tokens already emitted
+    and yielding the next seed from its last logit (AR decode, diffusion KV refresh). A server
+    that re-encodes committed tokens itself (SGLang's separate context pass) skips such a pass
+    and calls ``start`` with the re-encode's last logit instead; nothing else changes.
+    """
 
     token_ids: list[int]
     positions: list[int]
     mask: MaskSpec
     write_kv: bool = False
     lora: bool = False
+    refresh: bool = False
 
     @property
     def group(self) -> tuple:

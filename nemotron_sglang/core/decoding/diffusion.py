@@ -3,10 +3,10 @@
 Each block is ``[seed, mask × (B-1)]`` at the positions right after the committed KV. A denoise
 pass (bidirectional, no KV write) gives every masked slot a candidate and a confidence; the
 most confident masked slot and every masked slot with confidence >= threshold are committed.
-When no mask is left, one causal pass over the block writes its KV and picks the next seed
-from its last logit. The block's tokens are emitted when it is finished. A request stops early,
-without the refresh pass, once its output is decided: an EOS with no mask before it, or the
-first ``max_new_tokens - emitted`` slots all committed (later slots cannot change them).
+When no mask is left the block's tokens are emitted, and one causal pass over the block (a
+``refresh`` pass) writes its KV and picks the next seed from its last logit. A request stops
+early, without the refresh pass, once its output is decided: an EOS with no mask before it, or
+the first ``max_new_tokens - emitted`` slots all committed (later slots cannot change them).
 """
 
 from __future__ import annotations
@@ -54,25 +54,26 @@ class DiffusionStrategy(Strategy):
         self._finish_if_decided(req)
 
     def _finish_if_decided(self, req: RequestState) -> None:
+        """Emit once the block is settled: all of it (the refresh pass follows), or the decided
+        prefix that finishes the request."""
         block = req.scratch["block"]
         n = decided_length(block, req.mask_id, req.eos_id, req.remaining)
+        if n is None and req.mask_id not in block:
+            n = len(block)
         if n is not None:
             req.cycles += 1
             req.cycle_tokens += req.emit(block[:n])
-            assert req.finished
 
     def next_pass(self, req: RequestState) -> Pass:
         block = req.scratch["block"]
         pos = list(range(req.kv_len, req.kv_len + len(block)))
         if req.mask_id in block:
             return Pass(list(block), pos, BIDIRECTIONAL)
-        return Pass(list(block), pos, CAUSAL, write_kv=True)
+        return Pass(list(block), pos, CAUSAL, write_kv=True, refresh=True)
 
     def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
         block = req.scratch["block"]
-        if p.write_kv:        # refresh pass: KV of the finished block, next seed
-            req.cycles += 1
-            req.cycle_tokens += req.emit(block)
+        if p.write_kv:        # refresh pass: KV of the emitted block, next seed
             self.start(req, logits[-1])
             return len(block)
         prm = req.params

@@ -105,10 +105,11 @@ class Decoder:
             while True:
                 active = [s for s in states if not s.finished]
                 if on_step is not None:
-                    for sid in set(on_step(step, active)):
-                        st = next(s for s in active if s.rid == sid)
-                        st.finish_reason = "abort"
-                        self.cache.free(st.rid)
+                    doomed = set(on_step(step, active))
+                    for st in active:
+                        if st.rid in doomed:
+                            st.finish_reason = "abort"
+                            self.cache.free(st.rid)
                     active = [s for s in active if not s.finished]
                 if not active:
                     break

@@ -1,0 +1,61 @@
+"""The only code that imports sglang: NLD registered into an unmodified SGLang 0.5.23.
+
+``register()`` is the entry point (group ``sglang.srt.plugins``) that SGLang calls in every
+process. It is idempotent and self-checking: SGLang only logs plugin failures, so a wrong
+SGLang version or a hook target that does not resolve raises here, and the algorithm refuses
+to run if the hooks are not active. It registers
+- the HF config class for ``model_type = nemotron_labs_diffusion``;
+- the model class for architecture ``NemotronLabsDiffusionModel`` (overriding any in-tree one);
+- the dLLM algorithm ``NemotronTriMode``;
+- the hooks of ``hooks.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+SGLANG_VERSION = "0.5.23"
+_registered = False
+
+
+def _check_version() -> None:
+    from importlib.metadata import version
+
+    found = version("sglang")
+    if found != SGLANG_VERSION:
+        raise RuntimeError(f"nemotron-sglang supports sglang=={SGLANG_VERSION} only; "
+                           f"found {found}")
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    _check_version()
+    import pkgutil
+
+    from sglang.srt.dllm import algorithm as algorithms
+    from sglang.srt.models.registry import ModelRegistry
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from transformers import AutoConfig
+
+    from . import hooks
+    from .algorithm import NemotronTriMode
+    from .hf_config import NemotronLabsDiffusionConfig
+    from .model import ARCHITECTURE, NemotronLabsDiffusionForSGLang
+
+    AutoConfig.register(NemotronLabsDiffusionConfig.model_type, NemotronLabsDiffusionConfig,
+                        exist_ok=True)
+    ModelRegistry.models[ARCHITECTURE] = NemotronLabsDiffusionForSGLang
+    algorithms.algo_name_to_cls[hooks.ALGORITHM_NAME] = NemotronTriMode
+    for target, fn in ((hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args),
+                       (hooks.TP_WORKER_TARGET, hooks.attach_requests)):
+        pkgutil.resolve_name(target)          # raises if SGLang moved it
+        HookRegistry.register(target, fn, HookType.AROUND)
+    if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:
+        raise RuntimeError("NemotronTriMode did not register")
+    _registered = True
+    logger.info("nemotron-sglang: registered %s, %s and its hooks", ARCHITECTURE,
+                hooks.ALGORITHM_NAME)

@@ -1,0 +1,136 @@
+"""NLD on SGLang's layers: ``Ministral3ForCausalLM`` plus what NLD adds, and nothing of its own.
+
+SGLang 0.5.23 already ships NLD's backbone (fused qkv / gate_up, RadixAttention, YaRN rotary,
+llama-4 query scaling). This subclass only
+- normalises the HF config (SGLang's Ministral3 layer reads ``original_max_position_embeddings``
+  at the top level; NLD keeps it inside ``rope_parameters``);
+- returns full per-token logits in dLLM canvas passes (``return_full_logits``);
+- maps checkpoint names with core's name table (``encoder.`` → ``model.``, ``diffusion_head`` →
+  ``lm_head``) and refuses missing or unexpected tensors by name;
+- switches causality per forward (``set_causal``: every RadixAttention's ``attn_type``), and
+- adds the drafting LoRA on ``o_proj`` as a low-rank branch active only while ``lora_active``
+  (installed with ``install_lora``; sharded along o_proj's input like the layer itself).
+Without ``--dllm-algorithm`` it is an ordinary causal model on SGLang's AR path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from sglang.srt.layers.logits_processor import LogitsProcessor
+from sglang.srt.layers.radix_attention import AttentionType, RadixAttention
+from sglang.srt.models.ministral3 import Ministral3ForCausalLM
+
+from ..core.config import NLDConfig
+from ..core.weights import WeightsError, hf_weight_shapes
+
+logger = logging.getLogger(__name__)
+ARCHITECTURE = "NemotronLabsDiffusionModel"
+
+
+def normalise_hf_config(config) -> None:
+    """Give SGLang's Ministral3 layers the attributes they read, from NLD's config keys."""
+    rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not isinstance(rp, dict):
+        raise ValueError("NLD config has no rope_parameters dict")
+    config.rope_parameters = dict(rp)
+    config.original_max_position_embeddings = int(rp["original_max_position_embeddings"])
+
+
+def nld_config_of(config) -> NLDConfig:
+    """Core's validated config from an HF config object (whichever class loaded it)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    d.setdefault("architectures", [ARCHITECTURE])
+    return NLDConfig.from_hf_dict(d)
+
+
+def checkpoint_to_sglang_name(name: str) -> str:
+    if name.startswith("encoder."):
+        return "model." + name[len("encoder."):]
+    if name.startswith("diffusion_head."):
+        return "lm_head." + name[len("diffusion_head."):]
+    return name
+
+
+class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
+    def __init__(self, config, quant_config=None, prefix: str = ""):
+        normalise_hf_config(config)
+        self.nld_config = nld_config_of(config)
+        super().__init__(config, quant_config=quant_config, prefix=prefix)
+        self.logits_processor = LogitsProcessor(config, return_full_logits=True)
+        self.lora_active = False
+        self._lora: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._lora_scale = 0.0
+        self._attn_layers = [m for m in self.modules() if isinstance(m, RadixAttention)]
+        self._o_projs = [layer.self_attn.o_proj for layer in self.model.layers
+                         if hasattr(layer, "self_attn")]
+        for i, o_proj in enumerate(self._o_projs):
+            o_proj.register_forward_hook(self._lora_hook(i))
+
+    # ---- causality per forward -----------------------------------------------------------
+    def set_causal(self, causal: bool) -> None:
+        kind = AttentionType.DECODER if causal else AttentionType.ENCODER_ONLY
+        for layer in self._attn_layers:
+            layer.attn_type = kind
+
+    # ---- drafting LoRA ---------------------------------------------------------------------
+    def install_lora(self, layers: list[tuple[torch.Tensor, torch.Tensor]], scale: float,
+                     tp_rank: int = 0, tp_size: int = 1) -> None:
+        """Per-layer PEFT (A [r, q_size], B [hidden, r]); A is cut to this rank's o_proj input."""
+        if len(layers) != len(self._o_projs):
+            raise WeightsError(f"LoRA has {len(layers)} layers, model has {len(self._o_projs)}")
+        w = self._o_projs[0].weight
+        shard = self.nld_config.q_size // tp_size
+        self._lora = [(a[:, tp_rank * shard:(tp_rank + 1) * shard].to(w.device, w.dtype).contiguous(),
+                       b.to(w.device, w.dtype).contiguous()) for a, b in layers]
+        self._lora_scale = float(scale)
+
+    @property
+    def has_lora(self) -> bool:
+        return self._lora is not None
+
+    def _lora_hook(self, index: int):
+        def hook(module, args, output):
+            if not self.lora_active:
+                return output
+            if self._lora is None:
+                raise RuntimeError("a drafting pass asked for the LoRA but none is installed")
+            a, b = self._lora[index]
+            # o_proj's output is the pre-all-reduce partial sum under TP, so the partial delta
+            # of this rank's input shard adds up to the full delta.
+            delta = self._lora_scale * ((args[0] @ a.T) @ b.T)
+            if isinstance(output, tuple):
+                return (output[0] + delta,) + tuple(output[1:])
+            return output + delta
+        return hook
+
+    # ---- weights ---------------------------------------------------------------------------
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
+        expected = hf_weight_shapes(self.nld_config)
+        seen: set[str] = set()
+
+        def renamed():
+            for name, tensor in weights:
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue
+                if name not in expected:
+                    raise WeightsError(f"unexpected tensor {name!r} in the NLD checkpoint")
+                if tuple(tensor.shape) != expected[name]:
+                    raise WeightsError(f"tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                       f"expected {expected[name]}")
+                seen.add(name)
+                yield checkpoint_to_sglang_name(name), tensor
+
+        result = super().load_weights(renamed())
+        missing = sorted(set(expected) - seen)
+        if missing:
+            raise WeightsError(f"NLD checkpoint lacks tensors {missing[:8]}"
+                               f"{' ...' if len(missing) > 8 else ''}")
+        return result
+
+
+EntryClass = [NemotronLabsDiffusionForSGLang]

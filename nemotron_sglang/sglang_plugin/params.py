@@ -1,0 +1,118 @@
+"""Per-request decode parameters: parse and validate, refusing what a mode cannot honour.
+
+A request may set ``decode_mode``, ``threshold`` and ``block_length`` (in SGLang's
+``custom_params``); everything else comes from the server's YAML defaults. Sampling features the
+NLD decoders do not implement (logprobs, grammars, penalties, top-p / top-k / min-p, logit bias,
+custom logit processors, ``min_new_tokens``) are refused with a message naming the field, which
+SGLang turns into an HTTP 400. Pure Python: no SGLang import, so it is tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
+PARAM_KEYS = ("decode_mode", "threshold", "block_length")
+# modes the SGLang canvas lifecycle can run today (quadratic needs a B·(B+1) custom-mask pass)
+SERVED_MODES = ("ar", "diffusion", "linear_spec")
+
+
+class ParamError(ValueError):
+    """A request parameter the server refuses; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ServerDefaults:
+    """What a request falls back to; from the algorithm YAML and the checkpoint."""
+
+    default_mode: str = "linear_spec"
+    threshold: float = 0.9
+    block_size: int = 32            # the server's canvas; bidirectional passes use all of it
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    mode: str
+    threshold: float
+    block_length: int
+    temperature: float              # 0 = greedy
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class SamplingView:
+    """The sampling features of a request, as plain values (see ``from_req`` in algorithm.py)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k_limited: bool = False     # a top_k other than "whole vocabulary" (and not greedy)
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_new_tokens: int = 0
+    logit_bias: bool = False
+    grammar: str | None = None      # name of a set grammar field (json_schema, regex, ...)
+    logprobs: bool = False
+    custom_logit_processor: bool = False
+    seed: int | None = None
+
+
+def _refuse_unsupported(s: SamplingView) -> None:
+    checks = [
+        ("logprobs", s.logprobs, "logprobs are not computed by the NLD decoders"),
+        ("top_p", s.top_p != 1.0, "only top_p = 1 is supported"),
+        ("top_k", s.top_k_limited, "only top_k = -1 (whole vocabulary) is supported"),
+        ("min_p", s.min_p != 0.0, "only min_p = 0 is supported"),
+        ("frequency_penalty", s.frequency_penalty != 0.0, "penalties are not supported"),
+        ("presence_penalty", s.presence_penalty != 0.0, "penalties are not supported"),
+        ("repetition_penalty", s.repetition_penalty != 1.0, "penalties are not supported"),
+        ("min_new_tokens", s.min_new_tokens != 0, "min_new_tokens is not supported"),
+        ("logit_bias", s.logit_bias, "logit_bias is not supported"),
+        ("custom_logit_processor", s.custom_logit_processor, "custom logit processors are "
+                                                             "not supported"),
+    ]
+    for field, bad, msg in checks:
+        if bad:
+            raise ParamError(field, msg)
+    if s.grammar is not None:
+        raise ParamError(s.grammar, "constrained decoding (grammars, response_format) is not "
+                                    "supported by the NLD decoders")
+
+
+def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
+          defaults: ServerDefaults) -> RequestParams:
+    """Validate one request; raises :class:`ParamError` naming the offending field."""
+    custom = dict(custom or {})
+    mode = custom.get("decode_mode", defaults.default_mode)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ParamError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
+                                        f"{', '.join(MODES)}")
+    if mode not in SERVED_MODES:
+        raise ParamError("decode_mode", f"{mode} is not available in this SGLang server yet "
+                                        f"(it needs a custom-mask attention pass); served: "
+                                        f"{', '.join(SERVED_MODES)}")
+    threshold = custom.get("threshold", defaults.threshold)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
+            not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+        raise ParamError("threshold", f"must be a number in [0, 1], got {threshold!r}")
+    block = custom.get("block_length", defaults.block_size)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1 or block & (block - 1):
+        raise ParamError("block_length", f"must be a power of two, got {block!r}")
+    if block > defaults.block_size:
+        raise ParamError("block_length", f"{block} exceeds the server's block size "
+                                         f"{defaults.block_size}")
+    if block != defaults.block_size and mode != "ar":
+        raise ParamError("block_length", f"this server runs {mode} on {defaults.block_size}-token "
+                                         f"blocks; a smaller block needs a server launched with "
+                                         f"block_size {block}")
+    _refuse_unsupported(sampling)
+    if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
+        raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")
+    return RequestParams(mode, float(threshold), block, float(sampling.temperature), sampling.seed)
