@@ -7,7 +7,7 @@ to run if the hooks are not active. It registers
 - the HF config class for ``model_type = nemotron_labs_diffusion``;
 - the model class for architecture ``NemotronLabsDiffusionModel`` (overriding any in-tree one);
 - the dLLM algorithm ``NemotronTriMode``;
-- the hooks of ``hooks.py``.
+- the hooks of ``hooks.py`` and ``surface.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from transformers import AutoConfig
 
-    from . import hooks
+    from . import hooks, surface
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
     from .model import ARCHITECTURE, NemotronLabsDiffusionForSGLang
@@ -50,10 +50,17 @@ def register() -> None:
                         exist_ok=True)
     ModelRegistry.models[ARCHITECTURE] = NemotronLabsDiffusionForSGLang
     algorithms.algo_name_to_cls[hooks.ALGORITHM_NAME] = NemotronTriMode
-    for target, fn in ((hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args),
-                       (hooks.TP_WORKER_TARGET, hooks.attach_requests)):
+    plan = [(hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args, HookType.AROUND),
+            (hooks.TP_WORKER_TARGET, hooks.attach_requests, HookType.AROUND),
+            *[(t, surface.copy_top_level_fields, HookType.AFTER)
+              for t in surface.CONVERT_TARGETS],
+            (surface.TOKENIZE_TARGET, surface.check_tokenized, HookType.AFTER),
+            (surface.STREAM_TARGET, surface.export_stats, HookType.BEFORE),
+            (surface.USAGE_TARGET, surface.add_usage, HookType.AFTER)]
+    for target, fn, kind in plan:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
-        HookRegistry.register(target, fn, HookType.AROUND)
+        HookRegistry.register(target, fn, kind)
+    surface.allow_usage_extras()
     if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:
         raise RuntimeError("NemotronTriMode did not register")
     _registered = True

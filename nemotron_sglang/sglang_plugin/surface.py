@@ -1,0 +1,158 @@
+"""The request/response surface: NLD's per-request fields in, early 400s, per-request counters out.
+
+Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
+- AFTER ``OpenAIServing{Completion,Chat}._convert_to_internal_request`` (main process): copies the
+  top-level ``decode_mode`` / ``threshold`` / ``block_length`` of the JSON body (the OpenAI
+  client's ``extra_body``) into ``custom_params``; an explicit ``custom_params`` value wins.
+- AFTER ``TokenizerManager._create_tokenized_object`` (main process): checks those fields before
+  the request is queued, so streaming requests also get a real HTTP 400. On a plain AR server of
+  an NLD checkpoint, a mode other than ``ar`` is refused with a pointer to ``--dllm-algorithm``.
+  The scheduler's ``validate_request`` remains the authoritative check (it also knows the block).
+- BEFORE ``SchedulerOutputStreamer.stream_output`` (scheduler): copies the request's counters
+  into ``customized_info`` (token-aligned, cumulative), so ``meta_info`` carries
+  ``nld_forwards`` / ``nld_cycles`` / ``nld_cycle_tokens`` / ``nld_mode``.
+- AFTER ``UsageProcessor.calculate_response_usage`` (main): adds ``decode_mode``, ``forwards``,
+  ``tokens_per_forward`` and ``acceptance_length`` to a non-streaming response's ``usage``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .params import MODES, PARAM_KEYS, SERVED_MODES, ParamError
+
+CONVERT_TARGETS = (
+    "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion."
+    "_convert_to_internal_request",
+    "sglang.srt.entrypoints.openai.serving_chat.OpenAIServingChat._convert_to_internal_request",
+)
+TOKENIZE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._create_tokenized_object"
+STREAM_TARGET = ("sglang.srt.managers.scheduler_components.output_streamer."
+                 "SchedulerOutputStreamer.stream_output")
+USAGE_TARGET = "sglang.srt.entrypoints.openai.usage_processor.UsageProcessor.calculate_response_usage"
+STAT_KEYS = ("nld_mode", "nld_forwards", "nld_cycles", "nld_cycle_tokens")
+ALGORITHM_NAME = "NemotronTriMode"
+
+
+def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwargs):
+    body = getattr(raw_request, "_json", None)
+    if not isinstance(body, dict) or not any(k in body for k in PARAM_KEYS):
+        return None
+    adapted = result[0] if isinstance(result, tuple) else result
+    sp = adapted.sampling_params
+    items = sp if isinstance(sp, list) else [sp]
+    for params in items:
+        if params is None:
+            continue
+        custom = dict(params.get("custom_params") or {})
+        for key in PARAM_KEYS:
+            if key in body:
+                custom.setdefault(key, body[key])
+        params["custom_params"] = custom
+    return None
+
+
+def check_fields(custom: dict[str, Any] | None, dllm_algorithm: str | None,
+                 nld_model: bool) -> None:
+    """Syntactic checks that need no scheduler state; raises ParamError."""
+    custom = custom or {}
+    mode = custom.get("decode_mode")
+    if dllm_algorithm != ALGORITHM_NAME:
+        if nld_model and mode not in (None, "ar"):
+            raise ParamError("decode_mode", f"this server decodes plain AR only; launch it with "
+                                            f"--dllm-algorithm {ALGORITHM_NAME} for {mode!r}")
+        return
+    if mode is not None and (not isinstance(mode, str) or mode not in MODES):
+        raise ParamError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
+                                        f"{', '.join(MODES)}")
+    if mode is not None and mode not in SERVED_MODES:
+        raise ParamError("decode_mode", f"{mode} is not available in this SGLang server yet; "
+                                        f"served: {', '.join(SERVED_MODES)}")
+    if "threshold" in custom:
+        t = custom["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise ParamError("threshold", f"must be a number in [0, 1], got {t!r}")
+    if "block_length" in custom:
+        b = custom["block_length"]
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1 or b & (b - 1):
+            raise ParamError("block_length", f"must be a power of two, got {b!r}")
+
+
+def check_tokenized(result, self, *args, **kwargs):
+    sp = getattr(result, "sampling_params", None)
+    if sp is None:
+        return None
+    server_args = getattr(self, "server_args", None)
+    algo = getattr(server_args, "dllm_algorithm", None)
+    archs = getattr(getattr(getattr(self, "model_config", None), "hf_config", None),
+                    "architectures", None) or []
+    try:
+        check_fields(getattr(sp, "custom_params", None), algo,
+                     "NemotronLabsDiffusionModel" in archs)
+    except ParamError as e:
+        raise ValueError(f"nemotron-sglang: {e}") from None
+    return None
+
+
+def export_stats(self, reqs, *args, **kwargs):
+    for req in reqs:
+        stats = getattr(req, "nld_stats", None)
+        if stats is None:
+            continue
+        n = len(getattr(req, "output_ids_through_stop", None) or req.output_ids)
+        info = req.customized_info if req.customized_info is not None else {}
+        values = {"nld_mode": stats.mode, "nld_forwards": stats.forwards,
+                  "nld_cycles": stats.cycles, "nld_cycle_tokens": stats.cycle_tokens}
+        for key, value in values.items():
+            seq = info.setdefault(key, [])
+            del seq[n:]
+            seq.extend([value] * (n - len(seq)))
+            if seq:
+                seq[-1] = value
+        req.customized_info = info
+    return None
+
+
+def _last(meta: dict, key: str):
+    v = meta.get(key)
+    return v[-1] if isinstance(v, list) and v else None
+
+
+def usage_stats(responses: list[dict]) -> dict[str, Any] | None:
+    """NLD counters over the choices of one response, or None if the server did not run them."""
+    metas = [r.get("meta_info", {}) for r in responses]
+    forwards = [_last(m, "nld_forwards") for m in metas]
+    if any(f is None for f in forwards):
+        return None
+    tokens = sum(m.get("completion_tokens", 0) for m in metas)
+    cycles = sum(_last(m, "nld_cycles") or 0 for m in metas)
+    cycle_tokens = sum(_last(m, "nld_cycle_tokens") or 0 for m in metas)
+    modes = sorted({_last(m, "nld_mode") for m in metas})
+    total = sum(forwards)
+    return {"decode_mode": modes[0] if len(modes) == 1 else ",".join(modes),
+            "forwards": total,
+            "tokens_per_forward": round(tokens / total, 4) if total else None,
+            "acceptance_length": (round(cycle_tokens / cycles, 4)
+                                  if cycles and modes != ["ar"] else None)}
+
+
+def add_usage(result, responses, *args, **kwargs):
+    stats = usage_stats(responses)
+    if stats is None or result is None:
+        return None
+    for k, v in stats.items():
+        setattr(result, k, v)
+    return result
+
+
+def allow_usage_extras() -> None:
+    """Let ``UsageInfo`` carry our fields and the response models serialise them."""
+    from sglang.srt.entrypoints.openai import protocol
+
+    protocol.UsageInfo.model_config["extra"] = "allow"
+    protocol.UsageInfo.model_rebuild(force=True)
+    for name in dir(protocol):
+        cls = getattr(protocol, name)
+        fields = getattr(cls, "model_fields", None)
+        if isinstance(cls, type) and fields and "usage" in fields:
+            cls.model_rebuild(force=True)

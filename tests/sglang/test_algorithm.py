@@ -1,0 +1,239 @@
+"""NemotronTriMode's ``run`` on a fake model runner reproduces core's decoders token for token.
+
+The fake runner stands in for SGLang's ModelRunner + model: context rounds (EXTEND) causally
+encode what is not cached yet and return ``next_token_logits``; canvas rounds (DLLM_EXTEND) run
+B slots after the committed tokens with the causality and LoRA flag the algorithm set on the
+model, write nothing, and return ``full_logits``. The fake scheduler loop follows SGLang's
+separate-context lifecycle: context round, canvas round, commit the returned tokens, trim at EOS
+and max_new_tokens, repeat. Requests carry real SGLang ``SamplingParams``.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import random_prompts
+from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL
+from nemotron_sglang.core.batch import ForwardBatch, PassRow
+from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+from nemotron_sglang.core.kv_cache import PagedKVCache
+from nemotron_sglang.core.weights import load_model
+
+sglang = pytest.importorskip("sglang")
+from sglang.srt.dllm.config import DllmConfig  # noqa: E402
+from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
+
+from nemotron_sglang.sglang_plugin.algorithm import NemotronTriMode  # noqa: E402
+
+SERVED = ("ar", "diffusion", "linear_spec")
+
+
+class FakeModel:
+    """The attributes of NemotronLabsDiffusionForSGLang the algorithm uses, over core's model."""
+
+    def __init__(self, core):
+        self.core, self.nld_config = core, core.config
+        self.causal, self.lora_active = True, False
+        self.causal_log = []
+
+    @property
+    def has_lora(self):
+        return self.core.has_lora
+
+    def set_causal(self, causal):
+        self.causal = causal
+
+    def install_lora(self, *a, **k):     # core's model loaded its adapter itself
+        pass
+
+
+class FakeRunner:
+    def __init__(self, core):
+        self.model = FakeModel(core)
+        c = core.config
+        self.cache = PagedKVCache(num_layers=c.num_hidden_layers, num_kv_heads=c.num_key_value_heads,
+                                  head_dim=c.head_dim, num_pages=4096, page_size=4, dtype=core.dtype)
+        self.forwards = 0
+
+    def forward(self, fb, pp_proxy_tensors=None):
+        self.forwards += 1
+        core = self.model.core
+        if not fb.forward_mode.is_dllm_extend():
+            assert self.model.causal
+            rows = [PassRow(r.rid_int, toks, list(range(start, start + len(toks))), start, CAUSAL)
+                    for r, toks, start in fb.extend_rows]
+            batch = ForwardBatch.from_rows(rows, write_kv=True)
+            logits = core(batch, self.cache)
+            for (r, toks, _), (_, end) in zip(fb.extend_rows, batch.spans()):
+                self.cache.commit(r.rid_int, len(toks))
+            last = torch.stack([logits[end - 1] for _, end in batch.spans()])
+            return SimpleNamespace(logits_output=SimpleNamespace(next_token_logits=last),
+                                   can_run_graph=False)
+        b = fb.block
+        ids = fb.input_ids.view(fb.batch_size, b).tolist()
+        pos = fb.positions.view(fb.batch_size, b).tolist()
+        mask = CAUSAL if self.model.causal else BIDIRECTIONAL
+        rows = [PassRow(r.rid_int, ids[i], pos[i], pos[i][0], mask) for i, r in enumerate(fb.nld_reqs)]
+        batch = ForwardBatch.from_rows(rows, lora=self.model.lora_active)
+        self.model.causal_log.append((self.model.causal, self.model.lora_active))
+        return SimpleNamespace(logits_output=SimpleNamespace(full_logits=core(batch, self.cache)),
+                               can_run_graph=False)
+
+
+def make_req(i, prompt, mode, max_new, temperature=0.0, **custom):
+    sp = SamplingParams(max_new_tokens=max_new, temperature=temperature,
+                        custom_params={"decode_mode": mode, **custom})
+    return SimpleNamespace(rid=f"req-{i}", rid_int=i, origin_input_ids=list(prompt), output_ids=[],
+                           sampling_params=sp, return_logprob=False, logprob=None,
+                           custom_logit_processor=None, finished=False, nld_stats=None)
+
+
+def serve(algo, runner, reqs, eos, abort_at=None):
+    """SGLang's separate-context lifecycle, reduced to what the algorithm can observe."""
+    b = algo.block_size
+    for r in reqs:
+        assert NemotronTriMode.validate_request(r) is None
+        runner.cache.add(r.rid_int)
+    rounds = 0
+    while True:
+        active = [r for r in reqs if not r.finished]
+        if abort_at is not None:
+            for r in list(active):
+                if abort_at(rounds, r):
+                    r.finished, r.aborted = True, True
+                    runner.cache.free(r.rid_int)
+            active = [r for r in active if not r.finished]
+        if not active:
+            return
+        rows = []
+        for r in active:
+            text = r.origin_input_ids + r.output_ids
+            start = runner.cache.length(r.rid_int)
+            rows.append((r, text[start:], start))
+        ctx = SimpleNamespace(forward_mode=SimpleNamespace(is_dllm_extend=lambda: False),
+                              input_ids=torch.tensor([t for _, toks, _ in rows for t in toks]),
+                              batch_size=len(rows), nld_reqs=active, extend_rows=rows)
+        algo.run(runner, ctx)
+        pos = [list(range(runner.cache.length(r.rid_int), runner.cache.length(r.rid_int) + b))
+               for r in active]
+        canvas = SimpleNamespace(forward_mode=SimpleNamespace(is_dllm_extend=lambda: True),
+                                 input_ids=torch.zeros(len(active) * b, dtype=torch.long),
+                                 positions=torch.tensor([p for ps in pos for p in ps]),
+                                 batch_size=len(active), nld_reqs=active, block=b)
+        _, tokens, *_ = algo.run(runner, canvas)
+        for r, t in zip(active, tokens):
+            t = t.tolist()
+            assert 1 <= len(t) <= b
+            for tok in t:                     # SGLang's update_finish_state: EOS, then length
+                r.output_ids.append(tok)
+                if tok == eos or len(r.output_ids) >= r.sampling_params.max_new_tokens:
+                    r.finished = True
+                    break
+        rounds += 1
+
+
+def make_algo(block: int):
+    cfg = DllmConfig(algorithm="NemotronTriMode", algorithm_config={"default_mode": "ar"},
+                     block_size=block, mask_id=100, max_running_requests=64,
+                     first_done_first_out_mode=False, requires_separate_context_encoding=True)
+    return NemotronTriMode(cfg)
+
+
+@pytest.fixture(scope="module")
+def core64(ckpt_dirs):
+    return load_model(ckpt_dirs["s0_lora"], dtype=torch.float64)
+
+
+def test_each_mode_matches_core_and_modes_mix_in_one_batch(core64):
+    prompts = random_prompts(24, seed=41, vocab=512)
+    max_new = [random.Random(i).randint(1, 14) for i in range(24)]
+    modes = [SERVED[i % 3] for i in range(24)]
+    want = generate(core64, [Request(p, m, DecodeParams(max_new_tokens=n))
+                             for p, m, n in zip(prompts, modes, max_new)])
+    algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
+    reqs = [make_req(i, p, m, n) for i, (p, m, n) in enumerate(zip(prompts, modes, max_new))]
+    serve(algo, runner, reqs, core64.config.eos_token_id)
+    for r, w, m in zip(reqs, want, modes):
+        assert r.output_ids == w.output_ids, (m, r.rid)
+    # linear_spec drafts with the LoRA and verifies without; diffusion denoises bidirectionally
+    assert (False, True) in runner.model.causal_log and (True, False) in runner.model.causal_log
+    for r, m in zip(reqs, modes):
+        st = r.nld_stats
+        assert st.mode == m
+        n = len(r.output_ids)
+        if m == "ar":                          # one context re-encode per token after the first
+            assert st.forwards == n - 1
+        if m == "linear_spec":                 # draft + verify + re-encode per cycle
+            assert st.forwards == 3 * st.cycles - 1 or st.forwards == 3 * st.cycles
+
+
+def test_self_spec_and_ar_are_lossless_with_eos_mid_block(core64):
+    m = load_model.__globals__["NLDModel"](core64.config).double()
+    m.load_state_dict(core64.state_dict())
+    m.set_lora([(l.self_attn.lora_A, l.self_attn.lora_B) for l in core64.encoder.layers],
+               core64.encoder.layers[0].self_attn.lora_scale)
+    with torch.no_grad():
+        m.diffusion_head.weight[core64.config.eos_token_id] *= 3.0
+    prompts = random_prompts(30, seed=43, vocab=512)
+    want = generate(m, [Request(p, "ar", DecodeParams(max_new_tokens=20)) for p in prompts])
+    assert sum(w.finish_reason == "stop" for w in want) >= 5
+    for mode in ("linear_spec", "diffusion"):
+        algo, runner = make_algo(m.config.block_size), FakeRunner(m)
+        reqs = [make_req(i, p, mode, 20) for i, p in enumerate(prompts)]
+        serve(algo, runner, reqs, m.config.eos_token_id)
+        if mode == "linear_spec":
+            assert [r.output_ids for r in reqs] == [w.output_ids for w in want]
+        else:
+            core_diff = generate(m, [Request(p, "diffusion", DecodeParams(max_new_tokens=20))
+                                     for p in prompts])
+            assert [r.output_ids for r in reqs] == [w.output_ids for w in core_diff]
+
+
+def test_aborts_do_not_disturb_other_requests(core64):
+    prompts = random_prompts(12, seed=47, vocab=512)
+    modes = [SERVED[i % 3] for i in range(12)]
+    want = generate(core64, [Request(p, mo, DecodeParams(max_new_tokens=12))
+                             for p, mo in zip(prompts, modes)])
+    algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
+    reqs = [make_req(i, p, mo, 12) for i, (p, mo) in enumerate(zip(prompts, modes))]
+    rng = random.Random(5)
+    serve(algo, runner, reqs, core64.config.eos_token_id,
+          abort_at=lambda rnd, r: rnd > 0 and rng.random() < 0.1)
+    aborted = [r for r in reqs if getattr(r, "aborted", False)]
+    assert 0 < len(aborted) < len(reqs)
+    for r, w in zip(reqs, want):
+        if getattr(r, "aborted", False):
+            assert r.output_ids == w.output_ids[: len(r.output_ids)]
+        else:
+            assert r.output_ids == w.output_ids
+
+
+def test_sampled_requests_are_seeded_and_valid(core64):
+    prompts = random_prompts(6, seed=53, vocab=512)
+    outs = []
+    for _ in range(2):
+        algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
+        reqs = [make_req(i, p, SERVED[i % 3], 10, temperature=0.8) for i, p in enumerate(prompts)]
+        for r in reqs:
+            r.sampling_params.sampling_seed = 1234 + r.rid_int
+        serve(algo, runner, reqs, core64.config.eos_token_id)
+        outs.append([r.output_ids for r in reqs])
+        assert all(100 not in o for o in outs[-1])
+    assert outs[0] == outs[1]
+
+
+def test_validate_request_names_the_field(core64):
+    make_algo(core64.config.block_size)        # sets the server defaults in this process
+    bad = [("decode_mode", make_req(0, [1], "turbo", 4)),
+           ("threshold", make_req(0, [1], "diffusion", 4, threshold=1.5)),
+           ("block_length", make_req(0, [1], "diffusion", 4, block_length=3))]
+    for field, req in bad:
+        msg = NemotronTriMode.validate_request(req)
+        assert msg is not None and field in msg
+    req = make_req(0, [1], "ar", 4)
+    req.return_logprob = True
+    assert "logprobs" in NemotronTriMode.validate_request(req)
