@@ -67,7 +67,8 @@ def dllm_config_from_server_args(original, server_args):
                          f"not {cfg.dllm_algorithm!r}")
     algorithm_config = dict(_yaml(cfg.dllm_algorithm_config))
     block = algorithm_config.get("block_size", nld.block_size)
-    if not isinstance(block, int) or block < 1 or block & (block - 1) or block > nld.block_size:
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1 or \
+            block & (block - 1) or block > nld.block_size:
         raise ValueError(f"block_size {block!r} must be a power of two <= the checkpoint's "
                          f"block_size {nld.block_size}")
     algorithm_config["model_path"] = str(cfg.model_path)

@@ -19,7 +19,6 @@ import logging
 from typing import Iterable
 
 import torch
-from torch import nn
 
 from sglang.srt.layers.logits_processor import LogitsProcessor
 from sglang.srt.layers.radix_attention import AttentionType, RadixAttention

@@ -1,0 +1,82 @@
+"""A real SGLang server process for tests: started on a free loopback port with the plugin's CPU
+platform, polled until healthy, stopped with its whole process group; plus small HTTP helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = [[5, 6, 7, 8, 300, 301], [17, 400, 23], [250, 251, 252, 253, 254, 255, 256, 257, 258,
+                                                  259, 260, 261, 262, 263, 264, 265, 266, 267,
+                                                  268, 269, 270, 271, 272, 273, 274, 275, 276, 277]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, log: Path, extra: list[str]):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+               "--device", "cpu", "--host", "127.0.0.1", "--port", str(self.port),
+               "--attention-backend", "torch_native", "--dtype", "float32",
+               "--max-total-tokens", "4096", *extra]
+        self.log = log
+        self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(1.0)
+        self.stop()
+        raise RuntimeError(f"server did not come up:\n{log.read_text()[-3000:]}")
+
+    def post(self, path: str, body: dict, timeout: float = 120) -> tuple[int, str]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def generate_ids(self, ids: list[int], max_new: int, **custom) -> dict:
+        status, body = self.post("/generate", {"input_ids": ids, "sampling_params": {
+            "max_new_tokens": max_new, "temperature": 0, "custom_params": custom}})
+        assert status == 200, body
+        return json.loads(body)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+def core_ids(model, mode: str, ids: list[int], max_new: int) -> list[int]:
+    (r,) = generate(model, [Request(ids, mode, DecodeParams(max_new_tokens=max_new))])
+    return r.output_ids

@@ -1,0 +1,271 @@
+"""Per-request parameter parsing (``sglang_plugin.params``) and ``algorithm.sampling_view``."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from nemotron_sglang.sglang_plugin.params import (
+    MODES,
+    SERVED_MODES,
+    ParamError,
+    RequestParams,
+    SamplingView,
+    ServerDefaults,
+    parse,
+)
+
+DEF = ServerDefaults()                                  # linear_spec, 0.9, block 32
+B16 = ServerDefaults(default_mode="diffusion", threshold=0.5, block_size=16)
+
+
+def refused(custom, field, sampling=SamplingView(), defaults=DEF):
+    with pytest.raises(ParamError) as ei:
+        parse(custom, sampling, defaults)
+    assert ei.value.field == field, str(ei.value)
+    assert isinstance(ei.value, ValueError)             # SGLang maps ValueError to HTTP 400
+    assert str(ei.value).startswith(f"{field}: ")
+    return ei.value
+
+
+# ---- defaults --------------------------------------------------------------------------------
+@pytest.mark.parametrize("custom", [None, {}])
+def test_defaults_apply(custom):
+    p = parse(custom, SamplingView(), DEF)
+    assert p == RequestParams(mode="linear_spec", threshold=0.9, block_length=32,
+                              temperature=0.0, seed=None)
+
+
+def test_defaults_follow_server_defaults():
+    p = parse({}, SamplingView(), B16)
+    assert (p.mode, p.threshold, p.block_length) == ("diffusion", 0.5, 16)
+    p = parse({}, SamplingView(), ServerDefaults(default_mode="ar", threshold=0.25, block_size=8))
+    assert (p.mode, p.threshold, p.block_length) == ("ar", 0.25, 8)
+
+
+def test_unrelated_custom_keys_ignored():
+    # SGLang itself puts private keys into custom_params (reasoning end tokens)
+    p = parse({"__sglang_reasoning_end_token_ids": [5], "other": 1}, SamplingView(), DEF)
+    assert p.mode == "linear_spec"
+
+
+# ---- decode_mode -----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", SERVED_MODES)
+def test_served_modes_accepted(mode):
+    p = parse({"decode_mode": mode}, SamplingView(), B16)
+    assert p.mode == mode
+    assert p.block_length == 16 and p.threshold == 0.5
+
+
+def test_served_modes_are_the_three():
+    assert set(SERVED_MODES) == {"ar", "diffusion", "linear_spec"}
+    assert set(SERVED_MODES) < set(MODES)
+
+
+@pytest.mark.parametrize("mode", ["AR", "fast", "", "linear-spec", 1, None, ["ar"], {"m": "ar"},
+                                  True])
+def test_unknown_or_non_string_mode_refused(mode):
+    refused({"decode_mode": mode}, "decode_mode")
+
+
+def test_quadratic_spec_not_served_yet():
+    e = refused({"decode_mode": "quadratic_spec"}, "decode_mode")
+    assert "quadratic_spec" in str(e)
+
+
+def test_bad_default_mode_refused():
+    with pytest.raises(ParamError) as ei:
+        parse({}, SamplingView(), ServerDefaults(default_mode="quadratic_spec"))
+    assert ei.value.field == "decode_mode"
+
+
+# ---- threshold -------------------------------------------------------------------------------
+@pytest.mark.parametrize("t", [0, 0.0, 0.5, 1, 1.0])
+def test_threshold_in_range_accepted(t):
+    p = parse({"threshold": t}, SamplingView(), DEF)
+    assert p.threshold == float(t) and isinstance(p.threshold, float)
+
+
+@pytest.mark.parametrize("t", [-0.01, 1.01, 2, -1, math.nan, math.inf, -math.inf, True, False,
+                               "0.5", None, [0.5]])
+def test_threshold_refused(t):
+    refused({"threshold": t}, "threshold")
+
+
+# ---- block_length ----------------------------------------------------------------------------
+@pytest.mark.parametrize("b", [3, 6, 12, 0, -4, -1, True, False, 4.0, "4", None, 64])
+@pytest.mark.parametrize("mode", SERVED_MODES)
+def test_block_length_refused(b, mode):
+    refused({"decode_mode": mode, "block_length": b}, "block_length", defaults=B16)
+
+
+@pytest.mark.parametrize("b", [1, 2, 4, 8])
+@pytest.mark.parametrize("mode", ["diffusion", "linear_spec"])
+def test_smaller_block_refused_for_block_modes(b, mode):
+    e = refused({"decode_mode": mode, "block_length": b}, "block_length", defaults=B16)
+    assert "16" in str(e)
+
+
+@pytest.mark.parametrize("b", [1, 2, 4, 8, 16])
+def test_smaller_power_of_two_block_accepted_for_ar(b):
+    p = parse({"decode_mode": "ar", "block_length": b}, SamplingView(), B16)
+    assert (p.mode, p.block_length) == ("ar", b)
+
+
+@pytest.mark.parametrize("mode", SERVED_MODES)
+def test_server_block_accepted_explicitly(mode):
+    assert parse({"decode_mode": mode, "block_length": 16}, SamplingView(), B16).block_length == 16
+
+
+def test_above_server_block_refused_even_if_power_of_two():
+    e = refused({"decode_mode": "ar", "block_length": 32}, "block_length", defaults=B16)
+    assert "exceeds" in str(e)
+
+
+# ---- unsupported sampling features -----------------------------------------------------------
+UNSUPPORTED = [
+    ("logprobs", dict(logprobs=True)),
+    ("top_p", dict(top_p=0.9)),
+    ("top_k", dict(top_k_limited=True)),
+    ("min_p", dict(min_p=0.05)),
+    ("frequency_penalty", dict(frequency_penalty=0.5)),
+    ("frequency_penalty", dict(frequency_penalty=-0.5)),
+    ("presence_penalty", dict(presence_penalty=0.3)),
+    ("repetition_penalty", dict(repetition_penalty=1.1)),
+    ("repetition_penalty", dict(repetition_penalty=0.9)),
+    ("min_new_tokens", dict(min_new_tokens=4)),
+    ("logit_bias", dict(logit_bias=True)),
+    ("json_schema", dict(grammar="json_schema")),
+    ("regex", dict(grammar="regex")),
+    ("ebnf", dict(grammar="ebnf")),
+    ("structural_tag", dict(grammar="structural_tag")),
+    ("custom_logit_processor", dict(custom_logit_processor=True)),
+]
+
+
+@pytest.mark.parametrize("field,kw", UNSUPPORTED, ids=[f"{f}-{i}" for i, (f, _) in
+                                                        enumerate(UNSUPPORTED)])
+@pytest.mark.parametrize("mode", SERVED_MODES)
+def test_unsupported_sampling_refused(field, kw, mode):
+    refused({"decode_mode": mode}, field, sampling=SamplingView(temperature=0.7, **kw))
+
+
+def test_default_sampling_view_is_supported():
+    # every neutral value of SamplingView passes (else the refusals above prove nothing)
+    assert parse({}, SamplingView(temperature=0.7, seed=3), DEF).temperature == 0.7
+
+
+@pytest.mark.parametrize("temp", [-0.1, -1.0, math.nan, -math.inf, math.inf])
+def test_bad_temperature_refused(temp):
+    refused({}, "temperature", sampling=SamplingView(temperature=temp))
+
+
+@pytest.mark.parametrize("temp,seed", [(0.0, None), (0.7, 1234), (1.5, 0), (1, -7)])
+def test_temperature_and_seed_passed_through(temp, seed):
+    p = parse({"decode_mode": "diffusion"}, SamplingView(temperature=temp, seed=seed), DEF)
+    assert p.temperature == float(temp) and isinstance(p.temperature, float)
+    assert p.seed == seed
+
+
+def test_mode_error_comes_before_sampling_error():
+    # the first offending field is named, in a fixed order: custom params first
+    refused({"decode_mode": "bogus"}, "decode_mode", sampling=SamplingView(top_p=0.5))
+
+
+# ---- algorithm.sampling_view on real SGLang SamplingParams -----------------------------------
+needs_sglang = pytest.mark.skipif(importlib.util.find_spec("sglang") is None,
+                                  reason="sglang not installed")
+
+
+@pytest.fixture(scope="module")
+def sglang_bits():
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    from nemotron_sglang.sglang_plugin.algorithm import sampling_view
+
+    return SamplingParams, sampling_view
+
+
+def _req(sglang_bits, return_logprob=False, logprob=None, custom_logit_processor=None,
+         normalize=True, **sp_kw):
+    SamplingParams, sampling_view = sglang_bits
+    sp = SamplingParams(**sp_kw)
+    if normalize and hasattr(sp, "normalize"):
+        sp.normalize(None)
+    req = SimpleNamespace(sampling_params=sp, return_logprob=return_logprob,
+                          logprob=logprob if logprob is not None else
+                          SimpleNamespace(top_logprobs_num=0, token_ids_logprob=None),
+                          custom_logit_processor=custom_logit_processor, rid="r0")
+    return sampling_view(req)
+
+
+@needs_sglang
+def test_sampling_view_greedy(sglang_bits):
+    v = _req(sglang_bits, temperature=0.0)
+    assert v.temperature == 0.0 and v.top_k_limited is False
+    assert parse({}, v, DEF).temperature == 0.0
+    assert v == SamplingView()                       # nothing else set either
+
+
+@needs_sglang
+def test_sampling_view_sampled(sglang_bits):
+    v = _req(sglang_bits, temperature=0.7, sampling_seed=11)
+    assert v.temperature == pytest.approx(0.7) and v.top_k_limited is False
+    assert v.seed == 11
+    p = parse({"decode_mode": "diffusion"}, v, DEF)
+    assert p.temperature == pytest.approx(0.7) and p.seed == 11
+
+
+@needs_sglang
+def test_sampling_view_top_k_all_is_not_limited(sglang_bits):
+    assert _req(sglang_bits, temperature=0.7, top_k=-1).top_k_limited is False
+
+
+@needs_sglang
+def test_sampling_view_top_k_limited(sglang_bits):
+    v = _req(sglang_bits, temperature=0.7, top_k=5)
+    assert v.top_k_limited is True
+    refused({}, "top_k", sampling=v)
+
+
+@needs_sglang
+def test_sampling_view_json_schema(sglang_bits):
+    v = _req(sglang_bits, temperature=0.0, json_schema='{"type": "object"}')
+    assert v.grammar == "json_schema"
+    refused({}, "json_schema", sampling=v)
+
+
+@needs_sglang
+def test_sampling_view_other_features(sglang_bits):
+    # normalize(None) refuses min_new_tokens without a tokenizer; __post_init__ still runs
+    v = _req(sglang_bits, normalize=False, temperature=0.7, top_p=0.9, min_p=0.1,
+             frequency_penalty=0.2, presence_penalty=0.3, repetition_penalty=1.2,
+             min_new_tokens=2,
+             logit_bias={"5": 1.0}, regex="a+")
+    assert v.temperature == pytest.approx(0.7) and v.top_k_limited is False
+    assert v.frequency_penalty == pytest.approx(0.2)
+    assert v.presence_penalty == pytest.approx(0.3)
+    assert v.top_p == pytest.approx(0.9) and v.min_p == pytest.approx(0.1)
+    assert v.repetition_penalty == pytest.approx(1.2) and v.min_new_tokens == 2
+    assert v.logit_bias is True and v.grammar == "regex"
+
+
+@needs_sglang
+def test_sampling_view_logprobs(sglang_bits):
+    assert _req(sglang_bits, return_logprob=True).logprobs is True
+    assert _req(sglang_bits, logprob=SimpleNamespace(top_logprobs_num=3,
+                                                     token_ids_logprob=None)).logprobs is True
+    assert _req(sglang_bits, logprob=SimpleNamespace(top_logprobs_num=0,
+                                                     token_ids_logprob=[1, 2])).logprobs is True
+    assert _req(sglang_bits).logprobs is False
+    refused({}, "logprobs", sampling=_req(sglang_bits, return_logprob=True))
+
+
+@needs_sglang
+def test_sampling_view_custom_logit_processor(sglang_bits):
+    v = _req(sglang_bits, custom_logit_processor="serialized-processor")
+    assert v.custom_logit_processor is True
+    refused({}, "custom_logit_processor", sampling=v)

@@ -1,0 +1,121 @@
+"""The real SGLang 0.5.23 server on CPU, with the plugin, a tiny NLD checkpoint and HTTP requests.
+
+The tri-mode dLLM server (``--dllm-algorithm NemotronTriMode``) is started and stopped here
+(loopback only); every greedy output is compared with core's decoders token for token. The plain
+AR server of the same checkpoint is tested in ``test_server_ar.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
+from sglang_server import PROMPTS, ROOT, Server, core_ids
+
+pytest.importorskip("sglang")
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("srv") / "tiny", seed=0, with_lora=True)
+
+
+@pytest.fixture(scope="module")
+def core32(ckpt):
+    return load_model(ckpt, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def dllm(ckpt, tmp_path_factory):
+    s = Server(ckpt, tmp_path_factory.mktemp("logs") / "dllm.log",
+               ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config",
+                str(ROOT / "launch" / "tri_mode.yaml"), "--max-running-requests", "4"])
+    yield s
+    s.stop()
+
+
+def test_every_served_mode_equals_core(dllm, core32):
+    for ids in PROMPTS:                       # the long prompt runs past original_max (32)
+        ar = core_ids(core32, "ar", ids, 16)
+        assert dllm.generate_ids(ids, 16, decode_mode="ar")["output_ids"] == ar
+        got = dllm.generate_ids(ids, 16, decode_mode="linear_spec")
+        assert got["output_ids"] == ar        # lossless self-speculation
+        meta = got["meta_info"]
+        assert meta["nld_mode"][-1] == "linear_spec" and meta["nld_forwards"][-1] > 0
+        diff = dllm.generate_ids(ids, 16, decode_mode="diffusion")["output_ids"]
+        assert diff == core_ids(core32, "diffusion", ids, 16)
+
+
+def test_concurrent_mixed_modes(dllm, core32):
+    jobs = [(ids, mode) for ids in PROMPTS for mode in ("ar", "diffusion", "linear_spec")]
+    results: dict = {}
+
+    def worker(k, ids, mode):
+        results[k] = dllm.generate_ids(ids, 12, decode_mode=mode)["output_ids"]
+
+    threads = [threading.Thread(target=worker, args=(k, ids, m)) for k, (ids, m) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    for k, (ids, mode) in enumerate(jobs):
+        want = core_ids(core32, "diffusion" if mode == "diffusion" else "ar", ids, 12)
+        assert results[k] == want, (mode, ids)
+
+
+def test_openai_client_modes_usage_and_streaming(dllm):
+    client = openai.OpenAI(base_url=dllm.url + "/v1", api_key="none", timeout=120)
+    texts = {}
+    for mode in ("ar", "linear_spec", "diffusion"):
+        r = client.completions.create(model="nld", prompt="Hello world", max_tokens=10,
+                                      temperature=0, extra_body={"decode_mode": mode})
+        extra = r.usage.model_extra
+        assert extra["decode_mode"] == mode
+        assert extra["forwards"] > 0
+        assert extra["tokens_per_forward"] == pytest.approx(r.usage.completion_tokens /
+                                                            extra["forwards"], abs=1e-3)
+        texts[mode] = r.choices[0].text
+    assert texts["ar"] == texts["linear_spec"]
+    # custom_params spelling and streaming (committed runs arrive as chunks)
+    stream = client.completions.create(model="nld", prompt="Hello world", max_tokens=10,
+                                       temperature=0, stream=True,
+                                       extra_body={"custom_params": {"decode_mode": "linear_spec"}})
+    assert "".join(c.choices[0].text for c in stream if c.choices) == texts["ar"]
+    chat = client.chat.completions.create(model="nld", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=6, temperature=0,
+                                          extra_body={"decode_mode": "diffusion"})
+    assert chat.usage.model_extra["decode_mode"] == "diffusion"
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"decode_mode": "turbo"}, "decode_mode"),
+    ({"custom_params": {"decode_mode": "turbo"}}, "decode_mode"),
+    ({"decode_mode": "quadratic_spec"}, "decode_mode"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"block_length": 3}, "block_length"),
+    ({"decode_mode": "linear_spec", "block_length": 2}, "block_length"),
+    ({"logprobs": 2}, "logprobs"),
+    ({"top_p": 0.5}, "top_p"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"stream": True, "decode_mode": "turbo"}, "decode_mode"),
+])
+def test_bad_requests_get_400_naming_the_field(dllm, body, field):
+    status, text = dllm.post("/v1/completions", {"model": "nld", "prompt": "Hello",
+                                                 "max_tokens": 4, **body})
+    assert status == 400, text
+    assert field in json.loads(text)["message"]
+    assert dllm.post("/v1/completions", {"model": "nld", "prompt": "Hello", "max_tokens": 2})[0] == 200
+
+
+def test_grammar_is_refused(dllm):
+    status, text = dllm.post("/v1/chat/completions", {
+        "model": "nld", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}})
+    assert status == 400 and "json_schema" in text

@@ -1,0 +1,43 @@
+"""The plain AR path (no ``--dllm-algorithm``) of the real SGLang server with the plugin's model
+class: greedy tokens equal core's ``ar``; other decode modes are refused with a pointer to the
+dLLM launch flag. A module of its own so its server never runs beside the dLLM one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
+from sglang_server import PROMPTS, Server, core_ids
+
+pytest.importorskip("sglang")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("srv") / "tiny", seed=0, with_lora=True)
+
+
+@pytest.fixture(scope="module")
+def core32(ckpt):
+    return load_model(ckpt, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def ar_server(ckpt, tmp_path_factory):
+    s = Server(ckpt, tmp_path_factory.mktemp("logs") / "ar.log", [])
+    yield s
+    s.stop()
+
+
+
+def test_plain_ar_server_equals_core_ar_and_refuses_other_modes(ar_server, core32):
+    for ids in PROMPTS:
+        assert ar_server.generate_ids(ids, 16)["output_ids"] == core_ids(core32, "ar", ids, 16)
+    status, text = ar_server.post("/v1/completions", {"model": "nld", "prompt": "Hi",
+                                                      "max_tokens": 4, "decode_mode": "diffusion"})
+    assert status == 400 and "--dllm-algorithm" in text
+    assert ar_server.post("/v1/completions", {"model": "nld", "prompt": "Hi", "max_tokens": 4,
+                                              "decode_mode": "ar"})[0] == 200
