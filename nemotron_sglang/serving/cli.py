@@ -1,4 +1,4 @@
-"""The ``nemotron-sglang`` command line: ``make-tiny-checkpoint`` and ``generate``.
+"""The ``nemotron-sglang`` command line: ``serve``, ``make-tiny-checkpoint`` and ``generate``.
 
 ``generate`` runs core's decoders in this process (no server): it is the reference path the
 SGLang plugin is compared against. With no ``--model`` it uses the embedded default, a tiny
@@ -46,6 +46,12 @@ def _ids(text: str) -> list[int]:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nemotron-sglang", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+
+    from . import serve
+
+    sv = sub.add_parser("serve", help="launch SGLang's OpenAI server with every decode mode "
+                                      "(other flags go to sglang.launch_server)")
+    serve.add_arguments(sv)
 
     mk = sub.add_parser("make-tiny-checkpoint", help="write a tiny random NLD checkpoint (HF layout)")
     mk.add_argument("dir")
@@ -117,8 +123,15 @@ def _generate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.cmd != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.cmd == "serve":
+            from .serve import main as serve_main
+
+            return serve_main(args, extra)
         return _make(args) if args.cmd == "make-tiny-checkpoint" else _generate(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"nemotron-sglang: error: {e}", file=sys.stderr)

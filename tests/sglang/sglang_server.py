@@ -29,14 +29,18 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, extra: list[str]):
+    def __init__(self, model: Path | None, log: Path, extra: list[str],
+                 command: list[str] | None = None):
+        """Start ``sglang.launch_server`` for ``model`` (or ``command`` + ``--port``)."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
-               "--device", "cpu", "--host", "127.0.0.1", "--port", str(self.port),
-               "--attention-backend", "torch_native", "--dtype", "float32",
-               "--max-total-tokens", "4096", *extra]
+        if command is None:
+            command = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+                       "--device", "cpu", "--host", "127.0.0.1",
+                       "--attention-backend", "torch_native", "--dtype", "float32",
+                       "--max-total-tokens", "4096"]
+        cmd = [*command, "--port", str(self.port), *extra]
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)

@@ -1,0 +1,282 @@
+"""Host side of the Triton paged block attention: metadata, launch heuristics, the wrapper.
+
+:func:`paged_attention_triton` has exactly the signature and semantics of
+:func:`nemotron_sglang.core.attention.paged_attention` (the oracle): q ``[T, Hq, D]``,
+k_new/v_new ``[T, Hkv, D]`` packed over the rows of a
+:class:`~nemotron_sglang.core.batch.ForwardBatch`; every new token sees its row's whole cached
+prefix (``batch.prefix_lens[r]`` tokens of ``batch.seq_ids[r]``); among the new tokens the
+row's mask kind decides (causal / bidirectional / quadratic with block B). Returns
+``[T, Hq, D]`` in q's dtype. The device code is in :mod:`.attention_jit`.
+
+Host work per call (documented because it sits on the forward's critical path):
+:func:`build_metadata` reads ``batch.q_lens`` / ``prefix_lens`` / ``masks`` (Python ints) and
+each row's page list from the cache (``cache.page_table``, only the pages the prefix covers),
+packs them into ONE int32 host tensor and copies it to the device once. The result is
+memoised for the last (batch, cache, pages) seen, so the per-layer calls of one model forward
+pay it once. No device->host synchronisation happens. A server that keeps page tables and
+lengths on the device (SGLang's ``req_to_token``) should build :class:`AttentionMetadata`
+from those tensors instead and call :func:`paged_attention_with_metadata`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from ..core.attention import MaskKind
+
+__all__ = ["AttentionMetadata", "LaunchConfig", "build_metadata", "choose_config",
+           "paged_attention_triton", "paged_attention_with_metadata", "triton_available"]
+
+_KIND_CODE = {MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}
+
+
+def triton_available() -> bool:
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    return True
+
+
+def _jit():
+    """The @triton.jit module, imported (and its kernels decorated) on first use."""
+    try:
+        mod = importlib.import_module("nemotron_sglang.kernels.attention_jit")
+    except ImportError as e:
+        raise RuntimeError("the Triton attention kernel needs `triton` (pip install "
+                           "'nemotron-sglang[gpu]'); use attention impl 'reference' without "
+                           f"it ({e})") from e
+    return mod
+
+
+def _check_interpreter(kernel, device: torch.device) -> None:
+    if device.type == "cuda":
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+    if not isinstance(kernel, InterpretedFunction):
+        raise RuntimeError(
+            "Triton kernels on CPU tensors run only under the interpreter: set "
+            "TRITON_INTERPRET=1 before nemotron_sglang.kernels first launches a Triton kernel "
+            "(triton reads it when the kernel module is imported)")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes and the kv split. ``block_m`` rows = ``block_m // group`` tokens × group heads."""
+
+    block_m: int
+    block_n: int
+    num_splits: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def choose_config(q_lens, prefix_lens, group: int, num_kv_heads: int, head_dim: int,
+                  device: torch.device, block_m: int | None = None, block_n: int | None = None,
+                  num_splits: int | None = None) -> LaunchConfig:
+    """Heuristics (host ints only). GPU figures are untuned guesses until measured on a device.
+
+    * decode-like passes (every row 1 token): ``block_m = max(16, group)`` — the group's heads
+      of one token fill the tile;
+    * otherwise 64 rows (16 tokens × 4 heads at the 8B shape), 128 for long query rows;
+    * kv split (flash-decoding) when tiles × kv heads cannot fill the SMs twice over, each split
+      keeping at least 256 prefix keys.
+    """
+    max_q = max(q_lens)
+    if block_m is None:
+        if max_q == 1:
+            block_m = 16
+        elif max_q * group >= 1024 and device.type == "cuda":
+            block_m = 128
+        else:
+            block_m = 64 if device.type == "cuda" else 16
+    block_m = max(block_m, _next_pow2(group), 16)
+    if block_n is None:
+        block_n = 64 if device.type == "cuda" else 16
+        if head_dim > 128:
+            block_n = 32
+    tok = block_m // group
+    n_tiles = sum(-(-n // tok) for n in q_lens)
+    max_prefix = max(prefix_lens)
+    if num_splits is None:
+        programs = n_tiles * num_kv_heads
+        want = -(-2 * _num_sms(device) // programs)
+        num_splits = max(1, min(want, max_prefix // 256, 16))
+    num_splits = max(1, min(num_splits, max(1, -(-max_prefix // block_n))))
+    warps = 8 if block_m >= 128 else 4
+    return LaunchConfig(block_m=block_m, block_n=block_n, num_splits=num_splits, num_warps=warps)
+
+
+@dataclass
+class AttentionMetadata:
+    """Device tensors describing one pass (int32), plus the host ints the launch needs.
+
+    ``rows`` [5, R]: q_start, q_len, prefix_len, mask kind (0 causal, 1 bidirectional,
+    2 quadratic), width (B + 1 for quadratic, else 1). ``page_table`` [R, P] (pages covering
+    each prefix; padded with 0, never read past the prefix). ``tiles`` [2, n_tiles]: row and
+    first token of each query tile.
+    """
+
+    rows: torch.Tensor
+    page_table: torch.Tensor
+    tiles: torch.Tensor
+    num_tokens: int
+    page_size: int
+    chunk: int
+    config: LaunchConfig
+
+
+def build_metadata(batch, cache, group: int, head_dim: int, device: torch.device,
+                   config: LaunchConfig | None = None, **overrides) -> AttentionMetadata:
+    """Host-built metadata for ``batch`` over ``cache`` (one H2D copy). See module docstring."""
+    q_lens, prefix_lens = list(batch.q_lens), list(batch.prefix_lens)
+    page_size = cache.page_size
+    if config is None:
+        config = choose_config(q_lens, prefix_lens, group, cache.num_kv_heads, head_dim, device,
+                               **overrides)
+    tok = config.block_m // group
+    n_rows = len(q_lens)
+    pages = []
+    for sid, p in zip(batch.seq_ids, prefix_lens):
+        need = -(-p // page_size)
+        table = cache.page_table(sid)
+        if len(table) < need:
+            raise ValueError(f"seq {sid}: prefix {p} exceeds its {len(table)} page(s) of "
+                             f"{page_size} tokens")
+        pages.append(table[:need])
+    max_pages = max(1, max(len(p) for p in pages))
+    tile_row, tile_tok0 = [], []
+    for r, n in enumerate(q_lens):
+        for t0 in range(0, n, tok):
+            tile_row.append(r)
+            tile_tok0.append(t0)
+    n_tiles = len(tile_row)
+    host = torch.zeros(5 * n_rows + n_rows * max_pages + 2 * n_tiles, dtype=torch.int32)
+    starts = [0]
+    for n in q_lens[:-1]:
+        starts.append(starts[-1] + n)
+    kinds, widths = [], []
+    for m, n in zip(batch.masks, q_lens):
+        kinds.append(_KIND_CODE[m.kind])
+        if m.kind == MaskKind.QUADRATIC:
+            m.rows(n)                       # validates q_len = rows·(B+1)
+            widths.append(m.block + 1)
+        else:
+            widths.append(1)
+    host[: 5 * n_rows] = torch.tensor(starts + q_lens + prefix_lens + kinds + widths,
+                                      dtype=torch.int32)
+    pt = torch.zeros(n_rows, max_pages, dtype=torch.int32)
+    for r, p in enumerate(pages):
+        if p:
+            pt[r, : len(p)] = torch.tensor(p, dtype=torch.int32)
+    host[5 * n_rows: 5 * n_rows + n_rows * max_pages] = pt.flatten()
+    host[5 * n_rows + n_rows * max_pages:] = torch.tensor(tile_row + tile_tok0, dtype=torch.int32)
+    dev = host.to(device)
+    rows = dev[: 5 * n_rows].view(5, n_rows)
+    page_table = dev[5 * n_rows: 5 * n_rows + n_rows * max_pages].view(n_rows, max_pages)
+    tiles = dev[5 * n_rows + n_rows * max_pages:].view(2, n_tiles)
+    max_prefix = max(prefix_lens)
+    chunk = -(-max(max_prefix, 1) // config.num_splits)
+    chunk = -(-chunk // config.block_n) * config.block_n
+    return AttentionMetadata(rows=rows, page_table=page_table, tiles=tiles,
+                             num_tokens=sum(q_lens), page_size=page_size, chunk=chunk,
+                             config=config)
+
+
+def paged_attention_with_metadata(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                                  k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                  meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Launch over prepared metadata. k_cache/v_cache: one layer's pool ``[S, Hkv, D]``."""
+    jit = _jit()
+    t, hq, d = q.shape
+    hkv = k_new.shape[1]
+    if k_new.shape != (t, hkv, d) or v_new.shape != k_new.shape or hq % hkv:
+        raise ValueError(f"bad shapes q {tuple(q.shape)} k {tuple(k_new.shape)} "
+                         f"v {tuple(v_new.shape)}")
+    if not (q.dtype == k_new.dtype == v_new.dtype):
+        raise ValueError(f"q/k/v dtypes differ: {q.dtype} {k_new.dtype} {v_new.dtype}")
+    if t != meta.num_tokens:
+        raise ValueError(f"q has {t} tokens, the batch {meta.num_tokens}")
+    _check_interpreter(jit.paged_attention_kernel, q.device)
+    q, k_new, v_new = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_new, v_new))
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("the cache's head_dim axis must be contiguous")
+    group = hq // hkv
+    cfg = meta.config
+    out = torch.empty_like(q)
+    block_d = max(16, _next_pow2(d))
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"     # tf32 is ignored for 16-bit
+    splits = cfg.num_splits
+    if splits > 1:
+        o_part = torch.empty(splits, t, hq, d, device=q.device, dtype=torch.float32)
+        lse_part = torch.empty(splits, t, hq, device=q.device, dtype=torch.float32)
+    else:
+        o_part = lse_part = out                                   # unused
+    rows, tiles = meta.rows, meta.tiles
+    grid = (tiles.shape[1], hkv, splits)
+    jit.paged_attention_kernel[grid](
+        q, k_new, v_new, k_cache, v_cache, out, o_part, lse_part,
+        meta.page_table, rows[0], rows[1], rows[2], rows[3], rows[4], tiles[0], tiles[1],
+        scale * math.log2(math.e), meta.page_size, meta.chunk, t,
+        q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1), v_new.stride(0),
+        v_new.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
+        v_cache.stride(1), out.stride(0), out.stride(1), meta.page_table.stride(0),
+        GROUP=group, TOK=cfg.block_m // group, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=splits, NUM_HQ=hq, PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if splits > 1:
+        jit.merge_splits_kernel[(t, hq)](o_part, lse_part, out, t, out.stride(0), out.stride(1),
+                                         NUM_HQ=hq, HEAD_DIM=d, BLOCK_D=block_d,
+                                         NUM_SPLITS=splits, num_warps=1)
+    return out
+
+
+class _MetadataMemo:
+    """One entry: metadata of the last (batch, cache, prefix pages, device, overrides)."""
+
+    def __init__(self) -> None:
+        self._key = None
+        self._batch_ref = None
+        self._meta = None
+
+    def get(self, batch, cache, group, head_dim, device, overrides):
+        pages = tuple(tuple(cache.page_table(s)[: -(-p // cache.page_size)])
+                      for s, p in zip(batch.seq_ids, batch.prefix_lens))
+        key = (id(cache), cache.page_size, pages, group, head_dim, str(device),
+               tuple(sorted(overrides.items())))
+        if (self._meta is not None and self._key == key and self._batch_ref is not None
+                and self._batch_ref() is batch):
+            return self._meta
+        meta = build_metadata(batch, cache, group, head_dim, device, **overrides)
+        self._key, self._batch_ref, self._meta = key, weakref.ref(batch), meta
+        return meta
+
+
+_MEMO = _MetadataMemo()
+
+
+def paged_attention_triton(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache,
+                           layer: int, batch, scale: float, **overrides) -> torch.Tensor:
+    """Drop-in for ``core.attention.paged_attention`` running the Triton kernel.
+
+    ``overrides`` (tests, benchmarks): ``block_m``, ``block_n``, ``num_splits``.
+    """
+    group = q.shape[1] // k_new.shape[1]
+    meta = _MEMO.get(batch, cache, group, q.shape[2], q.device, overrides)
+    return paged_attention_with_metadata(q, k_new, v_new, cache.k[layer], cache.v[layer], meta,
+                                         scale)

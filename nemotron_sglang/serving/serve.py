@@ -1,0 +1,116 @@
+"""``nemotron-sglang serve``: a thin launcher for SGLang's own server with NLD's tri-mode algorithm.
+
+It only builds ``python -m sglang.launch_server`` arguments and environment, then replaces this
+process with SGLang's (no HTTP server of its own):
+- the model: ``--model`` or the embedded default (the committed trained fixture when the source
+  tree has it, else a generated tiny checkpoint cached under ``~/.cache/nemotron-sglang``);
+- ``--dllm-algorithm NemotronTriMode`` with a YAML written from ``--default-mode`` / ``--threshold``;
+- on a machine without CUDA: the plugin's CPU platform (``NEMOTRON_SGLANG_CPU_PLATFORM=1``),
+  ``--device cpu``, fp32, torch-native attention, one OpenMP thread per process (SGLang's
+  processes share the cores; 1 thread measured ~7× faster than torch's default on 2 cores) and a
+  KV pool sized for a small machine; on CUDA: the triton attention backend;
+- ``--enable-metrics`` and ``--max-running-requests 16`` unless given.
+Every other flag goes to ``sglang.launch_server`` unchanged and wins over these defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "nld-tiny-rules"
+MODES = ("ar", "diffusion", "linear_spec")
+
+
+def embedded_model() -> Path:
+    if (FIXTURE / "config.json").exists():
+        return FIXTURE
+    from .cli import default_model_dir
+
+    return default_model_dir()
+
+
+def _has_flag(passthrough: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in passthrough)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def write_yaml(default_mode: str, threshold: float) -> Path:
+    root = Path(os.environ.get("NEMOTRON_SGLANG_CACHE", Path.home() / ".cache" / "nemotron-sglang"))
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"tri_mode-{default_mode}-{threshold:g}.yaml"
+    path.write_text(f"default_mode: {default_mode}\nthreshold: {threshold}\n")
+    return path
+
+
+def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
+                  ) -> tuple[list[str], dict[str, str]]:
+    """The ``sglang.launch_server`` argv and environment for these options."""
+    model = Path(args.model) if args.model else embedded_model()
+    if not (model / "config.json").exists():
+        raise ValueError(f"{model} has no config.json")
+    yaml = write_yaml(args.default_mode, args.threshold)
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+           "--host", args.host, "--port", str(args.port),
+           "--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml)]
+    env = dict(os.environ)
+    defaults: list[tuple[str, str | None]] = [("--max-running-requests", "16"),
+                                              ("--enable-metrics", None)]
+    if cuda:
+        defaults += [("--attention-backend", "triton")]
+    else:
+        env["NEMOTRON_SGLANG_CPU_PLATFORM"] = "1"
+        env.setdefault("OMP_NUM_THREADS", "1")
+        defaults += [("--device", "cpu"), ("--dtype", "float32"),
+                     ("--attention-backend", "torch_native"), ("--max-total-tokens", "16384")]
+    for flag, value in defaults:
+        if not _has_flag(passthrough, flag):
+            cmd += [flag] if value is None else [flag, value]
+    return cmd + passthrough, env
+
+
+def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
+    url = f"http://{args.host}:{args.port}"
+    model = cmd[cmd.index("--model-path") + 1]
+    curl = (f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d "
+            f"'{{\"model\": \"nld\", \"prompt\": \"The number after 41 is\", \"max_tokens\": 16, "
+            f"\"temperature\": 0, \"decode_mode\": \"{args.default_mode}\"}}'")
+    return "\n".join([
+        f"nemotron-sglang serve: {url} ({'CUDA' if cuda else 'CPU'})",
+        f"  model: {model}",
+        f"  modes: {', '.join(MODES)} per request (decode_mode), default {args.default_mode}",
+        f"  try:   {curl}",
+        f"  exec:  {shlex.join(cmd)}",
+    ])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="NLD checkpoint dir (default: embedded tiny model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--default-mode", choices=MODES, default="linear_spec")
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--dry-run", action="store_true", help="print the command and exit")
+
+
+def main(args: argparse.Namespace, passthrough: list[str]) -> int:
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    cuda = _cuda()
+    cmd, env = build_command(args, passthrough, cuda)
+    print(banner(args, cmd, cuda), flush=True)
+    if args.dry_run:
+        return 0
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # unreachable

@@ -1,0 +1,57 @@
+"""``nemotron-sglang serve`` argument building (no SGLang needed): defaults per machine kind,
+pass-through flags win, bad input refused."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from nemotron_sglang.serving import serve
+
+
+def args(**kw):
+    p = argparse.ArgumentParser()
+    serve.add_arguments(p)
+    ns = p.parse_args([])
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def value(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
+def test_cpu_defaults(tmp_path, monkeypatch, ckpt_dirs):
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    cmd, env = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), [], cuda=False)
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    assert value(cmd, "--dllm-algorithm") == "NemotronTriMode"
+    assert value(cmd, "--device") == "cpu" and value(cmd, "--attention-backend") == "torch_native"
+    assert value(cmd, "--dtype") == "float32" and "--enable-metrics" in cmd
+    assert env["NEMOTRON_SGLANG_CPU_PLATFORM"] == "1"
+    yaml = (tmp_path / value(cmd, "--dllm-algorithm-config").split("/")[-1]).read_text()
+    assert "default_mode: linear_spec" in yaml and "threshold: 0.9" in yaml
+
+
+def test_cuda_defaults_and_passthrough_wins(tmp_path, monkeypatch, ckpt_dirs):
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    monkeypatch.delenv("NEMOTRON_SGLANG_CPU_PLATFORM", raising=False)
+    cmd, env = serve.build_command(args(model=str(ckpt_dirs["s0_lora"]), default_mode="ar"),
+                                   ["--max-running-requests", "4", "--tp-size", "2"], cuda=True)
+    assert value(cmd, "--attention-backend") == "triton" and "--device" not in cmd
+    assert cmd.count("--max-running-requests") == 1 and value(cmd, "--max-running-requests") == "4"
+    assert cmd[-2:] == ["--tp-size", "2"]
+    assert "NEMOTRON_SGLANG_CPU_PLATFORM" not in env
+
+
+def test_default_model_is_generated_and_bad_input_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    monkeypatch.setattr(serve, "FIXTURE", tmp_path / "absent")
+    cmd, _ = serve.build_command(args(), [], cuda=False)
+    assert value(cmd, "--model-path") == str(tmp_path / "tiny-seed0")
+    with pytest.raises(ValueError, match="config.json"):
+        serve.build_command(args(model=str(tmp_path / "nowhere")), [], cuda=False)
+    with pytest.raises(ValueError, match="threshold"):
+        serve.main(args(threshold=1.5), [])
