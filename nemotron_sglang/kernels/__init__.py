@@ -19,8 +19,9 @@ from __future__ import annotations
 from ..core.attention import paged_attention
 from .flashinfer_attention import flashinfer_available, paged_attention_flashinfer
 from .kv_write import commit_lengths_, kv_write, kv_write_torch, kv_write_triton, staging_slots
-from .triton_attention import (AttentionMetadata, build_metadata, paged_attention_triton,
-                               paged_attention_with_metadata, triton_available)
+from .triton_attention import (AttentionMetadata, attention_for_forward, build_metadata,
+                               paged_attention_triton, paged_attention_with_metadata,
+                               triton_available)
 
 
 class _Registry(dict):
@@ -37,8 +38,8 @@ def get_attention_impl(name: str):
     return ATTENTION_IMPLS[name]
 
 
-__all__ = ["ATTENTION_IMPLS", "AttentionMetadata", "build_metadata", "commit_lengths_",
-           "flashinfer_available", "get_attention_impl", "kv_write", "kv_write_torch",
-           "kv_write_triton", "paged_attention", "paged_attention_flashinfer",
+__all__ = ["ATTENTION_IMPLS", "AttentionMetadata", "attention_for_forward", "build_metadata",
+           "commit_lengths_", "flashinfer_available", "get_attention_impl", "kv_write",
+           "kv_write_torch", "kv_write_triton", "paged_attention", "paged_attention_flashinfer",
            "paged_attention_triton", "paged_attention_with_metadata", "staging_slots",
            "triton_available"]

@@ -12,8 +12,11 @@ Host work per call (documented because it sits on the forward's critical path):
 :func:`build_metadata` reads ``batch.q_lens`` / ``prefix_lens`` / ``masks`` (Python ints) and
 each row's page list from the cache (``cache.page_table``, only the pages the prefix covers),
 packs them into ONE int32 host tensor and copies it to the device once. The result is
-memoised for the last (batch, cache, pages) seen, so the per-layer calls of one model forward
-pay it once. No device->host synchronisation happens. A server that keeps page tables and
+memoised for the last (batch, cache, prefix pages) seen, so the per-layer calls of one model
+forward pay the build and the copy once; checking the memo still lists each row's prefix pages
+(O(total prefix pages) Python work per layer call). :func:`attention_for_forward` skips even
+that: it builds the metadata once and returns an ``attention_fn`` bound to one forward.
+No device->host synchronisation happens. A server that keeps page tables and
 lengths on the device (SGLang's ``req_to_token``) should build :class:`AttentionMetadata`
 from those tensors instead and call :func:`paged_attention_with_metadata`.
 """
@@ -29,8 +32,8 @@ import torch
 
 from ..core.attention import MaskKind
 
-__all__ = ["AttentionMetadata", "LaunchConfig", "build_metadata", "choose_config",
-           "paged_attention_triton", "paged_attention_with_metadata", "triton_available"]
+__all__ = ["AttentionMetadata", "LaunchConfig", "attention_for_forward", "build_metadata",
+           "choose_config", "paged_attention_triton", "paged_attention_with_metadata", "triton_available"]
 
 _KIND_CODE = {MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}
 
@@ -93,7 +96,8 @@ def choose_config(q_lens, prefix_lens, group: int, num_kv_heads: int, head_dim: 
 
     * decode-like passes (every row 1 token): ``block_m = max(16, group)`` — the group's heads
       of one token fill the tile;
-    * otherwise 64 rows (16 tokens × 4 heads at the 8B shape), 128 for long query rows;
+    * otherwise 64 rows (16 tokens × 4 heads at the 8B shape), 128 for long query rows on
+      CUDA (the interpreter on CPU is fastest with few, large tiles too);
     * kv split (flash-decoding) when tiles × kv heads cannot fill the SMs twice over, each split
       keeping at least 256 prefix keys.
     """
@@ -104,12 +108,10 @@ def choose_config(q_lens, prefix_lens, group: int, num_kv_heads: int, head_dim: 
         elif max_q * group >= 1024 and device.type == "cuda":
             block_m = 128
         else:
-            block_m = 64 if device.type == "cuda" else 16
+            block_m = 64
     block_m = max(block_m, _next_pow2(group), 16)
     if block_n is None:
-        block_n = 64 if device.type == "cuda" else 16
-        if head_dim > 128:
-            block_n = 32
+        block_n = 32 if head_dim > 128 else 64
     tok = block_m // group
     n_tiles = sum(-(-n // tok) for n in q_lens)
     max_prefix = max(prefix_lens)
@@ -276,7 +278,26 @@ def paged_attention_triton(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Te
 
     ``overrides`` (tests, benchmarks): ``block_m``, ``block_n``, ``num_splits``.
     """
+    _jit()                                   # a clear error first when triton is missing
     group = q.shape[1] // k_new.shape[1]
     meta = _MEMO.get(batch, cache, group, q.shape[2], q.device, overrides)
     return paged_attention_with_metadata(q, k_new, v_new, cache.k[layer], cache.v[layer], meta,
                                          scale)
+
+
+def attention_for_forward(batch, cache, num_heads: int, head_dim: int, **overrides):
+    """An ``attention_fn`` valid for ONE forward of ``batch`` over ``cache`` (metadata built once).
+
+    Set it as ``model.attention_fn`` before the forward; it refuses any other batch or cache.
+    """
+    group = num_heads // cache.num_kv_heads
+    meta = build_metadata(batch, cache, group, head_dim, cache.k.device, **overrides)
+
+    def attention_fn(q, k_new, v_new, cache_, layer, batch_, scale):
+        if batch_ is not batch or cache_ is not cache:
+            raise ValueError("attention_for_forward: called with another batch or cache")
+        return paged_attention_with_metadata(q, k_new, v_new, cache.k[layer], cache.v[layer],
+                                             meta, scale)
+
+    attention_fn.metadata = meta
+    return attention_fn

@@ -76,6 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     lora.add_argument("--no-lora", dest="lora", action="store_false")
     g.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32")
     g.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("corpus", help="print rule-corpus examples (prompt + continuation)")
+    c.add_argument("--n", type=int, default=10)
+    c.add_argument("--seed", type=int, default=1_000_000,
+                   help="corpus seed (evaluation seeds are >= 1000000, training seeds below)")
+    c.add_argument("--json", action="store_true", help='one {"prompt","continuation"} per line')
+
+    t = sub.add_parser("train-tiny", help="train the tiny NLD fixture on the rule corpus")
+    t.add_argument("out_dir")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="safety deadline for the whole run (the schedule is set by --steps)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, default=None, help="base-model optimizer steps")
+    t.add_argument("--lora-steps", type=int, default=None)
+    t.add_argument("--batch", type=int, default=None)
+    t.add_argument("--seq-len", type=int, default=None)
+    t.add_argument("--data-docs", type=int, default=None)
+    t.add_argument("--dlm-weight", type=float, default=None)
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    t.add_argument("--quiet", action="store_true")
     return ap
 
 
@@ -122,6 +142,34 @@ def _generate(args) -> int:
     return 0
 
 
+def _corpus(args) -> int:
+    from ..testing.corpus import examples
+
+    if args.n < 0:
+        raise ValueError(f"--n must be >= 0, got {args.n}")
+    for ex in examples(args.seed, args.n):
+        if args.json:
+            print(json.dumps(ex))
+        else:
+            print(ex["prompt"] + "\u2502" + ex["continuation"] + "\n")
+    return 0
+
+
+def _train_tiny(args) -> int:
+    import torch
+
+    from ..testing.train_tiny import TrainConfig, train
+
+    torch.set_num_threads(args.threads)
+    tc = TrainConfig(seed=args.seed)
+    for name in ("steps", "lora_steps", "batch", "seq_len", "data_docs", "dlm_weight"):
+        v = getattr(args, name)
+        if v is not None:
+            setattr(tc, name, v)
+    print(json.dumps(train(args.out_dir, tc, quiet=args.quiet, minutes=args.minutes)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -132,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             from .serve import main as serve_main
 
             return serve_main(args, extra)
+        if args.cmd == "corpus":
+            return _corpus(args)
+        if args.cmd == "train-tiny":
+            return _train_tiny(args)
         return _make(args) if args.cmd == "make-tiny-checkpoint" else _generate(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"nemotron-sglang: error: {e}", file=sys.stderr)

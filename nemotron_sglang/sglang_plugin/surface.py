@@ -6,7 +6,8 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
   client's ``extra_body``) into ``custom_params``; an explicit ``custom_params`` value wins.
 - AFTER ``TokenizerManager._create_tokenized_object`` (main process): checks those fields before
   the request is queued, so streaming requests also get a real HTTP 400. On a plain AR server of
-  an NLD checkpoint, a mode other than ``ar`` is refused with a pointer to ``--dllm-algorithm``.
+  an NLD checkpoint, a mode other than ``ar`` is refused with a pointer to ``--dllm-algorithm``;
+  prompt token ids outside the vocabulary (which crash SGLang's scheduler) are refused.
   The scheduler's ``validate_request`` remains the authoritative check (it also knows the block).
 - BEFORE ``SchedulerOutputStreamer.stream_output`` (scheduler): copies the request's counters
   into ``customized_info`` (token-aligned, cumulative), so ``meta_info`` carries
@@ -86,12 +87,25 @@ def check_tokenized(result, self, *args, **kwargs):
     algo = getattr(server_args, "dllm_algorithm", None)
     archs = getattr(getattr(getattr(self, "model_config", None), "hf_config", None),
                     "architectures", None) or []
+    nld = "NemotronLabsDiffusionModel" in archs
     try:
-        check_fields(getattr(sp, "custom_params", None), algo,
-                     "NemotronLabsDiffusionModel" in archs)
+        check_fields(getattr(sp, "custom_params", None), algo, nld)
+        if nld:
+            check_token_ids(getattr(result, "input_ids", None),
+                            getattr(getattr(self, "model_config", None), "vocab_size", None))
     except ParamError as e:
         raise ValueError(f"nemotron-sglang: {e}") from None
     return None
+
+
+def check_token_ids(ids, vocab_size: int | None) -> None:
+    """Out-of-vocabulary prompt ids would crash SGLang's scheduler (IndexError): refuse them."""
+    if ids is None or vocab_size is None:
+        return
+    bad = [int(t) for t in ids if not 0 <= int(t) < vocab_size]
+    if bad:
+        raise ParamError("input_ids", f"token ids outside the vocabulary [0, {vocab_size}): "
+                                      f"{bad[:5]}")
 
 
 def export_stats(self, reqs, *args, **kwargs):

@@ -59,13 +59,10 @@ def _countdown(r: random.Random, n: int) -> tuple[str, list[str]]:
 
 def _pylist(r: random.Random, n: int) -> tuple[str, list[str]]:
     name = r.choice(NAMES)
-    kind = r.choice(["arith", "arith", "square", "double"])
+    kind = r.choice(["arith", "arith", "multiples"])
     if kind == "arith":
         a, d = r.randint(0, 200), r.randint(1, 9)
         xs = [a + d * i for i in range(n)]
-    elif kind == "square":
-        a = r.randint(0, 10)
-        xs = [(a + i) ** 2 for i in range(n)]
     else:
         a = r.randint(2, 9)
         xs = [a * (i + 1) for i in range(n)]
@@ -73,7 +70,7 @@ def _pylist(r: random.Random, n: int) -> tuple[str, list[str]]:
 
 
 def _table(r: random.Random, n: int) -> tuple[str, list[str]]:
-    k, s = r.randint(2, 19), r.randint(1, 5)
+    k, s = r.randint(2, 12), r.randint(1, 5)
     sym = r.choice(["x", "*"])
     return f"Multiplication table of {k}:", [f"\n{k} {sym} {i} = {k * i}" for i in range(s, s + n)]
 
@@ -87,9 +84,9 @@ def _functions(r: random.Random, n: int) -> tuple[str, list[str]]:
 
 def _loops(r: random.Random, n: int) -> tuple[str, list[str]]:
     s = r.randint(0, 80)
-    kind = r.choice(["sq", "range", "print"])
-    if kind == "sq":
-        items = [f"print({i}, {i * i})" for i in range(s, s + n)]
+    kind = r.choice(["double", "range", "print"])
+    if kind == "double":
+        items = [f"print({i}, {2 * i})" for i in range(s, s + n)]
     elif kind == "range":
         items = [f"for i in range({i}):\n    total += i * {i}" for i in range(s, s + n)]
     else:

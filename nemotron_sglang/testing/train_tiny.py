@@ -57,6 +57,7 @@ from ..core.weights import LORA_DIR, save_checkpoint, save_lora
 from . import corpus
 
 TOKENIZER_DOCS = 20000
+LORA_RESERVE_S = 480.0      # of a --minutes deadline, kept for the LoRA phase
 TOKENIZER_SEED = 7          # corpus seed of the tokenizer's training text (< EVAL_SEED_BASE)
 
 
@@ -66,19 +67,19 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 16
     seq_len: int = 160
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr: float = 1e-4
-    warmup: int = 100
+    warmup: int = 60
     weight_decay: float = 0.05
     dlm_weight: float = 1.0
     p_draft: float = 0.4
     block_sizes: tuple = ((32, 0.6), (16, 0.2), (8, 0.2))
-    hidden: int = 256
+    hidden: int = 192
     layers: int = 4
     heads: int = 4
     kv_heads: int = 2
-    head_dim: int = 64
-    intermediate: int = 768
+    head_dim: int = 48
+    intermediate: int = 512
     vocab: int = 640
     block_size: int = 32
     lora_steps: int = 300
@@ -379,8 +380,8 @@ def train(out_dir: str | os.PathLike, tc: TrainConfig, quiet: bool = False,
           minutes: float | None = None) -> dict:
     """Full recipe: tokenizer, base model, checkpoint, LoRA drafter. Returns a summary dict.
 
-    ``minutes`` is a safety deadline only (the schedule is set by ``steps``); a run cut by it
-    is reported as such in the log and the summary.
+    ``minutes`` is a safety deadline only (the schedule is set by ``steps``): the base phase
+    stops ``LORA_RESERVE_S`` before it, the LoRA phase at it; a cut run says so in the log.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,18 +392,18 @@ def train(out_dir: str | os.PathLike, tc: TrainConfig, quiet: bool = False,
     torch.manual_seed(tc.seed)
     t0, c0 = time.time(), time.process_time()
     deadline = None if minutes is None else t0 + minutes * 60
+    base_deadline = None if deadline is None else deadline - LORA_RESERVE_S
     tok = build_corpus_tokenizer(tc.vocab)
     stream = Stream(tok, tc.seed, tc.data_docs)
     _log(log_path, {"phase": "data", "tokens": len(stream.ids), "docs": len(stream.starts),
                     "config": {k: v for k, v in vars(tc).items() if k != "log"}}, quiet)
-    model, hist = train_base(tc, out, tok, stream, log_path, quiet, deadline)
+    model, hist = train_base(tc, out, tok, stream, log_path, quiet, base_deadline)
     save_model(out, model, tok, tc.dtype)
     # the LoRA is trained on the weights as saved (rounded to the checkpoint dtype)
     from ..core.weights import load_model
     model = load_model(out, dtype=torch.float32, lora=False)
     base_wall, base_cpu = time.time() - t0, time.process_time() - c0
-    lora_deadline = None if deadline is None else deadline + 0   # same overall deadline
-    tensors, lhist = train_lora(tc, model, stream, log_path, quiet, lora_deadline)
+    tensors, lhist = train_lora(tc, model, stream, log_path, quiet, deadline)
     save_lora(out / LORA_DIR, tensors, tc.lora_rank, tc.lora_alpha, base_model=str(out.name))
     summary = {"base_wall_s": round(base_wall, 1), "base_cpu_s": round(base_cpu, 1),
                "total_wall_s": round(time.time() - t0, 1),

@@ -119,3 +119,10 @@ def test_grammar_is_refused(dllm):
         "response_format": {"type": "json_schema", "json_schema": {
             "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}})
     assert status == 400 and "json_schema" in text
+
+
+def test_out_of_vocabulary_ids_are_refused_and_the_server_survives(dllm):
+    status, text = dllm.post("/generate", {"input_ids": [5, 512], "sampling_params": {
+        "max_new_tokens": 4, "custom_params": {"decode_mode": "ar"}}})
+    assert status == 400 and "input_ids" in text
+    assert dllm.generate_ids([5, 6], 2, decode_mode="ar")["output_ids"]
