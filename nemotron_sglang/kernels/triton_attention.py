@@ -97,9 +97,9 @@ def choose_config(q_lens, prefix_lens, group: int, num_kv_heads: int, head_dim: 
     * decode-like passes (every row 1 token): ``block_m = max(16, group)`` — the group's heads
       of one token fill the tile;
     * otherwise 64 rows (16 tokens × 4 heads at the 8B shape), 128 for long query rows on
-      CUDA (the interpreter on CPU is fastest with few, large tiles too);
+      CUDA (64 on CPU too: the interpreter is fastest with few, large tiles);
     * kv split (flash-decoding) when tiles × kv heads cannot fill the SMs twice over, each split
-      keeping at least 256 prefix keys.
+      keeping at least 128 prefix keys (at most 16 splits).
     """
     max_q = max(q_lens)
     if block_m is None:
@@ -109,16 +109,17 @@ def choose_config(q_lens, prefix_lens, group: int, num_kv_heads: int, head_dim: 
             block_m = 128
         else:
             block_m = 64
-    block_m = max(block_m, _next_pow2(group), 16)
+    block_m = _next_pow2(max(block_m, group, 16))          # tl.dot needs >= 16, arange pow2
     if block_n is None:
         block_n = 32 if head_dim > 128 else 64
+    block_n = _next_pow2(max(block_n, 16))
     tok = block_m // group
     n_tiles = sum(-(-n // tok) for n in q_lens)
     max_prefix = max(prefix_lens)
     if num_splits is None:
         programs = n_tiles * num_kv_heads
         want = -(-2 * _num_sms(device) // programs)
-        num_splits = max(1, min(want, max_prefix // 256, 16))
+        num_splits = max(1, min(want, max_prefix // 128, 16))
     num_splits = max(1, min(num_splits, max(1, -(-max_prefix // block_n))))
     warps = 8 if block_m >= 128 else 4
     return LaunchConfig(block_m=block_m, block_n=block_n, num_splits=num_splits, num_warps=warps)

@@ -6,6 +6,10 @@ generated checkpoint cached under ``$NEMOTRON_SGLANG_CACHE`` (default ``~/.cache
 With ``--json`` the last line printed is one JSON object: ``output_ids`` (generated tokens only),
 ``text``, ``forwards``, ``tokens_per_forward``, ``finish_reason``, ``mode`` and, for
 self-speculation, ``acceptance_length``.
+
+``corpus`` prints held-out examples of the rule corpus (``nemotron_sglang.testing.corpus``; with
+``--json`` one ``{"prompt", "continuation"}`` object per line) and ``train-tiny`` trains the
+rule-corpus fixture (``nemotron_sglang.testing.train_tiny``).
 """
 
 from __future__ import annotations

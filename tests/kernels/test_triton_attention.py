@@ -20,6 +20,7 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
+_INTERPRET_BEFORE = os.environ.get("TRITON_INTERPRET")
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
@@ -30,13 +31,25 @@ from nemotron_sglang.core.batch import ForwardBatch, PassRow  # noqa: E402
 from nemotron_sglang.core.decoding import DecodeParams, Request, generate  # noqa: E402
 from nemotron_sglang.core.kv_cache import PagedKVCache  # noqa: E402
 from nemotron_sglang.core.weights import load_model  # noqa: E402
-from nemotron_sglang.kernels import (commit_lengths_, kv_write, kv_write_torch,  # noqa: E402
-                                     kv_write_triton, paged_attention_triton, staging_slots)
+from nemotron_sglang.kernels import (attention_for_forward, commit_lengths_, kv_write,  # noqa: E402
+                                     kv_write_torch, kv_write_triton, paged_attention_triton,
+                                     staging_slots)
 
 DEV = torch.device("cuda" if CUDA else "cpu")
 SEED = int(os.environ.get("NLD_TEST_SEED", random.SystemRandom().randrange(1 << 30)))
 FLOOR = {torch.float32: 1e-7, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 RATIOS: list[tuple[str, float, float, float]] = []      # (case, kernel err, torch err, ratio)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_interpret_env():
+    """Leave TRITON_INTERPRET as we found it for later tests' subprocesses (our kernels, once
+    decorated, stay interpreted)."""
+    yield
+    if _INTERPRET_BEFORE is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
 
 
 # ---- building random paged work -----------------------------------------------------------
@@ -145,6 +158,17 @@ def test_kv_split_equals_single_pass():
     one = paged_attention_triton(q, k, v, cache, 1, batch, 0.3, block_n=16, num_splits=1)
     four = paged_attention_triton(q, k, v, cache, 1, batch, 0.3, block_n=16, num_splits=4)
     torch.testing.assert_close(four, one, rtol=1e-5, atol=1e-6, msg=f"seed {SEED}")
+
+
+def test_attention_bound_to_one_forward():
+    rows = [(23, 6, quadratic(2)), (0, 3, CAUSAL)]
+    q, k, v, cache, batch = make_case(SEED + 13, torch.float32, 2, rows, 4, 2, 16)
+    fn = attention_for_forward(batch, cache, num_heads=4, head_dim=16)
+    want = paged_attention_triton(q, k, v, cache, 1, batch, 0.25)
+    torch.testing.assert_close(fn(q, k, v, cache, 1, batch, 0.25), want, rtol=0, atol=0)
+    other = ForwardBatch.from_rows([PassRow(10, [0], [23], 23, CAUSAL)], device=DEV)
+    with pytest.raises(ValueError, match="another batch"):
+        fn(q[:1], k[:1], v[:1], cache, 1, other, 0.25)
 
 
 def test_layer_zero_and_reuse_of_metadata():

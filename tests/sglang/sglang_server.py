@@ -44,7 +44,7 @@ class Server:
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
-        deadline = time.time() + 240
+        deadline = time.time() + 600      # a loaded 2-core machine needs minutes
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
