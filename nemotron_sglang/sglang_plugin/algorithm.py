@@ -40,7 +40,8 @@ from .params import ParamError, RequestParams, SamplingView, ServerDefaults, par
 
 logger = logging.getLogger(__name__)
 
-YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path"}
+YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
+             "auto_max_batch"}
 TOP_K_ALL = 1 << 30
 
 
@@ -73,12 +74,14 @@ class RequestStats:
     forwards: int = 0               # context re-encodes after the prompt + canvas passes
     cycles: int = 0
     cycle_tokens: int = 0
+    auto_rounds: dict = field(default_factory=dict)   # "auto": rounds run per chosen mode
 
-    def as_dict(self, tokens: int) -> dict[str, Any]:
-        return {"decode_mode": self.mode, "forwards": self.forwards,
-                "tokens_per_forward": round(tokens / self.forwards, 4) if self.forwards else None,
-                "acceptance_length": (round(self.cycle_tokens / self.cycles, 4)
-                                      if self.cycles and self.mode != "ar" else None)}
+    @property
+    def reported_mode(self) -> str:
+        """The mode as reported: ``auto(linear_spec,ar)`` names what auto chose."""
+        if self.mode != "auto":
+            return self.mode
+        return f"auto({','.join(sorted(self.auto_rounds, key=self.auto_rounds.get, reverse=True))})"
 
 
 @dataclass
@@ -125,7 +128,8 @@ class NemotronTriMode(DllmAlgorithm):
             raise ValueError("NemotronTriMode needs --no-dllm-fdfo (variable-length commits)")
         defaults = ServerDefaults(default_mode=yaml.get("default_mode", "linear_spec"),
                                   threshold=float(yaml.get("threshold", 0.9)),
-                                  block_size=self.block_size)
+                                  block_size=self.block_size,
+                                  auto_max_batch=int(yaml.get("auto_max_batch", 8)))
         # a bad default must fail at startup, not on the first request
         parse({}, SamplingView(), defaults)
         type(self).defaults = defaults
@@ -210,9 +214,13 @@ class NemotronTriMode(DllmAlgorithm):
             self._stats(req).mode = req.nld_params.mode
         return req.nld_params
 
-    def _row(self, i: int, req, start: int, model) -> _Row:
+    def _row(self, i: int, req, start: int, model, batch_size: int) -> _Row:
         prm = self._params(req)
-        strategy = get_strategy(prm.mode)
+        mode = prm.mode
+        if mode == "auto":             # spec modes fill every forward with B tokens per request
+            mode = "linear_spec" if batch_size <= type(self).defaults.auto_max_batch else "ar"
+            self._stats(req).auto_rounds[mode] = self._stats(req).auto_rounds.get(mode, 0) + 1
+        strategy = get_strategy(mode)
         remaining = max(1, (req.sampling_params.max_new_tokens or 1) - len(req.output_ids))
         st = RequestState(
             rid=i, prompt=[], block=prm.block_length, mask_id=self.mask_id, eos_id=self.eos_id,
@@ -231,7 +239,7 @@ class NemotronTriMode(DllmAlgorithm):
         b, bs = self.block_size, forward_batch.batch_size
         canvas = forward_batch.input_ids.view(bs, b)
         starts = forward_batch.positions.view(bs, b)[:, 0].tolist()
-        rows = [self._row(i, req, starts[i], model) for i, req in enumerate(reqs)]
+        rows = [self._row(i, req, starts[i], model, bs) for i, req in enumerate(reqs)]
         last = None
         while True:
             plans = []

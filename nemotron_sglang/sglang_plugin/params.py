@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
+MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
 PARAM_KEYS = ("decode_mode", "threshold", "block_length")
-# modes the SGLang canvas lifecycle can run today (quadratic needs a B·(B+1) custom-mask pass)
-SERVED_MODES = ("ar", "diffusion", "linear_spec")
+# modes the SGLang canvas lifecycle can run today (quadratic needs a B·(B+1) custom-mask pass);
+# "auto" is a serving policy, not a decoder: linear_spec while the batch is small, else ar
+SERVED_MODES = ("ar", "diffusion", "linear_spec", "auto")
 
 
 class ParamError(ValueError):
@@ -34,6 +35,7 @@ class ServerDefaults:
     default_mode: str = "linear_spec"
     threshold: float = 0.9
     block_size: int = 32            # the server's canvas; bidirectional passes use all of it
+    auto_max_batch: int = 8         # "auto" speculates while a round holds at most this many
 
 
 @dataclass(frozen=True)

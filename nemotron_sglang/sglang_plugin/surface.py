@@ -11,7 +11,8 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
   The scheduler's ``validate_request`` remains the authoritative check (it also knows the block).
 - BEFORE ``SchedulerOutputStreamer.stream_output`` (scheduler): copies the request's counters
   into ``customized_info`` (token-aligned, cumulative), so ``meta_info`` carries
-  ``nld_forwards`` / ``nld_cycles`` / ``nld_cycle_tokens`` / ``nld_mode``.
+  ``nld_forwards`` / ``nld_cycles`` / ``nld_cycle_tokens`` / ``nld_mode``, and records finished
+  requests in the per-mode Prometheus counters (``metrics.py``).
 - AFTER ``UsageProcessor.calculate_response_usage`` (main): adds ``decode_mode``, ``forwards``,
   ``tokens_per_forward`` and ``acceptance_length`` to a non-streaming response's ``usage``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import metrics
 from .params import MODES, PARAM_KEYS, SERVED_MODES, ParamError
 
 CONVERT_TARGETS = (
@@ -115,7 +117,7 @@ def export_stats(self, reqs, *args, **kwargs):
             continue
         n = len(getattr(req, "output_ids_through_stop", None) or req.output_ids)
         info = req.customized_info if req.customized_info is not None else {}
-        values = {"nld_mode": stats.mode, "nld_forwards": stats.forwards,
+        values = {"nld_mode": stats.reported_mode, "nld_forwards": stats.forwards,
                   "nld_cycles": stats.cycles, "nld_cycle_tokens": stats.cycle_tokens}
         for key, value in values.items():
             seq = info.setdefault(key, [])
@@ -124,6 +126,10 @@ def export_stats(self, reqs, *args, **kwargs):
             if seq:
                 seq[-1] = value
         req.customized_info = info
+        if req.finished() and not getattr(req, "nld_recorded", False):
+            req.nld_recorded = True
+            # per-mode counters use the requested mode ("auto", not what it chose)
+            metrics.record_finished(stats.mode, len(req.output_ids), stats.forwards)
     return None
 
 

@@ -35,7 +35,8 @@ def core32(ckpt):
 def dllm(ckpt, tmp_path_factory):
     s = Server(ckpt, tmp_path_factory.mktemp("logs") / "dllm.log",
                ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config",
-                str(ROOT / "launch" / "tri_mode.yaml"), "--max-running-requests", "4"])
+                str(ROOT / "launch" / "tri_mode.yaml"), "--max-running-requests", "4",
+                "--enable-metrics"])
     yield s
     s.stop()
 
@@ -126,3 +127,22 @@ def test_out_of_vocabulary_ids_are_refused_and_the_server_survives(dllm):
         "max_new_tokens": 4, "custom_params": {"decode_mode": "ar"}}})
     assert status == 400 and "input_ids" in text
     assert dllm.generate_ids([5, 6], 2, decode_mode="ar")["output_ids"]
+
+
+def test_auto_mode_reports_its_choice(dllm, core32):
+    got = dllm.generate_ids(PROMPTS[0], 10, decode_mode="auto")
+    assert got["output_ids"] == core_ids(core32, "ar", PROMPTS[0], 10)   # lossless either way
+    assert got["meta_info"]["nld_mode"][-1] == "auto(linear_spec)"       # a lone request speculates
+
+
+def test_prometheus_counters_per_mode(dllm):
+    for mode in ("ar", "diffusion"):
+        dllm.generate_ids([9, 10, 11], 4, decode_mode=mode)
+    import urllib.request
+    text = urllib.request.urlopen(dllm.url + "/metrics", timeout=30).read().decode()
+    for mode in ("ar", "diffusion"):
+        line = next(l for l in text.splitlines()
+                    if l.startswith("nemotron_sglang_requests_total") and f'mode="{mode}"' in l)
+        assert float(line.split()[-1]) >= 1
+    assert "nemotron_sglang_tokens_per_forward_bucket" in text
+    assert "sglang:" in text                 # SGLang's own metrics are still there
