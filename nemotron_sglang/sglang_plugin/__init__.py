@@ -56,7 +56,9 @@ def register() -> None:
               for t in surface.CONVERT_TARGETS],
             (surface.TOKENIZE_TARGET, surface.check_tokenized, HookType.AFTER),
             (surface.STREAM_TARGET, surface.export_stats, HookType.BEFORE),
-            (surface.USAGE_TARGET, surface.add_usage, HookType.AFTER)]
+            (surface.USAGE_TARGET, surface.add_usage, HookType.AFTER),
+            (surface.STREAM_USAGE_TARGET, surface.add_streaming_usage, HookType.AFTER),
+            (surface.GENERATE_TARGET, surface.track_stream_meta, HookType.AROUND)]
     for target, fn, kind in plan:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
         HookRegistry.register(target, fn, kind)

@@ -15,10 +15,14 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
   requests in the per-mode Prometheus counters (``metrics.py``).
 - AFTER ``UsageProcessor.calculate_response_usage`` (main): adds ``decode_mode``, ``forwards``,
   ``tokens_per_forward`` and ``acceptance_length`` to a non-streaming response's ``usage``.
+- AROUND ``TokenizerManager.generate_request`` + AFTER ``UsageProcessor.calculate_streaming_usage``
+  (main): the same fields in a stream's final usage chunk. The generator hook keeps each choice's
+  latest ``meta_info`` in a context variable; the SSE task, created after the first chunk, shares it.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from . import metrics
@@ -33,6 +37,11 @@ TOKENIZE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._creat
 STREAM_TARGET = ("sglang.srt.managers.scheduler_components.output_streamer."
                  "SchedulerOutputStreamer.stream_output")
 USAGE_TARGET = "sglang.srt.entrypoints.openai.usage_processor.UsageProcessor.calculate_response_usage"
+STREAM_USAGE_TARGET = ("sglang.srt.entrypoints.openai.usage_processor.UsageProcessor."
+                       "calculate_streaming_usage")
+GENERATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request"
+# latest meta_info per choice index of the request being streamed (shared with the SSE task)
+_STREAM_META: ContextVar[dict | None] = ContextVar("nemotron_sglang_stream_meta", default=None)
 STAT_KEYS = ("nld_mode", "nld_forwards", "nld_cycles", "nld_cycle_tokens")
 ALGORITHM_NAME = "NemotronTriMode"
 
@@ -176,3 +185,22 @@ def allow_usage_extras() -> None:
         fields = getattr(cls, "model_fields", None)
         if isinstance(cls, type) and fields and "usage" in fields:
             cls.model_rebuild(force=True)
+
+
+async def track_stream_meta(original, self, obj, *args, **kwargs):
+    box: dict[int, dict] = {}
+    _STREAM_META.set(box)
+    async for out in original(self, obj, *args, **kwargs):
+        if isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
+            box[int(out.get("index", 0) or 0)] = out["meta_info"]
+        yield out
+
+
+def add_streaming_usage(result, prompt_tokens, reasoning_tokens, completion_tokens, *args,
+                        **kwargs):
+    box = _STREAM_META.get()
+    if not box or result is None:
+        return None
+    responses = [{"meta_info": {**meta, "completion_tokens": completion_tokens.get(i, 0)}}
+                 for i, meta in sorted(box.items())]
+    return add_usage(result, responses)

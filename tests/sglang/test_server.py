@@ -87,7 +87,15 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     stream = client.completions.create(model="nld", prompt="Hello world", max_tokens=10,
                                        temperature=0, stream=True,
                                        extra_body={"custom_params": {"decode_mode": "linear_spec"}})
-    assert "".join(c.choices[0].text for c in stream if c.choices) == texts["ar"]
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == texts["ar"]
+    stream = client.completions.create(model="nld", prompt="Hello world", max_tokens=10,
+                                       temperature=0, stream=True,
+                                       stream_options={"include_usage": True},
+                                       extra_body={"decode_mode": "diffusion"})
+    final = [c for c in stream if c.usage is not None][-1]
+    assert final.usage.model_extra["decode_mode"] == "diffusion"
+    assert final.usage.model_extra["forwards"] > 0
     chat = client.chat.completions.create(model="nld", messages=[{"role": "user", "content": "Hi"}],
                                           max_tokens=6, temperature=0,
                                           extra_body={"decode_mode": "diffusion"})
