@@ -9,7 +9,7 @@ dtype and shapes, the measured copy bandwidth and bf16 matmul rate, and per cell
 time (eager and CUDA-graph replay), tokens/s, and the ratio to a roofline floor
 max(bytes / copy bandwidth, FLOPs / matmul rate), plus F(q)/F(1) at each batch.
 
-    python benchmarks/forward_cost.py                       # GPU: 8B, batches 1,4,16,64 × 1,32,1056
+    python benchmarks/forward_cost.py               # GPU: 8B, batches 1,4,16,64 × q 1,32,1056
     python benchmarks/forward_cost.py --markdown --batches 1,4 --queries 1,32
     python benchmarks/forward_cost.py --smoke               # CPU: tiny preset, Triton interpreter
 
@@ -36,9 +36,10 @@ SMOKE = "--smoke" in sys.argv
 if SMOKE and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"         # before any Triton kernel is decorated
 
-from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL, quadratic  # noqa: E402
+from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL, MaskKind, quadratic  # noqa: E402
 from nemotron_sglang.core.batch import ForwardBatch, PassRow  # noqa: E402
 from nemotron_sglang.core.config import preset  # noqa: E402
+from nemotron_sglang.core.decoding.quadratic_spec import quadratic_layout  # noqa: E402
 from nemotron_sglang.core.kv_cache import PagedKVCache  # noqa: E402
 from nemotron_sglang.core.model import NLDModel  # noqa: E402
 from nemotron_sglang.core.rope import Rotary  # noqa: E402
@@ -70,10 +71,16 @@ def build_model(cfg, dtype, device):
 
 
 def make_batch(cache, batch: int, q_len: int, context: int, mask, device) -> ForwardBatch:
+    """``batch`` rows of ``q_len`` new tokens after ``context`` cached ones (quadratic rows laid
+    out as the quadratic decoder lays them out)."""
     rows = []
     for sid in range(batch):
-        rows.append(PassRow(sid, [(7 * sid + i) % 1000 + 200 for i in range(q_len)],
-                            list(range(context, context + q_len)), context, mask))
+        ids = [(7 * sid + i) % 1000 + 200 for i in range(q_len)]
+        pos = list(range(context, context + q_len))
+        if mask.kind == MaskKind.QUADRATIC:
+            heads = ids[: mask.rows(q_len)]
+            ids, pos = quadratic_layout(heads, mask.block, context, mask_id=100)
+        rows.append(PassRow(sid, ids, pos, context, mask))
     return ForwardBatch.from_rows(rows, device=device)
 
 
@@ -168,7 +175,8 @@ def time_graphless(fn, reps: int = 20) -> float:
 def roofline(cfg, batch, q_len, context, mask, elt, bw_gbs, tflops) -> float:
     """Floor in ms: max(bytes / bandwidth, FLOPs / matmul rate). Embedding rows not counted."""
     h, L = cfg.hidden_size, cfg.num_hidden_layers
-    layer_params = h * cfg.q_size + 2 * h * cfg.kv_size + cfg.q_size * h + 3 * h * cfg.intermediate_size
+    layer_params = (h * cfg.q_size + 2 * h * cfg.kv_size + cfg.q_size * h
+                    + 3 * h * cfg.intermediate_size)
     dense = L * layer_params + cfg.vocab_size * h
     t = batch * q_len
     kv_read = batch * context * L * 2 * cfg.kv_size * elt
@@ -189,11 +197,57 @@ def hardware() -> str:
         p = torch.cuda.get_device_properties(0)
         return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
                 f"torch {torch.__version__}, CUDA {torch.version.cuda}")
-    return f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, TRITON_INTERPRET=1"
+    return (f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
+            "TRITON_INTERPRET=1")
 
 
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
+
+
+def time_batch_size(model, cfg, b, queries, args, dtype, dev, graphs, check, bw, rate) -> list:
+    """Table rows for one batch size (its cache and graphs are freed on return)."""
+    cuda = dev.type == "cuda"
+    elt = torch.finfo(dtype).bits // 8
+    cache = new_cache(cfg, b, args.context, max(queries), args.page_size, dtype, dev)
+    rows, f1 = [], None
+    for q in queries:
+        mask, label = mask_for(q, cfg.block_size)
+        batch = make_batch(cache, b, q, args.context, mask, dev)
+        try:
+            t0 = time.perf_counter()
+            if args.attention == "triton":
+                attn = attention_for_forward(batch, cache, cfg.num_attention_heads, cfg.head_dim)
+            else:
+                attn = ATTENTION_IMPLS[args.attention]
+            meta_ms = (time.perf_counter() - t0) * 1e3
+
+            def fn():
+                return forward(model, batch, cache, attn)
+
+            eager = time_eager(fn, args.reps, cuda)
+            graph = float("nan")
+            if graphs:
+                try:
+                    graph = time_graph(fn, args.reps)
+                except Exception as e:          # report, keep the eager figure
+                    print(f"  CUDA graph failed at batch {b}, q {q}: {type(e).__name__}: {e}")
+        except torch.cuda.OutOfMemoryError:
+            print(f"  out of memory at batch {b}, q {q}; skipped")
+            torch.cuda.empty_cache()
+            continue
+        best = graph if graph == graph else eager
+        f1 = best if q == 1 else f1
+        floor = roofline(cfg, b, q, args.context, mask, elt, bw, rate) if cuda else float("nan")
+        row = [b, q, label, b * q, eager, graph, meta_ms, b * q / (best * 1e-3), floor,
+               best / floor, best / f1 if f1 else float("nan")]
+        if check:
+            ref = forward(model, batch, cache, ATTENTION_IMPLS["reference"])
+            row.append(float((fn() == ref).double().mean()))
+        rows.append(row)
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
 
 
 def main(argv=None) -> int:
@@ -246,48 +300,12 @@ def main(argv=None) -> int:
     else:
         print("SMOKE: interpreter timings are meaningless; this checks the script end to end.")
     model = build_model(cfg, dtype, dev)
-    elt = torch.finfo(dtype).bits // 8
     check = args.check or args.smoke
     cols = ["batch", "q/req", "pass", "tokens", "eager ms", "graph ms", "meta ms", "tok/s",
             "floor ms", "F/floor", "F(q)/F(1)"] + (["= ref"] if check else [])
     table = []
     for b in batches:
-        cache = new_cache(cfg, b, args.context, max(queries), args.page_size, dtype, dev)
-        f1 = None
-        for q in queries:
-            mask, label = mask_for(q, block)
-            batch = make_batch(cache, b, q, args.context, mask, dev)
-            try:
-                t0 = time.perf_counter()
-                if args.attention == "triton":
-                    attn = attention_for_forward(batch, cache, cfg.num_attention_heads, cfg.head_dim)
-                else:
-                    attn = ATTENTION_IMPLS[args.attention]
-                meta_ms = (time.perf_counter() - t0) * 1e3
-                fn = lambda: forward(model, batch, cache, attn)  # noqa: E731
-                eager = time_eager(fn, args.reps, cuda)
-                graph = float("nan")
-                if graphs:
-                    try:
-                        graph = time_graph(fn, args.reps)
-                    except Exception as e:          # report, keep the eager figure
-                        print(f"  CUDA graph failed at batch {b}, q {q}: {type(e).__name__}: {e}")
-            except torch.cuda.OutOfMemoryError:
-                print(f"  out of memory at batch {b}, q {q}; skipped")
-                torch.cuda.empty_cache()
-                continue
-            best = graph if graph == graph else eager
-            f1 = best if q == 1 else f1
-            floor = roofline(cfg, b, q, args.context, mask, elt, bw, rate) if cuda else float("nan")
-            row = [b, q, label, b * q, eager, graph, meta_ms, b * q / (best * 1e-3), floor,
-                   best / floor, best / f1 if f1 else float("nan")]
-            if check:
-                ref = forward(model, batch, cache, ATTENTION_IMPLS["reference"])
-                row.append(float((fn() == ref).double().mean()))
-            table.append(row)
-            if cuda:
-                torch.cuda.empty_cache()
-        del cache
+        table += time_batch_size(model, cfg, b, queries, args, dtype, dev, graphs, check, bw, rate)
         if cuda:
             torch.cuda.empty_cache()
     print_table(cols, table, args.markdown)

@@ -14,9 +14,10 @@ What is timed (``triton.testing.do_bench``, median, L2 flushed between reps):
 * ``triton``: :func:`paged_attention_with_metadata` — reads K/V through the page table; the
   host metadata build (once per forward in a server) is reported separately as ``meta ms``;
 * ``flex`` / ``sdpa``: the attention call on K/V already gathered into contiguous tensors
-  (flex: one packed sequence with a document mask_mod; sdpa: padded per-request batch with a
-  boolean mask). The gather from the pages they would need is timed separately (``gather``);
-  block-mask and dense-mask construction is not timed;
+  (flex: one packed sequence with a document mask_mod, GQA native; sdpa: padded per-request
+  batch with a boolean mask, K/V heads expanded to the query heads beforehand). The gather
+  from the pages they would need is timed separately (``gather``); block-mask and dense-mask
+  construction is not timed;
 * ``flashinfer``: the whole :func:`paged_attention_flashinfer` call, planning included.
 Without CUDA (and without ``--smoke``) it prints the plan and exits 0.
 """
@@ -123,18 +124,22 @@ def gather_dense(cache, batch, k_new, v_new):
 
 
 def sdpa_inputs(q, ks, vs, batch):
-    """Padded batch [R, H, L, d] and a boolean mask [R, 1, Lq, Lk] (padded query rows see key 0)."""
+    """Padded batch [R, Hq, L, d] (K/V heads expanded to Hq, so the fused masked backends
+    apply) and a boolean mask [R, 1, Lq, Lk] (padded query rows see key 0)."""
     r = len(ks)
     lq, lk = max(batch.q_lens), max(k.shape[0] for k in ks)
     hq, hkv, d = q.shape[1], ks[0].shape[1], q.shape[2]
     qp = q.new_zeros(r, lq, hq, d)
-    kp = q.new_zeros(r, lk, hkv, d)
-    vp = q.new_zeros(r, lk, hkv, d)
+    kp = q.new_zeros(r, lk, hq, d)
+    vp = q.new_zeros(r, lk, hq, d)
+    g = hq // hkv
     mask = torch.zeros(r, 1, lq, lk, dtype=torch.bool, device=q.device)
     mask[:, :, :, 0] = True
     for i, (s, e) in enumerate(batch.spans()):
         n, kl = e - s, ks[i].shape[0]
-        qp[i, :n], kp[i, :kl], vp[i, :kl] = q[s:e], ks[i], vs[i]
+        qp[i, :n] = q[s:e]
+        kp[i, :kl] = ks[i].repeat_interleave(g, dim=1)
+        vp[i, :kl] = vs[i].repeat_interleave(g, dim=1)
         mask[i, 0, :n, :kl] = build_mask(batch.masks[i], batch.prefix_lens[i], n, q.device)
     return qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), mask
 
@@ -152,13 +157,13 @@ def flex_setup(q, ks, vs, batch):
         p = batch.prefix_lens[i]
         n = k.shape[0] - p
         kv_row.append(torch.full((k.shape[0],), i))
-        kv_new.append(torch.cat([torch.zeros(p, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]))
+        kv_new.append(torch.arange(k.shape[0]) >= p)
         kv_j.append(torch.cat([torch.zeros(p, dtype=torch.long), torch.arange(n)]))
     q_row = torch.cat([torch.full((n,), i) for i, n in enumerate(batch.q_lens)]).to(dev)
     q_i = torch.cat([torch.arange(n) for n in batch.q_lens]).to(dev)
     kv_row, kv_new, kv_j = (torch.cat(x).to(dev) for x in (kv_row, kv_new, kv_j))
-    kind = torch.tensor([{MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}[m.kind]
-                         for m in batch.masks], device=dev)
+    codes = {MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}
+    kind = torch.tensor([codes[m.kind] for m in batch.masks], device=dev)
     width = torch.tensor([m.block + 1 if m.kind == MaskKind.QUADRATIC else 1 for m in batch.masks],
                          device=dev)
 
@@ -208,7 +213,70 @@ def hardware() -> str:
         p = torch.cuda.get_device_properties(0)
         return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
                 f"torch {torch.__version__}, CUDA {torch.version.cuda}")
-    return f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, TRITON_INTERPRET=1"
+    return (f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
+            "TRITON_INTERPRET=1")
+
+
+def run_workload(name, rows, hq, hkv, d, dtype, page_size, dev, flex, bw, smoke) -> list:
+    """Time every method on one workload; returns the table row."""
+    cuda = dev.type == "cuda"
+    elt = torch.finfo(dtype).bits // 8
+    scale = d ** -0.5
+    q, k, v, cache, batch = make_work(rows, hq, hkv, d, dtype, page_size, dev)
+    ref = paged_attention(q, k, v, cache, 0, batch, scale)
+    t0 = time.perf_counter()
+    meta = build_metadata(batch, cache, hq // hkv, d, dev)
+    meta_ms = (time.perf_counter() - t0) * 1e3
+
+    def tri():
+        return paged_attention_with_metadata(q, k, v, cache.k[0], cache.v[0], meta, scale)
+
+    errs = [rel_err(tri(), ref)]
+    t_tri = bench(tri, smoke)
+    ks, vs = gather_dense(cache, batch, k, v)
+    t_gather = bench(lambda: gather_dense(cache, batch, k, v), smoke)
+    t_flex = t_sdpa = t_fi = float("nan")
+    try:
+        if flex is None:
+            raise RuntimeError("flex_attention is not available in this torch")
+        fq, fk, fv, bm = flex_setup(q, ks, vs, batch)
+
+        def run_flex():
+            return flex(fq, fk, fv, block_mask=bm, scale=scale, enable_gqa=True)
+
+        errs.append(rel_err(run_flex()[0].transpose(0, 1), ref))
+        t_flex = bench(run_flex, smoke)
+    except Exception as e:                           # report, keep going
+        print(f"  flex_attention failed on {name}: {type(e).__name__}: {e}")
+        errs.append(float("nan"))
+    try:
+        sq, sk, sv, mask = sdpa_inputs(q, ks, vs, batch)
+
+        def sdpa():
+            return torch.nn.functional.scaled_dot_product_attention(
+                sq, sk, sv, attn_mask=mask, scale=scale)
+
+        errs.append(rel_err(sdpa_unpad(sdpa(), batch), ref))
+        t_sdpa = bench(sdpa, smoke)
+    except Exception as e:
+        print(f"  SDPA failed on {name}: {type(e).__name__}: {e}")
+        errs.append(float("nan"))
+    errs.append(float("nan"))
+    if flashinfer_available() and cuda:
+        try:
+            def fi():
+                return paged_attention_flashinfer(q, k, v, cache, 0, batch, scale)
+
+            errs[-1] = rel_err(fi(), ref)
+            t_fi = bench(fi, smoke)
+        except Exception as e:
+            print(f"  flashinfer failed on {name}: {type(e).__name__}: {e}")
+    nbytes = kernel_bytes(rows, hq, hkv, d, elt)
+    gbs = nbytes / (t_tri * 1e-3) / 1e9
+    tflops = 4 * allowed_pairs(rows) * hq * d / (t_tri * 1e-3) / 1e12
+    return [name, batch.num_tokens, t_tri, meta_ms, t_flex, t_sdpa, t_gather, t_fi, gbs,
+            100 * gbs / bw, tflops, t_flex / t_tri, t_sdpa / t_tri,
+            "/".join(f"{e:.1e}" for e in errs)]
 
 
 def main(argv=None) -> int:
@@ -241,8 +309,6 @@ def main(argv=None) -> int:
         print("Run it on a CUDA machine, or with --smoke for a tiny interpreter check.")
         return 0
     dev = torch.device("cuda" if cuda else "cpu")
-    elt = torch.finfo(dtype).bits // 8
-    scale = d ** -0.5
     print(f"# paged attention kernels\ncommand: {shlex.join([sys.executable] + sys.argv)}")
     print(f"hardware: {hardware()}\ndtype: {dtype}, heads {hq}/{hkv}, head_dim {d}, "
           f"page size {args.page_size}, pages shuffled")
@@ -254,57 +320,24 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         print("SMOKE: interpreter timings are meaningless; this checks the script and the errors.")
     cols = ["workload", "tokens", "triton ms", "meta ms", "flex ms", "sdpa ms", "gather ms",
-            "flashinfer ms", "GB/s", "% copy", "TFLOP/s", "x flex", "x sdpa", "err tri/flex/sdpa/fi"]
+            "flashinfer ms", "GB/s", "% copy", "TFLOP/s", "x flex", "x sdpa",
+            "err tri/flex/sdpa/fi"]
+    flex = None
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+        flex = flex_attention
+        if cuda:
+            import torch._dynamo.config as dynamo_cfg
+            for knob in ("cache_size_limit", "recompile_limit"):    # one compile per workload
+                if hasattr(dynamo_cfg, knob):
+                    setattr(dynamo_cfg, knob, 64)
+            flex = torch.compile(flex_attention, dynamic=False)
+    except ImportError as e:
+        print(f"flex_attention unavailable: {e}")
     table = []
     for name, rows in work.items():
-        q, k, v, cache, batch = make_work(rows, hq, hkv, d, dtype, args.page_size, dev)
-        ref = paged_attention(q, k, v, cache, 0, batch, scale)
-        t0 = time.perf_counter()
-        meta = build_metadata(batch, cache, hq // hkv, d, dev)
-        meta_ms = (time.perf_counter() - t0) * 1e3
-        tri = lambda: paged_attention_with_metadata(q, k, v, cache.k[0], cache.v[0], meta, scale)  # noqa: E731
-        errs = [rel_err(tri(), ref)]
-        t_tri = bench(tri, smoke)
-        ks, vs = gather_dense(cache, batch, k, v)
-        t_gather = bench(lambda: gather_dense(cache, batch, k, v), smoke)
-        t_flex = t_sdpa = t_fi = float("nan")
-        try:
-            from torch.nn.attention.flex_attention import flex_attention
-            fq, fk, fv, bm = flex_setup(q, ks, vs, batch)
-            flex = flex_attention if smoke else torch.compile(flex_attention, dynamic=False)
-            run_flex = lambda: flex(fq, fk, fv, block_mask=bm, scale=scale, enable_gqa=True)  # noqa: E731
-            errs.append(rel_err(run_flex()[0].transpose(0, 1), ref))
-            t_flex = bench(run_flex, smoke)
-        except Exception as e:                           # report, keep going
-            print(f"  flex_attention failed on {name}: {type(e).__name__}: {e}")
-            errs.append(float("nan"))
-        try:
-            sq, sk, sv, mask = sdpa_inputs(q, ks, vs, batch)
-            sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
-                sq, sk, sv, attn_mask=mask, scale=scale, enable_gqa=True)
-            errs.append(rel_err(sdpa_unpad(sdpa(), batch), ref))
-            t_sdpa = bench(sdpa, smoke)
-            del sq, sk, sv, mask
-        except Exception as e:
-            print(f"  SDPA failed on {name}: {type(e).__name__}: {e}")
-            errs.append(float("nan"))
-        if flashinfer_available() and cuda:
-            try:
-                fi = lambda: paged_attention_flashinfer(q, k, v, cache, 0, batch, scale)  # noqa: E731
-                errs.append(rel_err(fi(), ref))
-                t_fi = bench(fi, smoke)
-            except Exception as e:
-                print(f"  flashinfer failed on {name}: {type(e).__name__}: {e}")
-                errs.append(float("nan"))
-        else:
-            errs.append(float("nan"))
-        nbytes = kernel_bytes(rows, hq, hkv, d, elt)
-        gbs = nbytes / (t_tri * 1e-3) / 1e9
-        tflops = 4 * allowed_pairs(rows) * hq * d / (t_tri * 1e-3) / 1e12
-        table.append([name, batch.num_tokens, t_tri, meta_ms, t_flex, t_sdpa, t_gather, t_fi, gbs,
-                      100 * gbs / bw, tflops, t_flex / t_tri, t_sdpa / t_tri,
-                      "/".join(f"{e:.1e}" for e in errs)])
-        del q, k, v, cache, ks, vs
+        table.append(run_workload(name, rows, hq, hkv, d, dtype, args.page_size, dev, flex, bw,
+                                  smoke))
         if cuda:
             torch.cuda.empty_cache()
     print_table(cols, table, args.markdown)

@@ -97,7 +97,7 @@ def kv_write(cache, layer: int, k_src: torch.Tensor, v_src: torch.Tensor,
 
 
 def commit_lengths_(lengths: torch.Tensor, accepted: torch.Tensor, extra: int = 1) -> torch.Tensor:
-    """In place on the device: ``lengths += accepted + extra`` (extra 1 keeps the verified token)."""
+    """In place on the device: ``lengths += accepted + extra`` (1: keep the verified token too)."""
     return lengths.add_(accepted.to(lengths.dtype) + extra)
 
 

@@ -33,7 +33,8 @@ import torch
 from ..core.attention import MaskKind
 
 __all__ = ["AttentionMetadata", "LaunchConfig", "attention_for_forward", "build_metadata",
-           "choose_config", "paged_attention_triton", "paged_attention_with_metadata", "triton_available"]
+           "choose_config", "paged_attention_triton", "paged_attention_with_metadata",
+           "triton_available"]
 
 _KIND_CODE = {MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}
 
@@ -70,7 +71,7 @@ def _check_interpreter(kernel, device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Tile sizes and the kv split. ``block_m`` rows = ``block_m // group`` tokens × group heads."""
+    """Tile sizes and kv split; ``block_m`` rows = ``block_m // group`` tokens × group heads."""
 
     block_m: int
     block_n: int
@@ -189,7 +190,10 @@ def build_metadata(batch, cache, group: int, head_dim: int, device: torch.device
             pt[r, : len(p)] = torch.tensor(p, dtype=torch.int32)
     host[5 * n_rows: 5 * n_rows + n_rows * max_pages] = pt.flatten()
     host[5 * n_rows + n_rows * max_pages:] = torch.tensor(tile_row + tile_tok0, dtype=torch.int32)
-    dev = host.to(device)
+    if torch.device(device).type == "cuda":
+        dev = host.pin_memory().to(device, non_blocking=True)     # the caching host allocator
+    else:                                                           # keeps it alive till copied
+        dev = host.to(device)
     rows = dev[: 5 * n_rows].view(5, n_rows)
     page_table = dev[5 * n_rows: 5 * n_rows + n_rows * max_pages].view(n_rows, max_pages)
     tiles = dev[5 * n_rows + n_rows * max_pages:].view(2, n_tiles)

@@ -37,6 +37,26 @@ def _has_flag(passthrough: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in passthrough)
 
 
+def _int_flag(passthrough: list[str], flag: str, default: int = 1) -> int:
+    for i, a in enumerate(passthrough):
+        if a == flag and i + 1 < len(passthrough):
+            return int(passthrough[i + 1])
+        if a.startswith(flag + "="):
+            return int(a.split("=", 1)[1])
+    return default
+
+
+def cpu_groups(world: int) -> str:
+    """``SGLANG_CPU_OMP_THREADS_BIND`` value: the usable cores split into ``world`` groups."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    if len(cores) < world:
+        raise ValueError(f"{world} CPU ranks need at least {world} cores, have {len(cores)}")
+    per = len(cores) // world
+    groups = [cores[r * per:(r + 1) * per] for r in range(world)]
+    return "|".join(",".join(map(str, g)) for g in groups)
+
+
 def _cuda() -> bool:
     try:
         import torch
@@ -72,6 +92,10 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     else:
         env["NEMOTRON_SGLANG_CPU_PLATFORM"] = "1"
         env.setdefault("OMP_NUM_THREADS", "1")
+        world = _int_flag(passthrough, "--tp-size") * _int_flag(passthrough, "--dp-size")
+        if world > 1 and "SGLANG_CPU_OMP_THREADS_BIND" not in env:
+            # SGLang asserts one NUMA node per rank unless each rank gets a core group
+            env["SGLANG_CPU_OMP_THREADS_BIND"] = cpu_groups(world)
         defaults += [("--device", "cpu"), ("--dtype", "float32"),
                      ("--attention-backend", "torch_native"), ("--max-total-tokens", "16384")]
     for flag, value in defaults:

@@ -108,7 +108,8 @@ def check_against_oracle(name, q, k, v, cache, batch, layer=1, **overrides):
     e_k, e_t = rel_err(out, ref64), rel_err(torch_out, ref64)
     RATIOS.append((name, e_k, e_t, e_k / e_t if e_t else float("inf")))
     bound = 2 * e_t + FLOOR[q.dtype]
-    assert e_k <= bound, f"{name} seed {SEED}: kernel rel err {e_k:.3e} > 2×torch {e_t:.3e} + floor"
+    assert e_k <= bound, \
+        f"{name} seed {SEED}: kernel rel err {e_k:.3e} > 2 × torch {e_t:.3e} + floor"
     return out
 
 
@@ -262,7 +263,8 @@ def test_device_rollback_bookkeeping():
     table = table.clamp(min=0)
     got = staging_slots(table, lengths, 3, cache.page_size)
     for sid in range(3):
-        assert got[sid].tolist() == cache.slots(sid, cache.length(sid), cache.length(sid) + 3).tolist()
+        n = cache.length(sid)
+        assert got[sid].tolist() == cache.slots(sid, n, n + 3).tolist()
     accepted = torch.tensor([2, 0, 4])
     commit_lengths_(lengths, accepted)
     assert lengths.tolist() == [5 + 3, 0 + 1, 11 + 5]
