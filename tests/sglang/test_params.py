@@ -60,8 +60,8 @@ def test_served_modes_accepted(mode):
     assert p.block_length == 16 and p.threshold == 0.5
 
 
-def test_served_modes_are_the_three():
-    assert set(SERVED_MODES) == {"ar", "diffusion", "linear_spec"}
+def test_served_modes():
+    assert set(SERVED_MODES) == {"ar", "diffusion", "linear_spec", "auto"}
     assert set(SERVED_MODES) < set(MODES)
 
 
@@ -103,7 +103,7 @@ def test_block_length_refused(b, mode):
 
 
 @pytest.mark.parametrize("b", [1, 2, 4, 8])
-@pytest.mark.parametrize("mode", ["diffusion", "linear_spec"])
+@pytest.mark.parametrize("mode", ["diffusion", "linear_spec", "auto"])
 def test_smaller_block_refused_for_block_modes(b, mode):
     e = refused({"decode_mode": mode, "block_length": b}, "block_length", defaults=B16)
     assert "16" in str(e)
