@@ -32,6 +32,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _table import print_table  # noqa: E402
+
 SMOKE = "--smoke" in sys.argv
 if SMOKE and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"         # before any Triton kernel is decorated
@@ -314,24 +317,6 @@ def main(argv=None) -> int:
           "Targets (DESIGN §6): batch 1 F(32)/F(1) <= 1.10; quadratic within 15% of its compute "
           "floor; AR forward >= 90% of copy bandwidth (F/floor <= 1.11).")
     return 0
-
-
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        return "-" if x != x else (f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}")
-    return str(x)
-
-
-def print_table(cols, rows, markdown: bool) -> None:
-    cells = [cols] + [[_fmt(x) for x in r] for r in rows]
-    if markdown:
-        print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-        for r in cells[1:]:
-            print("| " + " | ".join(r) + " |")
-        return
-    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
-    for r in cells:
-        print("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)))
 
 
 if __name__ == "__main__":

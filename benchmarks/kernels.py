@@ -33,6 +33,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _table import print_table  # noqa: E402
+
 SMOKE = "--smoke" in sys.argv
 if SMOKE and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"        # before any Triton kernel is decorated
@@ -344,24 +347,6 @@ def main(argv=None) -> int:
     print("x flex / x sdpa = their time / ours (>1: ours faster); target >= 1.5 (DESIGN §6). "
           "% copy = our bytes/time vs the copy bandwidth. err = rel. error vs core's reference.")
     return 0
-
-
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        return "-" if x != x else (f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}")
-    return str(x)
-
-
-def print_table(cols, rows, markdown: bool) -> None:
-    cells = [cols] + [[_fmt(x) for x in r] for r in rows]
-    if markdown:
-        print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-        for r in cells[1:]:
-            print("| " + " | ".join(r) + " |")
-        return
-    w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
-    for r in cells:
-        print("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)))
 
 
 if __name__ == "__main__":

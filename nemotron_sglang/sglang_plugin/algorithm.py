@@ -221,7 +221,8 @@ class NemotronTriMode(DllmAlgorithm):
             mode = "linear_spec" if batch_size <= type(self).defaults.auto_max_batch else "ar"
             self._stats(req).auto_rounds[mode] = self._stats(req).auto_rounds.get(mode, 0) + 1
         strategy = get_strategy(mode)
-        remaining = max(1, (req.sampling_params.max_new_tokens or 1) - len(req.output_ids))
+        limit = req.sampling_params.max_new_tokens       # None: up to the context length
+        remaining = max(1, limit - len(req.output_ids)) if limit is not None else 1 << 30
         st = RequestState(
             rid=i, prompt=[], block=prm.block_length, mask_id=self.mask_id, eos_id=self.eos_id,
             params=DecodeParams(max_new_tokens=remaining, block_length=prm.block_length,

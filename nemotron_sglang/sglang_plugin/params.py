@@ -88,25 +88,36 @@ def _refuse_unsupported(s: SamplingView) -> None:
                                     "supported by the NLD decoders")
 
 
+def check_fields(custom: Mapping[str, Any]) -> None:
+    """The checks that need no server state: known and served mode, threshold in [0, 1],
+    block length a power of two (each only if present). Shared with the main-process hook."""
+    if "decode_mode" in custom:
+        mode = custom["decode_mode"]
+        if not isinstance(mode, str) or mode not in MODES:
+            raise ParamError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
+                                            f"{', '.join(MODES)}")
+        if mode not in SERVED_MODES:
+            raise ParamError("decode_mode", f"{mode} is not available in this SGLang server yet "
+                                            f"(it needs a custom-mask attention pass); served: "
+                                            f"{', '.join(SERVED_MODES)}")
+    if "threshold" in custom:
+        t = custom["threshold"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or \
+                not 0.0 <= t <= 1.0:
+            raise ParamError("threshold", f"must be a number in [0, 1], got {t!r}")
+    if "block_length" in custom:
+        b = custom["block_length"]
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1 or b & (b - 1):
+            raise ParamError("block_length", f"must be a power of two, got {b!r}")
+
+
 def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
           defaults: ServerDefaults) -> RequestParams:
     """Validate one request; raises :class:`ParamError` naming the offending field."""
-    custom = dict(custom or {})
-    mode = custom.get("decode_mode", defaults.default_mode)
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ParamError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
-                                        f"{', '.join(MODES)}")
-    if mode not in SERVED_MODES:
-        raise ParamError("decode_mode", f"{mode} is not available in this SGLang server yet "
-                                        f"(it needs a custom-mask attention pass); served: "
-                                        f"{', '.join(SERVED_MODES)}")
-    threshold = custom.get("threshold", defaults.threshold)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
-            not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
-        raise ParamError("threshold", f"must be a number in [0, 1], got {threshold!r}")
-    block = custom.get("block_length", defaults.block_size)
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1 or block & (block - 1):
-        raise ParamError("block_length", f"must be a power of two, got {block!r}")
+    merged = {"decode_mode": defaults.default_mode, "threshold": defaults.threshold,
+              "block_length": defaults.block_size, **dict(custom or {})}
+    check_fields(merged)
+    mode, threshold, block = merged["decode_mode"], merged["threshold"], merged["block_length"]
     if block > defaults.block_size:
         raise ParamError("block_length", f"{block} exceeds the server's block size "
                                          f"{defaults.block_size}")

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from . import metrics
-from .params import MODES, PARAM_KEYS, SERVED_MODES, ParamError
+from .params import PARAM_KEYS, ParamError, check_fields
 
 CONVERT_TARGETS = (
     "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion."
@@ -64,30 +64,17 @@ def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwar
     return None
 
 
-def check_fields(custom: dict[str, Any] | None, dllm_algorithm: str | None,
-                 nld_model: bool) -> None:
-    """Syntactic checks that need no scheduler state; raises ParamError."""
+def check_request_fields(custom: dict[str, Any] | None, dllm_algorithm: str | None,
+                         nld_model: bool) -> None:
+    """Main-process checks (no scheduler state); raises ParamError."""
     custom = custom or {}
-    mode = custom.get("decode_mode")
     if dllm_algorithm != ALGORITHM_NAME:
+        mode = custom.get("decode_mode")
         if nld_model and mode not in (None, "ar"):
             raise ParamError("decode_mode", f"this server decodes plain AR only; launch it with "
                                             f"--dllm-algorithm {ALGORITHM_NAME} for {mode!r}")
         return
-    if mode is not None and (not isinstance(mode, str) or mode not in MODES):
-        raise ParamError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
-                                        f"{', '.join(MODES)}")
-    if mode is not None and mode not in SERVED_MODES:
-        raise ParamError("decode_mode", f"{mode} is not available in this SGLang server yet; "
-                                        f"served: {', '.join(SERVED_MODES)}")
-    if "threshold" in custom:
-        t = custom["threshold"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
-            raise ParamError("threshold", f"must be a number in [0, 1], got {t!r}")
-    if "block_length" in custom:
-        b = custom["block_length"]
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1 or b & (b - 1):
-            raise ParamError("block_length", f"must be a power of two, got {b!r}")
+    check_fields(custom)
 
 
 def check_tokenized(result, self, *args, **kwargs):
@@ -100,7 +87,7 @@ def check_tokenized(result, self, *args, **kwargs):
                     "architectures", None) or []
     nld = "NemotronLabsDiffusionModel" in archs
     try:
-        check_fields(getattr(sp, "custom_params", None), algo, nld)
+        check_request_fields(getattr(sp, "custom_params", None), algo, nld)
         if nld:
             check_token_ids(getattr(result, "input_ids", None),
                             getattr(getattr(self, "model_config", None), "vocab_size", None))

@@ -14,7 +14,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+import torch
+
 from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [[5, 6, 7, 8, 300, 301], [17, 400, 23], [250, 251, 252, 253, 254, 255, 256, 257, 258,
@@ -84,3 +88,15 @@ class Server:
 def core_ids(model, mode: str, ids: list[int], max_new: int) -> list[int]:
     (r,) = generate(model, [Request(ids, mode, DecodeParams(max_new_tokens=max_new))])
     return r.output_ids
+
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny NLD checkpoint with LoRA (import this fixture into a test module to use it)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("srv") / "tiny", seed=0, with_lora=True)
+
+
+@pytest.fixture(scope="module")
+def core32(ckpt):
+    return load_model(ckpt, dtype=torch.float32)

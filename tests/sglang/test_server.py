@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
-import torch
 
-from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
-from sglang_server import PROMPTS, ROOT, Server, core_ids
+from sglang_server import PROMPTS, ROOT, Server, ckpt, core32, core_ids  # noqa: F401
 
 pytest.importorskip("sglang")
 openai = pytest.importorskip("openai")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("srv") / "tiny", seed=0, with_lora=True)
-
-
-@pytest.fixture(scope="module")
-def core32(ckpt):
-    return load_model(ckpt, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,11 @@ dLLM launch flag. A module of its own so its server never runs beside the dLLM o
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
-from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
-from sglang_server import PROMPTS, Server, core_ids
+from sglang_server import PROMPTS, Server, ckpt, core32, core_ids  # noqa: F401
 
 pytest.importorskip("sglang")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("srv") / "tiny", seed=0, with_lora=True)
-
-
-@pytest.fixture(scope="module")
-def core32(ckpt):
-    return load_model(ckpt, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +16,6 @@ def ar_server(ckpt, tmp_path_factory):
     s = Server(ckpt, tmp_path_factory.mktemp("logs") / "ar.log", [])
     yield s
     s.stop()
-
 
 
 def test_plain_ar_server_equals_core_ar_and_refuses_other_modes(ar_server, core32):

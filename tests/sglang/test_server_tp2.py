@@ -5,20 +5,14 @@ as core (= TP 1) in every served mode."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
-from sglang_server import PROMPTS, Server, core_ids
+from nemotron_sglang.core.weights import load_model
+from sglang_server import PROMPTS, Server, ckpt, core32, core_ids  # noqa: F401
 
 pytest.importorskip("sglang")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tp") / "tiny", seed=0, with_lora=True)
 
 
 @pytest.fixture(scope="module")
