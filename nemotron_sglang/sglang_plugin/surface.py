@@ -42,7 +42,6 @@ STREAM_USAGE_TARGET = ("sglang.srt.entrypoints.openai.usage_processor.UsageProce
 GENERATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request"
 # latest meta_info per choice index of the request being streamed (shared with the SSE task)
 _STREAM_META: ContextVar[dict | None] = ContextVar("nemotron_sglang_stream_meta", default=None)
-STAT_KEYS = ("nld_mode", "nld_forwards", "nld_cycles", "nld_cycle_tokens")
 ALGORITHM_NAME = "NemotronTriMode"
 
 
