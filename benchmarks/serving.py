@@ -8,8 +8,8 @@ throughput and the plugin's per-request counters per decode mode and concurrency
     python benchmarks/serving.py --thresholds 0.5,0.7,0.9,0.99 --plot /tmp/srv   # + diffusion sweep
 
 For every (mode or mix, concurrency) point it sends ``--requests`` ``/v1/completions`` requests
-(``temperature`` 0, ``max_tokens``, prompts cycled from a fixed list or ``--prompt-file``, one prompt
-per line) from ``concurrency`` client threads, each request streamed with
+(``temperature`` 0, ``max_tokens``, prompts cycled from a fixed list or ``--prompt-file``, one
+prompt per line) from ``concurrency`` client threads, each request streamed with
 ``stream_options.include_usage`` so the final chunk carries ``usage`` (``completion_tokens`` and the
 plugin's ``decode_mode``, ``forwards``, ``tokens_per_forward``, ``acceptance_length``).
 
@@ -102,7 +102,8 @@ def parse_modes(specs: list[str]) -> list[tuple[str, list[tuple[str, int]]]]:
                 mode, _, w = item.partition("=")
                 weight = int(w) if w else 1
                 if mode not in MODES or weight < 1:
-                    raise SystemExit(f"bad mix item {item!r} (modes: {', '.join(MODES)}, weight >= 1)")
+                    raise SystemExit(f"bad mix item {item!r} (modes: {', '.join(MODES)}, "
+                                     f"weight >= 1)")
                 parts.append((mode, weight))
             if not parts:
                 raise SystemExit(f"empty mix {spec!r}")
@@ -309,8 +310,8 @@ def summarize(recs: list[Record], wall: float) -> dict:
     return {
         "requests": len(recs), "ok": len(ok), "errors": len(recs) - len(ok), "error_kinds": errors,
         "wall_s": wall, "completion_tokens": tokens,
-        "ttft_ms": {p: ms(pct(ttft, p)) for p in (50, 90, 99)},
-        "itl_ms": {p: ms(pct(itl, p)) for p in (50, 90)},
+        "ttft_ms": {f"p{p}": ms(pct(ttft, p)) for p in (50, 90, 99)},
+        "itl_ms": {f"p{p}": ms(pct(itl, p)) for p in (50, 90)},
         "tpot_ms_p50": ms(pct(tpot, 50)),
         "latency_s_p50": pct([r.latency for r in ok], 50),
         "tokens_per_s": tokens / wall if wall > 0 else None,
@@ -332,8 +333,8 @@ COLUMNS = ["mode", "conc", "reqs", "err", "TTFT p50", "TTFT p90", "TTFT p99", "I
 def row_cells(label: str, conc: int, s: dict) -> list[str]:
     modes = " ".join(f"{m}:{n}" for m, n in sorted(s["decode_modes"].items()))
     return [label, str(conc), str(s["requests"]), str(s["errors"]),
-            fmt(s["ttft_ms"][50]), fmt(s["ttft_ms"][90]), fmt(s["ttft_ms"][99]),
-            fmt(s["itl_ms"][50]), fmt(s["itl_ms"][90]), fmt(s["tpot_ms_p50"]),
+            fmt(s["ttft_ms"]["p50"]), fmt(s["ttft_ms"]["p90"]), fmt(s["ttft_ms"]["p99"]),
+            fmt(s["itl_ms"]["p50"]), fmt(s["itl_ms"]["p90"]), fmt(s["tpot_ms_p50"]),
             fmt(s["tokens_per_s"]), fmt(s["tpf"], ".3f"), fmt(s["acceptance"], ".3f"), modes or "-"]
 
 
@@ -345,8 +346,11 @@ def render(rows: list[list[str]], markdown: bool) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(COLUMNS))]
-    line = lambda cells: "  ".join(c.rjust(w) if 0 < i < len(COLUMNS) - 1 else c.ljust(w)  # noqa: E731
-                                    for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if 0 < i < len(COLUMNS) - 1 else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -385,7 +389,8 @@ def plot(prefix: str, points: list[dict]) -> list[str]:
         for conc in sorted({p["concurrency"] for p in sweep}):
             pts = sorted((p["threshold"], p["summary"]) for p in sweep if p["concurrency"] == conc)
             xs = [t for t, _ in pts]
-            a1.plot(xs, [s["tpf"] or float("nan") for _, s in pts], marker="o", label=f"conc {conc}")
+            a1.plot(xs, [s["tpf"] or float("nan") for _, s in pts], marker="o",
+                    label=f"conc {conc}")
             a2.plot(xs, [s["tokens_per_s"] or float("nan") for _, s in pts], marker="o",
                     label=f"conc {conc}")
         a1.set_ylabel("diffusion TPF")

@@ -36,6 +36,7 @@ from ..core.attention import MaskKind
 from ..core.decoding import DecodeParams, RequestState, get_strategy
 from ..core.weights import LORA_DIR, load_lora
 from .model import ARCHITECTURE
+from .custom_pass import RowSpec, run_custom_pass
 from .params import ParamError, RequestParams, SamplingView, ServerDefaults, parse
 
 logger = logging.getLogger(__name__)
@@ -214,6 +215,25 @@ class NemotronTriMode(DllmAlgorithm):
             self._stats(req).mode = req.nld_params.mode
         return req.nld_params
 
+    def _quadratic_pass(self, model_runner, forward_batch, members) -> None:
+        """The fused B·(B+1) pass of the quadratic rows, outside SGLang's canvas shape."""
+        specs, ids, pos = [], [], []
+        for row, p in members:
+            specs.append(RowSpec(int(forward_batch.req_pool_indices[row.index]), row.start,
+                                 len(p.token_ids), p.mask))
+            ids += p.token_ids
+            pos += p.positions
+        model_runner.model.set_causal(True)
+        logits = run_custom_pass(model_runner, forward_batch, ids, pos, specs)
+        start = 0
+        for row, p in members:
+            n = len(p.token_ids)
+            keep = row.strategy.on_logits(row.state, p,
+                                          logits[start:start + n].detach().float().cpu())
+            row.state.kv_len += keep
+            row.forwards += 1
+            start += n
+
     def _row(self, i: int, req, start: int, model, batch_size: int) -> _Row:
         prm = self._params(req)
         mode = prm.mode
@@ -229,6 +249,8 @@ class NemotronTriMode(DllmAlgorithm):
                                 threshold=prm.threshold, temperature=prm.temperature),
             kv_len=start, generator=req.nld_generator)
         st.lora = strategy.uses_lora and model.has_lora
+        if strategy.name == "quadratic_spec":
+            st.scratch["carry"] = getattr(req, "nld_carry", None)
         seed_logits = getattr(req, "nld_seed_logits", None)
         if seed_logits is None:
             raise RuntimeError(f"request {req.rid}: canvas round without a context pass")
@@ -262,6 +284,9 @@ class NemotronTriMode(DllmAlgorithm):
             for row, p in plans:
                 groups.setdefault((p.mask.kind.value, p.lora), []).append((row, p))
             for (kind, lora), members in sorted(groups.items()):
+                if kind == MaskKind.QUADRATIC.value:
+                    self._quadratic_pass(model_runner, forward_batch, members)
+                    continue
                 causal = kind == MaskKind.CAUSAL.value
                 for row, p in members:
                     n = len(p.token_ids)
@@ -288,6 +313,10 @@ class NemotronTriMode(DllmAlgorithm):
         out_tokens = []
         for row in rows:
             st, stats = row.state, self._stats(row.req)
+            # quadratic: the last pass's drafts continue after this round's tokens
+            row.req.nld_carry = ((st.scratch.get("drafts"), st.scratch.get("q"))
+                                 if row.strategy.name == "quadratic_spec" and len(st.output) <= b
+                                 else None)
             stats.forwards += row.forwards
             stats.cycles += st.cycles
             # a round returns at most B tokens; a dropped bonus is recomputed next round

@@ -7,7 +7,8 @@ llama-4 query scaling). This subclass only
 - returns full per-token logits in dLLM canvas passes (``return_full_logits``);
 - maps checkpoint names with core's name table (``encoder.`` → ``model.``, ``diffusion_head`` →
   ``lm_head``) and refuses missing or unexpected tensors by name (shapes: SGLang's loaders);
-- switches causality per forward (``set_causal``: every RadixAttention's ``attn_type``), and
+- switches causality per forward (``set_causal``: every RadixAttention's ``attn_type``), and lets
+  a pass bring its own attention (``forward_batch.nld_attention``) for masks SGLang lacks;
 - adds the drafting LoRA on ``o_proj`` as a low-rank branch active only while ``lora_active``
   (installed with ``install_lora``; sharded along o_proj's input like the layer itself).
 Without ``--dllm-algorithm`` it is an ordinary causal model on SGLang's AR path.
@@ -65,6 +66,8 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
         self._lora: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._lora_scale = 0.0
         self._attn_layers = [m for m in self.modules() if isinstance(m, RadixAttention)]
+        for attn in self._attn_layers:
+            attn.forward = self._routed_attention(attn, attn.forward)
         self._o_projs = [layer.self_attn.o_proj for layer in self.model.layers
                          if hasattr(layer, "self_attn")]
         for i, o_proj in enumerate(self._o_projs):
@@ -75,6 +78,17 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
         kind = AttentionType.DECODER if causal else AttentionType.ENCODER_ONLY
         for layer in self._attn_layers:
             layer.attn_type = kind
+
+    @staticmethod
+    def _routed_attention(layer, sglang_forward):
+        """A pass may bring its own attention (``forward_batch.nld_attention``: the quadratic
+        mask, see ``custom_pass.py``); every other pass uses SGLang's backend unchanged."""
+        def forward(q, k, v, forward_batch, *args, **kwargs):
+            custom = getattr(forward_batch, "nld_attention", None)
+            if custom is None:
+                return sglang_forward(q, k, v, forward_batch, *args, **kwargs)
+            return custom(q, k, v, layer)
+        return forward
 
     # ---- drafting LoRA ---------------------------------------------------------------------
     def install_lora(self, layers: list[tuple[torch.Tensor, torch.Tensor]], scale: float,

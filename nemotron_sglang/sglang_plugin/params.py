@@ -13,11 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+# every core mode, plus "auto": a serving policy (linear_spec while the batch is small, else ar)
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
 PARAM_KEYS = ("decode_mode", "threshold", "block_length")
-# modes the SGLang canvas lifecycle can run today (quadratic needs a B·(B+1) custom-mask pass);
-# "auto" is a serving policy, not a decoder: linear_spec while the batch is small, else ar
-SERVED_MODES = ("ar", "diffusion", "linear_spec", "auto")
 
 
 class ParamError(ValueError):
@@ -89,17 +87,13 @@ def _refuse_unsupported(s: SamplingView) -> None:
 
 
 def check_fields(custom: Mapping[str, Any]) -> None:
-    """The checks that need no server state: known and served mode, threshold in [0, 1],
+    """The checks that need no server state: known mode, threshold in [0, 1],
     block length a power of two (each only if present). Shared with the main-process hook."""
     if "decode_mode" in custom:
         mode = custom["decode_mode"]
         if not isinstance(mode, str) or mode not in MODES:
             raise ParamError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
                                             f"{', '.join(MODES)}")
-        if mode not in SERVED_MODES:
-            raise ParamError("decode_mode", f"{mode} is not available in this SGLang server yet "
-                                            f"(it needs a custom-mask attention pass); served: "
-                                            f"{', '.join(SERVED_MODES)}")
     if "threshold" in custom:
         t = custom["threshold"]
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or \

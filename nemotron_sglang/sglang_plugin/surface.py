@@ -176,10 +176,14 @@ def allow_usage_extras() -> None:
 async def track_stream_meta(original, self, obj, *args, **kwargs):
     box: dict[int, dict] = {}
     _STREAM_META.set(box)
-    async for out in original(self, obj, *args, **kwargs):
-        if isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
-            box[int(out.get("index", 0) or 0)] = out["meta_info"]
-        yield out
+    inner = original(self, obj, *args, **kwargs)
+    try:
+        async for out in inner:
+            if isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
+                box[int(out.get("index", 0) or 0)] = out["meta_info"]
+            yield out
+    finally:                     # a client that leaves early must still abort SGLang's request
+        await inner.aclose()
 
 
 def add_streaming_usage(result, prompt_tokens, reasoning_tokens, completion_tokens, *args,

@@ -29,7 +29,7 @@ from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 
 from nemotron_sglang.sglang_plugin.algorithm import NemotronTriMode  # noqa: E402
 
-SERVED = ("ar", "diffusion", "linear_spec")
+SERVED = ("ar", "diffusion", "linear_spec", "quadratic_spec")
 
 
 class FakeModel:
@@ -84,6 +84,23 @@ class FakeRunner:
                                can_run_graph=False)
 
 
+def fake_custom_pass(model_runner, fb, token_ids, positions, rows):
+    """Stands in for custom_pass.run_custom_pass: core's model over the fake runner's cache."""
+    model_runner.forwards += 1
+    prow, i = [], 0
+    for spec in rows:
+        prow.append(PassRow(spec.req_pool_index, token_ids[i:i + spec.q_len],
+                            positions[i:i + spec.q_len], spec.prefix_len, spec.mask))
+        i += spec.q_len
+    return model_runner.model.core(ForwardBatch.from_rows(prow), model_runner.cache)
+
+
+@pytest.fixture(autouse=True)
+def _fake_custom_pass(monkeypatch):
+    import nemotron_sglang.sglang_plugin.algorithm as algorithm_module
+    monkeypatch.setattr(algorithm_module, "run_custom_pass", fake_custom_pass)
+
+
 def make_req(i, prompt, mode, max_new, temperature=0.0, **custom):
     sp = SamplingParams(max_new_tokens=max_new, temperature=temperature,
                         custom_params={"decode_mode": mode, **custom})
@@ -123,7 +140,8 @@ def serve(algo, runner, reqs, eos, abort_at=None):
         canvas = SimpleNamespace(forward_mode=SimpleNamespace(is_dllm_extend=lambda: True),
                                  input_ids=torch.zeros(len(active) * b, dtype=torch.long),
                                  positions=torch.tensor([p for ps in pos for p in ps]),
-                                 batch_size=len(active), nld_reqs=active, block=b)
+                                 batch_size=len(active), nld_reqs=active, block=b,
+                                 req_pool_indices=torch.tensor([r.rid_int for r in active]))
         _, tokens, *_ = algo.run(runner, canvas)
         for r, t in zip(active, tokens):
             t = t.tolist()
@@ -151,7 +169,7 @@ def core64(ckpt_dirs):
 def test_each_mode_matches_core_and_modes_mix_in_one_batch(core64):
     prompts = random_prompts(24, seed=41, vocab=512)
     max_new = [random.Random(i).randint(1, 14) for i in range(24)]
-    modes = [SERVED[i % 3] for i in range(24)]
+    modes = [SERVED[i % 4] for i in range(24)]
     want = generate(core64, [Request(p, m, DecodeParams(max_new_tokens=n))
                              for p, m, n in zip(prompts, modes, max_new)])
     algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
@@ -181,11 +199,11 @@ def test_self_spec_and_ar_are_lossless_with_eos_mid_block(core64):
     prompts = random_prompts(30, seed=43, vocab=512)
     want = generate(m, [Request(p, "ar", DecodeParams(max_new_tokens=20)) for p in prompts])
     assert sum(w.finish_reason == "stop" for w in want) >= 5
-    for mode in ("linear_spec", "diffusion"):
+    for mode in ("linear_spec", "quadratic_spec", "diffusion"):
         algo, runner = make_algo(m.config.block_size), FakeRunner(m)
         reqs = [make_req(i, p, mode, 20) for i, p in enumerate(prompts)]
         serve(algo, runner, reqs, m.config.eos_token_id)
-        if mode == "linear_spec":
+        if mode != "diffusion":
             assert [r.output_ids for r in reqs] == [w.output_ids for w in want]
         else:
             core_diff = generate(m, [Request(p, "diffusion", DecodeParams(max_new_tokens=20))
@@ -195,7 +213,7 @@ def test_self_spec_and_ar_are_lossless_with_eos_mid_block(core64):
 
 def test_aborts_do_not_disturb_other_requests(core64):
     prompts = random_prompts(12, seed=47, vocab=512)
-    modes = [SERVED[i % 3] for i in range(12)]
+    modes = [SERVED[i % 4] for i in range(12)]
     want = generate(core64, [Request(p, mo, DecodeParams(max_new_tokens=12))
                              for p, mo in zip(prompts, modes)])
     algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
@@ -217,7 +235,7 @@ def test_sampled_requests_are_seeded_and_valid(core64):
     outs = []
     for _ in range(2):
         algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
-        reqs = [make_req(i, p, SERVED[i % 3], 10, temperature=0.8) for i, p in enumerate(prompts)]
+        reqs = [make_req(i, p, SERVED[i % 4], 10, temperature=0.8) for i, p in enumerate(prompts)]
         for r in reqs:
             r.sampling_params.sampling_seed = 1234 + r.rid_int
         serve(algo, runner, reqs, core64.config.eos_token_id)

@@ -10,7 +10,6 @@ import pytest
 
 from nemotron_sglang.sglang_plugin.params import (
     MODES,
-    SERVED_MODES,
     ParamError,
     RequestParams,
     SamplingView,
@@ -53,16 +52,15 @@ def test_unrelated_custom_keys_ignored():
 
 
 # ---- decode_mode -----------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", SERVED_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_served_modes_accepted(mode):
     p = parse({"decode_mode": mode}, SamplingView(), B16)
     assert p.mode == mode
     assert p.block_length == 16 and p.threshold == 0.5
 
 
-def test_served_modes():
-    assert set(SERVED_MODES) == {"ar", "diffusion", "linear_spec", "auto"}
-    assert set(SERVED_MODES) < set(MODES)
+def test_modes():
+    assert set(MODES) == {"ar", "diffusion", "linear_spec", "quadratic_spec", "auto"}
 
 
 @pytest.mark.parametrize("mode", ["AR", "fast", "", "linear-spec", 1, None, ["ar"], {"m": "ar"},
@@ -71,14 +69,9 @@ def test_unknown_or_non_string_mode_refused(mode):
     refused({"decode_mode": mode}, "decode_mode")
 
 
-def test_quadratic_spec_not_served_yet():
-    e = refused({"decode_mode": "quadratic_spec"}, "decode_mode")
-    assert "quadratic_spec" in str(e)
-
-
 def test_bad_default_mode_refused():
     with pytest.raises(ParamError) as ei:
-        parse({}, SamplingView(), ServerDefaults(default_mode="quadratic_spec"))
+        parse({}, SamplingView(), ServerDefaults(default_mode="turbo"))
     assert ei.value.field == "decode_mode"
 
 
@@ -97,13 +90,13 @@ def test_threshold_refused(t):
 
 # ---- block_length ----------------------------------------------------------------------------
 @pytest.mark.parametrize("b", [3, 6, 12, 0, -4, -1, True, False, 4.0, "4", None, 64])
-@pytest.mark.parametrize("mode", SERVED_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_block_length_refused(b, mode):
     refused({"decode_mode": mode, "block_length": b}, "block_length", defaults=B16)
 
 
 @pytest.mark.parametrize("b", [1, 2, 4, 8])
-@pytest.mark.parametrize("mode", ["diffusion", "linear_spec", "auto"])
+@pytest.mark.parametrize("mode", ["diffusion", "linear_spec", "quadratic_spec", "auto"])
 def test_smaller_block_refused_for_block_modes(b, mode):
     e = refused({"decode_mode": mode, "block_length": b}, "block_length", defaults=B16)
     assert "16" in str(e)
@@ -115,7 +108,7 @@ def test_smaller_power_of_two_block_accepted_for_ar(b):
     assert (p.mode, p.block_length) == ("ar", b)
 
 
-@pytest.mark.parametrize("mode", SERVED_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_server_block_accepted_explicitly(mode):
     assert parse({"decode_mode": mode, "block_length": 16}, SamplingView(), B16).block_length == 16
 
@@ -148,7 +141,7 @@ UNSUPPORTED = [
 
 @pytest.mark.parametrize("field,kw", UNSUPPORTED, ids=[f"{f}-{i}" for i, (f, _) in
                                                         enumerate(UNSUPPORTED)])
-@pytest.mark.parametrize("mode", SERVED_MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_unsupported_sampling_refused(field, kw, mode):
     refused({"decode_mode": mode}, field, sampling=SamplingView(temperature=0.7, **kw))
 

@@ -36,12 +36,15 @@ def test_every_served_mode_equals_core(dllm, core32):
         assert got["output_ids"] == ar        # lossless self-speculation
         meta = got["meta_info"]
         assert meta["nld_mode"][-1] == "linear_spec" and meta["nld_forwards"][-1] > 0
+        quad = dllm.generate_ids(ids, 16, decode_mode="quadratic_spec")
+        assert quad["output_ids"] == ar       # the fused pass runs through the plugin's attention
         diff = dllm.generate_ids(ids, 16, decode_mode="diffusion")["output_ids"]
         assert diff == core_ids(core32, "diffusion", ids, 16)
 
 
 def test_concurrent_mixed_modes(dllm, core32):
-    jobs = [(ids, mode) for ids in PROMPTS for mode in ("ar", "diffusion", "linear_spec")]
+    jobs = [(ids, mode) for ids in PROMPTS
+            for mode in ("ar", "diffusion", "linear_spec", "quadratic_spec")]
     results: dict = {}
 
     def worker(k, ids, mode):
@@ -60,7 +63,7 @@ def test_concurrent_mixed_modes(dllm, core32):
 def test_openai_client_modes_usage_and_streaming(dllm):
     client = openai.OpenAI(base_url=dllm.url + "/v1", api_key="none", timeout=120)
     texts = {}
-    for mode in ("ar", "linear_spec", "diffusion"):
+    for mode in ("ar", "linear_spec", "quadratic_spec", "diffusion"):
         r = client.completions.create(model="nld", prompt="Hello world", max_tokens=10,
                                       temperature=0, extra_body={"decode_mode": mode})
         extra = r.usage.model_extra
@@ -69,7 +72,7 @@ def test_openai_client_modes_usage_and_streaming(dllm):
         assert extra["tokens_per_forward"] == pytest.approx(r.usage.completion_tokens /
                                                             extra["forwards"], abs=1e-3)
         texts[mode] = r.choices[0].text
-    assert texts["ar"] == texts["linear_spec"]
+    assert texts["ar"] == texts["linear_spec"] == texts["quadratic_spec"]
     # custom_params spelling and streaming (committed runs arrive as chunks)
     stream = client.completions.create(model="nld", prompt="Hello world", max_tokens=10,
                                        temperature=0, stream=True,
@@ -92,7 +95,6 @@ def test_openai_client_modes_usage_and_streaming(dllm):
 @pytest.mark.parametrize("body,field", [
     ({"decode_mode": "turbo"}, "decode_mode"),
     ({"custom_params": {"decode_mode": "turbo"}}, "decode_mode"),
-    ({"decode_mode": "quadratic_spec"}, "decode_mode"),
     ({"threshold": 1.5}, "threshold"),
     ({"block_length": 3}, "block_length"),
     ({"decode_mode": "linear_spec", "block_length": 2}, "block_length"),

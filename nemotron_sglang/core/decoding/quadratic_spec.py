@@ -8,6 +8,8 @@ is the causal next-token prediction after ``d_0..d_i``, so the drafts ``d_1..`` 
 ``linear_spec``; if the verifier accepts c drafts, KV is kept for ``d_0..d_c`` and the next drafts
 are row c's mask predictions at slots 2..B (slot 1 is where the verifier's own token goes).
 The first cycle has only ``d_0`` (R = 1): it emits one token and drafts the first block.
+A server that re-encodes committed tokens between passes (SGLang) hands the last drafts back
+as ``scratch["carry"]``; ``start`` then verifies the first of them against the new seed logit.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from ..attention import quadratic
 from .base import Pass, RequestState, Strategy
-from .sampling import draft_tokens, pick, speculative_accept
+from .sampling import draft_tokens, pick, speculative_accept, verify_one
 
 
 def quadratic_layout(heads: list[int], block: int, kv_len: int, mask_id: int
@@ -33,6 +35,17 @@ class QuadraticSpecStrategy(Strategy):
     name = "quadratic_spec"
 
     def start(self, req: RequestState, last_logits: torch.Tensor) -> None:
+        carry = req.scratch.get("carry")
+        if carry and carry[0]:
+            # resumed by a server that re-encoded the committed tokens (the SGLang adapter): the
+            # drafts of the last pass continue after them, and ``last_logits`` verifies the first
+            drafts, q = carry
+            tok, ok = verify_one(drafts[0], None if q is None else q[0], last_logits,
+                                 req.params.temperature, req.mask_id, req.generator)
+            req.emit([tok])
+            req.scratch.update(drafts=drafts[1:] if ok else [],
+                               q=None if q is None or not ok else q[1:])
+            return
         seed = int(pick(last_logits[None], req.params.temperature, req.mask_id, req.generator)[0])
         req.emit([seed])
         req.scratch.update(drafts=[], q=None)

@@ -88,14 +88,35 @@ def speculative_accept(drafts: list[int], draft_probs: torch.Tensor | None,
     p = target_probs(target_logits, temperature, mask_id)
     out = []
     for i, x in enumerate(drafts):
-        px, qx = p[i, x].item(), draft_probs[i, x].item()
-        u = torch.rand((), dtype=torch.float64, generator=generator).item()
-        if qx > 0 and u * qx < px:
-            out.append(x)
-            continue
-        residual = (p[i] - draft_probs[i]).clamp_min(0.0)
-        dist = residual if residual.sum() > 0 else p[i]
-        out.append(int(torch.multinomial(dist / dist.sum(), 1, generator=generator)))
-        return out
+        tok, accepted = _accept_sampled(x, draft_probs[i], p[i], generator)
+        out.append(tok)
+        if not accepted:
+            return out
     out.append(int(torch.multinomial(p[n], 1, generator=generator)))
     return out
+
+
+def _accept_sampled(x: int, q: torch.Tensor, p: torch.Tensor,
+                    generator: torch.Generator | None) -> tuple[int, bool]:
+    """One Leviathan step: keep draft ``x`` with probability min(1, p(x)/q(x)), else sample the
+    normalised residual max(0, p - q). Returns (token, accepted)."""
+    px, qx = p[x].item(), q[x].item()
+    u = torch.rand((), dtype=torch.float64, generator=generator).item()
+    if qx > 0 and u * qx < px:
+        return x, True
+    residual = (p - q).clamp_min(0.0)
+    dist = residual if residual.sum() > 0 else p
+    return int(torch.multinomial(dist / dist.sum(), 1, generator=generator)), False
+
+
+def verify_one(draft: int, draft_probs: torch.Tensor | None, target_logits: torch.Tensor,
+               temperature: float, mask_id: int, generator: torch.Generator | None
+               ) -> tuple[int, bool]:
+    """Verify a single draft against target logits [V]: (emitted token, draft accepted)."""
+    if temperature <= 0:
+        tok = int(ban(target_logits, mask_id).argmax())
+        return tok, tok == draft
+    if draft_probs is None:
+        raise ValueError("sampled verification needs the draft distribution")
+    p = target_probs(target_logits, temperature, mask_id)
+    return _accept_sampled(draft, draft_probs, p, generator)

@@ -1,0 +1,75 @@
+"""Forwards SGLang's attention backends cannot express: the quadratic self-spec pass.
+
+A quadratic pass holds R·(B+1) tokens per request (rows ``[d_i, mask × B]``, model_spec §2.5),
+more than SGLang's B-slot canvas, under a mask no backend knows. This module runs such a pass
+through the model itself (SGLang's layers, weights and LoRA branch) on a copy of the canvas
+``ForwardBatch`` with the pass's tokens and positions, and routes every attention call to
+``RowAttention``: each row's queries attend to that request's committed KV in SGLang's paged
+pool plus the pass's own K/V under the row's core ``MaskSpec`` (core's reference attention; the
+Triton kernel of ``nemotron_sglang.kernels`` implements the same contract). Nothing is written to
+the pool: the canvas KV of a round is discarded anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..core.attention import MaskSpec, build_mask, reference_attention
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    req_pool_index: int             # the request's row in SGLang's req_to_token table
+    prefix_len: int                 # committed tokens it attends to
+    q_len: int
+    mask: MaskSpec
+
+
+class RowAttention:
+    """Attention for one custom pass; called by the model's RadixAttention wrappers."""
+
+    def __init__(self, rows: list[RowSpec]):
+        self.rows = rows
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer) -> torch.Tensor:
+        from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
+                                                               get_token_to_kv_pool)
+
+        hq, hkv = layer.tp_q_head_num, layer.tp_k_head_num
+        d, dv = layer.qk_head_dim, layer.v_head_dim
+        q = q.view(-1, hq, d)
+        k = k.view(-1, hkv, d)
+        v = v.view(-1, hkv, dv)
+        pool, table = get_token_to_kv_pool(), get_req_to_token_pool().req_to_token
+        k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
+        out = torch.empty(q.shape[0], hq, dv, dtype=q.dtype, device=q.device)
+        start = 0
+        for row in self.rows:
+            end = start + row.q_len
+            slots = table[row.req_pool_index, :row.prefix_len].long()
+            keys = torch.cat([k_buf[slots].to(k.dtype), k[start:end]])
+            values = torch.cat([v_buf[slots].to(v.dtype), v[start:end]])
+            mask = build_mask(row.mask, row.prefix_len, row.q_len, device=q.device)
+            out[start:end] = reference_attention(q[start:end], keys, values, mask, layer.scaling)
+            start = end
+        return out.view(q.shape[0], hq * dv)
+
+
+def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions: list[int],
+                    rows: list[RowSpec]) -> torch.Tensor:
+    """One forward of ``token_ids`` at ``positions`` with per-row masks; logits [T, V]."""
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+
+    dev = forward_batch.input_ids.device
+    view = dataclasses.replace(
+        forward_batch,
+        input_ids=torch.tensor(token_ids, dtype=forward_batch.input_ids.dtype, device=dev),
+        positions=torch.tensor(positions, dtype=forward_batch.positions.dtype, device=dev))
+    view.nld_attention = RowAttention(rows)
+    # the context SGLang's ModelRunner.forward would open; RowAttention reads its pools
+    with forward_context(ForwardContext(attn_backend=model_runner.attn_backend), forward_batch=view):
+        out = model_runner.model.forward(view.input_ids, view.positions, view)
+    return out.full_logits
