@@ -102,12 +102,15 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     ({"top_p": 0.5}, "top_p"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"stream": True, "decode_mode": "turbo"}, "decode_mode"),
+    ({"prompt": [5, 512]}, "input_ids"),
+    ({"prompt": ""}, "empty"),
+    ({"max_tokens": 100000}, "context length"),
 ])
 def test_bad_requests_get_400_naming_the_field(dllm, body, field):
     status, text = dllm.post("/v1/completions", {"model": "nld", "prompt": "Hello",
                                                  "max_tokens": 4, **body})
     assert status == 400, text
-    assert field in json.loads(text)["message"]
+    assert field.lower() in json.loads(text)["message"].lower()
     assert dllm.post("/v1/completions", {"model": "nld", "prompt": "Hello", "max_tokens": 2})[0] == 200
 
 
@@ -143,3 +146,17 @@ def test_prometheus_counters_per_mode(dllm):
         assert float(line.split()[-1]) >= 1
     assert "nemotron_sglang_tokens_per_forward_bucket" in text
     assert "sglang:" in text                 # SGLang's own metrics are still there
+
+
+def test_invalid_json_is_a_client_error(dllm):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(dllm.url + "/v1/completions", data=b'{"model": "nld", "prompt": ',
+                                 headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        status = 200
+    except urllib.error.HTTPError as e:
+        status = e.code
+    assert 400 <= status < 500
+    assert dllm.post("/v1/completions", {"model": "nld", "prompt": "Hi", "max_tokens": 2})[0] == 200
