@@ -42,7 +42,7 @@ from .params import ParamError, RequestParams, SamplingView, ServerDefaults, par
 logger = logging.getLogger(__name__)
 
 YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
-             "auto_max_batch"}
+             "auto_max_batch", "custom_attention"}
 TOP_K_ALL = 1 << 30
 
 
@@ -136,6 +136,12 @@ class NemotronTriMode(DllmAlgorithm):
         type(self).defaults = defaults
         self.eos_id = None
         self.lora_path = self._lora_path(yaml)
+        # attention of the fused quadratic pass: the Triton kernel on CUDA, core's reference on CPU
+        self.custom_attention = yaml.get("custom_attention",
+                                         "triton" if torch.cuda.is_available() else "reference")
+        if self.custom_attention not in ("reference", "triton"):
+            raise ValueError(f"custom_attention must be reference or triton, "
+                             f"got {self.custom_attention!r}")
         self._lora_ready = False
 
     @staticmethod
@@ -224,7 +230,8 @@ class NemotronTriMode(DllmAlgorithm):
             ids += p.token_ids
             pos += p.positions
         model_runner.model.set_causal(True)
-        logits = run_custom_pass(model_runner, forward_batch, ids, pos, specs)
+        logits = run_custom_pass(model_runner, forward_batch, ids, pos, specs,
+                                 self.custom_attention)
         start = 0
         for row, p in members:
             n = len(p.token_ids)

@@ -28,11 +28,38 @@ class RowSpec:
     mask: MaskSpec
 
 
-class RowAttention:
-    """Attention for one custom pass; called by the model's RadixAttention wrappers."""
+class _SlotTable:
+    """SGLang's token→slot table seen as core's paged cache with page size 1 (kernel metadata)."""
 
-    def __init__(self, rows: list[RowSpec]):
-        self.rows = rows
+    page_size = 1
+
+    def __init__(self, table: torch.Tensor, num_kv_heads: int):
+        self.table, self.num_kv_heads = table, num_kv_heads
+
+    def page_table(self, req_pool_index: int) -> list[int]:
+        return self.table[req_pool_index].tolist()
+
+
+@dataclass(frozen=True)
+class _KernelBatch:
+    seq_ids: tuple[int, ...]
+    q_lens: tuple[int, ...]
+    prefix_lens: tuple[int, ...]
+    masks: tuple[MaskSpec, ...]
+
+
+class RowAttention:
+    """Attention for one custom pass; called by the model's RadixAttention wrappers.
+
+    ``impl``: ``"reference"`` (core's attention, per row) or ``"triton"`` (the plugin's kernel,
+    one launch per layer over SGLang's pool viewed as pages of one token).
+    """
+
+    def __init__(self, rows: list[RowSpec], impl: str = "reference"):
+        if impl not in ("reference", "triton"):
+            raise ValueError(f"unknown custom-pass attention {impl!r}: reference | triton")
+        self.rows, self.impl = rows, impl
+        self._meta = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer) -> torch.Tensor:
         from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
@@ -45,6 +72,8 @@ class RowAttention:
         v = v.view(-1, hkv, dv)
         pool, table = get_token_to_kv_pool(), get_req_to_token_pool().req_to_token
         k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
+        if self.impl == "triton":
+            return self._triton(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
         out = torch.empty(q.shape[0], hq, dv, dtype=q.dtype, device=q.device)
         start = 0
         for row in self.rows:
@@ -57,9 +86,22 @@ class RowAttention:
             start = end
         return out.view(q.shape[0], hq * dv)
 
+    def _triton(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
+        from ..kernels.triton_attention import build_metadata, paged_attention_with_metadata
+
+        if self._meta is None:       # one metadata build per pass, shared by every layer
+            batch = _KernelBatch(tuple(r.req_pool_index for r in self.rows),
+                                 tuple(r.q_len for r in self.rows),
+                                 tuple(r.prefix_len for r in self.rows),
+                                 tuple(r.mask for r in self.rows))
+            self._meta = build_metadata(batch, _SlotTable(table, k.shape[1]),
+                                        q.shape[1] // k.shape[1], q.shape[2], q.device)
+        return paged_attention_with_metadata(q, k, v.to(k.dtype), k_buf.to(k.dtype),
+                                             v_buf.to(k.dtype), self._meta, layer.scaling)
+
 
 def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions: list[int],
-                    rows: list[RowSpec]) -> torch.Tensor:
+                    rows: list[RowSpec], impl: str = "reference") -> torch.Tensor:
     """One forward of ``token_ids`` at ``positions`` with per-row masks; logits [T, V]."""
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
@@ -68,7 +110,7 @@ def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions
         forward_batch,
         input_ids=torch.tensor(token_ids, dtype=forward_batch.input_ids.dtype, device=dev),
         positions=torch.tensor(positions, dtype=forward_batch.positions.dtype, device=dev))
-    view.nld_attention = RowAttention(rows)
+    view.nld_attention = RowAttention(rows, impl)
     # the context SGLang's ModelRunner.forward would open; RowAttention reads its pools
     with forward_context(ForwardContext(attn_backend=model_runner.attn_backend), forward_batch=view):
         out = model_runner.model.forward(view.input_ids, view.positions, view)

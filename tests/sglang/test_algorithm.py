@@ -84,7 +84,7 @@ class FakeRunner:
                                can_run_graph=False)
 
 
-def fake_custom_pass(model_runner, fb, token_ids, positions, rows):
+def fake_custom_pass(model_runner, fb, token_ids, positions, rows, impl="reference"):
     """Stands in for custom_pass.run_custom_pass: core's model over the fake runner's cache."""
     model_runner.forwards += 1
     prow, i = [], 0

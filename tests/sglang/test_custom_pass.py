@@ -1,0 +1,65 @@
+"""The plugin's row attention for passes SGLang cannot express (the quadratic mask) over an
+SGLang-shaped pool (token→slot table, per-layer K/V buffers): the Triton kernel (interpreted on
+CPU) equals the reference path, which is core's attention row by row."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+_INTERPRET_BEFORE = os.environ.get("TRITON_INTERPRET")
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"      # before the kernel module is first loaded
+pytest.importorskip("sglang")
+pytest.importorskip("triton")
+
+from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL, quadratic  # noqa: E402
+from nemotron_sglang.sglang_plugin.custom_pass import RowAttention, RowSpec  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_interpret_env():
+    yield
+    if _INTERPRET_BEFORE is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
+
+
+def test_row_attention_reference_and_triton_agree_with_core(monkeypatch):
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    hq, hkv, d, slots = 4, 2, 16, 64
+    rows = [(5, 3 * (4 + 1), quadratic(4)), (0, 2 * (2 + 1), quadratic(2)), (9, 4, CAUSAL),
+            (1, 4, BIDIRECTIONAL)]
+    # SGLang side: per-layer buffers [slots, hkv, d] and a req_to_token table of scattered slots
+    k_buf = torch.randn(slots, hkv, d, generator=g)
+    v_buf = torch.randn(slots, hkv, d, generator=g)
+    table = torch.randperm(slots, generator=g)[: 4 * 16].view(4, 16).to(torch.int32)
+    pool = SimpleNamespace(get_key_buffer=lambda layer: k_buf, get_value_buffer=lambda layer: v_buf)
+    import sglang.srt.model_executor.forward_context as fc
+    monkeypatch.setattr(fc, "get_token_to_kv_pool", lambda: pool)
+    monkeypatch.setattr(fc, "get_req_to_token_pool", lambda: SimpleNamespace(req_to_token=table))
+    t = sum(n for _, n, _ in rows)
+    q = torch.randn(t, hq * d, generator=g)
+    k = torch.randn(t, hkv * d, generator=g)
+    v = torch.randn(t, hkv * d, generator=g)
+    layer = SimpleNamespace(tp_q_head_num=hq, tp_k_head_num=hkv, qk_head_dim=d, v_head_dim=d,
+                            layer_id=0, scaling=d ** -0.5)
+    specs = [RowSpec(i, p, n, m) for i, (p, n, m) in enumerate(rows)]
+    ref = RowAttention(specs, "reference")(q, k, v, layer)
+    tri = RowAttention(specs, "triton")(q, k, v, layer)
+    torch.testing.assert_close(tri, ref, rtol=1e-5, atol=1e-5)
+    # and row by row it is core's attention over [prefix slots ; new tokens] under core's mask
+    from nemotron_sglang.core.attention import build_mask, reference_attention
+    start = 0
+    for i, (p, n, m) in enumerate(rows):
+        keys = torch.cat([k_buf[table[i, :p].long()], k[start:start + n].view(n, hkv, d)])
+        vals = torch.cat([v_buf[table[i, :p].long()], v[start:start + n].view(n, hkv, d)])
+        want = reference_attention(q[start:start + n].view(n, hq, d), keys, vals,
+                                   build_mask(m, p, n), d ** -0.5)
+        torch.testing.assert_close(tri[start:start + n].view(n, hq, d), want, rtol=1e-5, atol=1e-5)
+        start += n
