@@ -45,7 +45,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
-MODES = ("ar", "diffusion", "linear_spec", "auto")
+MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
 PROMPTS = (
     "The number after 41 is",
     "Hello world",

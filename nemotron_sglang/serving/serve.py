@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "nld-tiny-rules"
-MODES = ("ar", "diffusion", "linear_spec", "auto")
+MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
 
 
 def embedded_model() -> Path:
