@@ -119,7 +119,12 @@ def _generate(args) -> int:
     from ..core.tokenizer import decode, encode, load_tokenizer
     from ..core.weights import load_model
 
-    model_dir = Path(args.model) if args.model else default_model_dir()
+    if args.model:
+        model_dir = Path(args.model)
+    else:
+        from .serve import embedded_model
+
+        model_dir = embedded_model()
     model = load_model(model_dir, dtype=getattr(torch, args.dtype), lora=args.lora)
     tok = load_tokenizer(model_dir) if (model_dir / "tokenizer.json").exists() else None
     if args.prompt is not None:

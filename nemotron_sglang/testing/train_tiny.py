@@ -28,9 +28,10 @@ the previous position). Along the text, the greedy path equals the text up to th
 where that argmax differs, so CE is taken on the accepted prefix plus the first rejected slot
 (the slots after it follow a path the text does not show).
 
-Data: the training stream is ``corpus.documents(seed * 1000 + k, ...)`` chunks, all seeds below
-``corpus.EVAL_SEED_BASE``; each document is ``[bos]? + text + [eos]`` (bos with probability 1/2),
-documents are packed, and half the windows start at a document start (position 0), half at a
+Data: the training stream is ``corpus.documents(seed * 1000 + 1, data_docs)`` (below
+``corpus.EVAL_SEED_BASE`` for training seeds 0..998, which :func:`train` enforces; the
+tokenizer's text is ``corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS)``); each document is
+``[bos]? + text + [eos]`` (bos with probability 1/2), documents are packed, and half the windows start at a document start (position 0), half at a
 random offset. Everything is deterministic in ``seed`` (torch and ``random`` seeded; one thread
 recommended for bit-reproducibility). RoPE: YaRN with factor 8 and
 original_max_position_embeddings 512 (> the training length, so the llama-4 query scale is 1
@@ -44,7 +45,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -89,7 +90,6 @@ class TrainConfig:
     save_every_s: float = 600.0
     dtype: str = "bfloat16"
     data_docs: int = 200000
-    log: list = field(default_factory=list)
 
     def model_config(self) -> NLDConfig:
         return NLDConfig(
@@ -383,6 +383,9 @@ def train(out_dir: str | os.PathLike, tc: TrainConfig, quiet: bool = False,
     ``minutes`` is a safety deadline only (the schedule is set by ``steps``): the base phase
     stops ``LORA_RESERVE_S`` before it, the LoRA phase at it; a cut run says so in the log.
     """
+    if not 0 <= tc.seed * 1000 + 1 < corpus.EVAL_SEED_BASE:
+        raise ValueError(f"training seed must be in 0..998 (its corpus seed {tc.seed * 1000 + 1} "
+                         f"must stay below the evaluation seeds >= {corpus.EVAL_SEED_BASE})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "train_log.jsonl"
@@ -396,7 +399,7 @@ def train(out_dir: str | os.PathLike, tc: TrainConfig, quiet: bool = False,
     tok = build_corpus_tokenizer(tc.vocab)
     stream = Stream(tok, tc.seed, tc.data_docs)
     _log(log_path, {"phase": "data", "tokens": len(stream.ids), "docs": len(stream.starts),
-                    "config": {k: v for k, v in vars(tc).items() if k != "log"}}, quiet)
+                    "config": dict(vars(tc))}, quiet)
     model, hist = train_base(tc, out, tok, stream, log_path, quiet, base_deadline)
     save_model(out, model, tok, tc.dtype)
     # the LoRA is trained on the weights as saved (rounded to the checkpoint dtype)
