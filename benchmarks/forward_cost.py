@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -33,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _table import print_table  # noqa: E402
+from _common import hardware, print_table  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv
 if SMOKE and not torch.cuda.is_available():
@@ -193,15 +192,6 @@ def roofline(cfg, batch, q_len, context, mask, elt, bw_gbs, tflops) -> float:
         pairs = q_len * context + (b + 1) * r * (r + 1) // 2 + r * b * b
     flops = 2 * dense * t + L * batch * 4 * pairs * cfg.q_size
     return max(nbytes / (bw_gbs * 1e9), flops / (tflops * 1e12)) * 1e3
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
-                f"torch {torch.__version__}, CUDA {torch.version.cuda}")
-    return (f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
-            "TRITON_INTERPRET=1")
 
 
 def _ints(s: str) -> list[int]:

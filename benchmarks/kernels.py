@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -34,7 +33,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _table import print_table  # noqa: E402
+from _common import hardware, print_table  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv
 if SMOKE and not torch.cuda.is_available():
@@ -209,15 +208,6 @@ def copy_bandwidth(device) -> float:
 
 def rel_err(x, ref) -> float:
     return float((x.float() - ref.float()).norm() / ref.float().norm())
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
-                f"torch {torch.__version__}, CUDA {torch.version.cuda}")
-    return (f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
-            "TRITON_INTERPRET=1")
 
 
 def run_workload(name, rows, hq, hkv, d, dtype, page_size, dev, flex, bw, smoke) -> list:

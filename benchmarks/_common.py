@@ -1,6 +1,20 @@
-"""Plain-text / markdown table printing shared by the benchmark scripts."""
+"""What the GPU benchmark scripts share: the hardware line and plain-text / markdown tables."""
 
 from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+    return (f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
+            "TRITON_INTERPRET=1")
 
 
 def fmt(x) -> str:
