@@ -94,7 +94,6 @@ class _Row:
     start: int                      # committed length = first canvas position
     done: bool = False
     forwards: int = 0
-    emitted: list = field(default_factory=list)
 
 
 class NemotronTriMode(DllmAlgorithm):
@@ -159,7 +158,8 @@ class NemotronTriMode(DllmAlgorithm):
             return Path(model_path) / LORA_DIR
         return None
 
-    def _ensure_lora(self, model_runner) -> None:
+    def _ensure_ready(self, model_runner) -> None:
+        """First run in this process: read the EOS id and install the drafting LoRA."""
         if self._lora_ready:
             return
         model = model_runner.model
@@ -184,7 +184,7 @@ class NemotronTriMode(DllmAlgorithm):
         if reqs is None:
             raise RuntimeError("NemotronTriMode: the nemotron-sglang plugin hooks are not "
                                "active in this process (is the plugin installed?)")
-        self._ensure_lora(model_runner)
+        self._ensure_ready(model_runner)
         model = model_runner.model
         if not forward_batch.forward_mode.is_dllm_extend():
             return self._context_round(model_runner, model, forward_batch, reqs)
