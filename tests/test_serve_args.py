@@ -44,6 +44,18 @@ def test_cuda_defaults_and_passthrough_wins(tmp_path, monkeypatch, ckpt_dirs):
     assert cmd.count("--max-running-requests") == 1 and value(cmd, "--max-running-requests") == "4"
     assert cmd[-2:] == ["--tp-size", "2"]
     assert "NEMOTRON_SGLANG_CPU_PLATFORM" not in env
+    assert "--disable-cuda-graph" not in cmd
+
+
+@pytest.mark.parametrize("form", [["--attention-backend", "nemotron"],
+                                  ["--attention-backend=nemotron"]])
+def test_nemotron_backend_on_cuda_turns_graphs_off(tmp_path, monkeypatch, ckpt_dirs, form):
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    cmd, _ = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), form, cuda=True)
+    assert "--disable-cuda-graph" in cmd and cmd[-len(form):] == form
+    assert sum(a.startswith("--attention-backend") for a in cmd) == 1
+    cpu, _ = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), form, cuda=False)
+    assert "--disable-cuda-graph" not in cpu
 
 
 def test_default_model_is_generated_and_bad_input_refused(tmp_path, monkeypatch):

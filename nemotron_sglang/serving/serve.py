@@ -8,7 +8,8 @@ process with SGLang's (no HTTP server of its own):
 - on a machine without CUDA: the plugin's CPU platform (``NEMOTRON_SGLANG_CPU_PLATFORM=1``),
   ``--device cpu``, fp32, torch-native attention, one OpenMP thread per process (SGLang's
   processes share the cores; 1 thread measured ~7× faster than torch's default on 2 cores) and a
-  KV pool sized for a small machine; on CUDA: the triton attention backend;
+  KV pool sized for a small machine; on CUDA: the triton attention backend (with
+  ``--attention-backend nemotron``, the plugin's own kernels: ``--disable-cuda-graph`` added);
 - ``--enable-metrics`` and ``--max-running-requests 16`` unless given.
 Every other flag goes to ``sglang.launch_server`` unchanged and wins over these defaults.
 """
@@ -37,13 +38,18 @@ def _has_flag(passthrough: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in passthrough)
 
 
-def _int_flag(passthrough: list[str], flag: str, default: int = 1) -> int:
+def _flag(passthrough: list[str], flag: str) -> str | None:
     for i, a in enumerate(passthrough):
         if a == flag and i + 1 < len(passthrough):
-            return int(passthrough[i + 1])
+            return passthrough[i + 1]
         if a.startswith(flag + "="):
-            return int(a.split("=", 1)[1])
-    return default
+            return a.split("=", 1)[1]
+    return None
+
+
+def _int_flag(passthrough: list[str], flag: str, default: int = 1) -> int:
+    value = _flag(passthrough, flag)
+    return default if value is None else int(value)
 
 
 def cpu_groups(world: int) -> str:
@@ -89,6 +95,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
                                               ("--enable-metrics", None)]
     if cuda:
         defaults += [("--attention-backend", "triton")]
+        if _flag(passthrough, "--attention-backend") == "nemotron":
+            defaults += [("--disable-cuda-graph", None)]   # the nemotron backend has no graphs
     else:
         env["NEMOTRON_SGLANG_CPU_PLATFORM"] = "1"
         env.setdefault("OMP_NUM_THREADS", "1")

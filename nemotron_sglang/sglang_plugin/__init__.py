@@ -7,6 +7,7 @@ to run if the hooks are not active. It registers
 - the HF config class for ``model_type = nemotron_labs_diffusion``;
 - the model class for architecture ``NemotronLabsDiffusionModel`` (overriding any in-tree one);
 - the dLLM algorithm ``NemotronTriMode``;
+- the attention backend ``nemotron`` (``--attention-backend nemotron``: the plugin's kernels);
 - the hooks of ``hooks.py`` and ``surface.py``.
 """
 
@@ -41,7 +42,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from transformers import AutoConfig
 
-    from . import hooks, surface
+    from . import attention_backend, hooks, surface
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
     from .model import ARCHITECTURE, NemotronLabsDiffusionForSGLang
@@ -50,6 +51,7 @@ def register() -> None:
                         exist_ok=True)
     ModelRegistry.models[ARCHITECTURE] = NemotronLabsDiffusionForSGLang
     algorithms.algo_name_to_cls[hooks.ALGORITHM_NAME] = NemotronTriMode
+    attention_backend.register()
     plan = [(hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args, HookType.AROUND),
             (hooks.TP_WORKER_TARGET, hooks.attach_requests, HookType.AROUND),
             *[(t, surface.copy_top_level_fields, HookType.AFTER)

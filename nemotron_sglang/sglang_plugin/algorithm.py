@@ -100,7 +100,7 @@ class NemotronTriMode(DllmAlgorithm):
     supported_architectures = (ARCHITECTURE,)
     requires_separate_context_encoding = True
     required_attention_backend = "triton"
-    supported_attention_backends = ("triton", "torch_native")
+    supported_attention_backends = ("triton", "torch_native", "nemotron")
     defaults = ServerDefaults()       # set per process by __init__ (the scheduler's)
 
     @classmethod

@@ -29,15 +29,25 @@ class RowSpec:
 
 
 class _SlotTable:
-    """SGLang's token→slot table seen as core's paged cache with page size 1 (kernel metadata)."""
+    """SGLang's token→slot table seen as core's paged cache with page size 1 (kernel metadata).
+
+    Only the rows' prefixes are read, in one device→host copy of ``table[rows, :max_prefix]``
+    (a row of ``req_to_token`` spans the whole context length)."""
 
     page_size = 1
 
-    def __init__(self, table: torch.Tensor, num_kv_heads: int):
-        self.table, self.num_kv_heads = table, num_kv_heads
+    def __init__(self, table: torch.Tensor, num_kv_heads: int, rows: list[RowSpec]):
+        self.num_kv_heads = num_kv_heads
+        longest: dict[int, int] = {}
+        for r in rows:
+            longest[r.req_pool_index] = max(longest.get(r.req_pool_index, 0), r.prefix_len)
+        index = list(longest)
+        width = max(longest.values(), default=0)
+        host = table[torch.tensor(index, dtype=torch.long, device=table.device), :width].cpu()
+        self._slots = {i: host[n, :longest[i]].tolist() for n, i in enumerate(index)}
 
     def page_table(self, req_pool_index: int) -> list[int]:
-        return self.table[req_pool_index].tolist()
+        return self._slots[req_pool_index]
 
 
 @dataclass(frozen=True)
@@ -65,12 +75,19 @@ class RowAttention:
         from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
                                                                get_token_to_kv_pool)
 
+        return self.attend(q, k, v, layer, get_token_to_kv_pool(),
+                           get_req_to_token_pool().req_to_token)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer, pool,
+               table: torch.Tensor) -> torch.Tensor:
+        """Attention of the pass's q [T, Hq·D] over ``pool`` (SGLang's KV pool, the rows'
+        committed prefixes located by ``table`` = req_to_token) plus its own k, v [T, Hkv·D];
+        returns [T, Hq·Dv]. The pass's own K/V are taken from ``k, v``, never from the pool."""
         hq, hkv = layer.tp_q_head_num, layer.tp_k_head_num
         d, dv = layer.qk_head_dim, layer.v_head_dim
         q = q.view(-1, hq, d)
         k = k.view(-1, hkv, d)
         v = v.view(-1, hkv, dv)
-        pool, table = get_token_to_kv_pool(), get_req_to_token_pool().req_to_token
         k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
         if self.impl == "triton":
             return self._triton(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
@@ -94,7 +111,7 @@ class RowAttention:
                                  tuple(r.q_len for r in self.rows),
                                  tuple(r.prefix_len for r in self.rows),
                                  tuple(r.mask for r in self.rows))
-            self._meta = build_metadata(batch, _SlotTable(table, k.shape[1]),
+            self._meta = build_metadata(batch, _SlotTable(table, k.shape[1], self.rows),
                                         q.shape[1] // k.shape[1], q.shape[2], q.device)
         return paged_attention_with_metadata(q, k, v.to(k.dtype), k_buf.to(k.dtype),
                                              v_buf.to(k.dtype), self._meta, layer.scaling)

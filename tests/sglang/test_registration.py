@@ -123,6 +123,14 @@ out["algo_in_dict"] = algos.algo_name_to_cls.get("NemotronTriMode") is NemotronT
 out["algo_resolved"] = qual(algos.get_algorithm_cls("NemotronTriMode"))
 out["algo_resolved_is_ours"] = algos.get_algorithm_cls("NemotronTriMode") is NemotronTriMode
 
+# (b) attention backend: a CLI choice and a registry factory
+from nemotron_sglang.sglang_plugin import attention_backend as nab
+from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES
+from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+out["backend_choice"] = "nemotron" in ATTENTION_BACKEND_CHOICES
+out["backend_factory_is_ours"] = ATTENTION_BACKENDS.get("nemotron") is nab.create_backend
+out["backend_in_algorithm"] = "nemotron" in NemotronTriMode.supported_attention_backends
+
 # (b) hooks: the attribute on the class is an AROUND wrapper over the original, closing over ours
 def hook_state(owner, name, hook_fn):
     raw = owner.__dict__[name]
@@ -248,6 +256,12 @@ def test_algorithm_registered(loaded):
     assert loaded["algo_in_dict"] is True
     assert loaded["algo_resolved"] == "nemotron_sglang.sglang_plugin.algorithm.NemotronTriMode"
     assert loaded["algo_resolved_is_ours"] is True
+
+
+def test_attention_backend_registered(loaded):
+    assert loaded["backend_choice"] is True
+    assert loaded["backend_factory_is_ours"] is True
+    assert loaded["backend_in_algorithm"] is True
 
 
 def test_hook_targets_are_the_expected_ones(loaded):
