@@ -27,7 +27,8 @@ def test_examples_shape_and_split():
     for ex in corpus.examples(corpus.EVAL_SEED_BASE + 17, 200):
         assert set(ex) == {"prompt", "continuation"}
         assert ex["prompt"] and ex["continuation"]
-        assert len(ex["continuation"]) >= corpus.CONTINUATION_MIN_CHARS
+        assert corpus.approx_tokens(ex["continuation"]) >= corpus.CONTINUATION_MIN_TOKENS
+        assert len(ex["continuation"]) <= corpus.CONTINUATION_MAX_CHARS
         # the cut is at an item boundary: the continuation starts with its separator
         assert ex["continuation"][0] in " ,\n", ex
         assert not ex["prompt"][-1].isspace()

@@ -91,13 +91,22 @@ def _default_texts() -> list[str]:
     return _CORPUS.splitlines() + [numbers]
 
 
-def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None) -> Tokenizer:
-    """Train the deterministic byte-level BPE tokenizer with exactly ``vocab_size`` entries."""
+def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None,
+                    split_digits: bool = False) -> Tokenizer:
+    """Train the deterministic byte-level BPE tokenizer with exactly ``vocab_size`` entries.
+
+    ``split_digits`` isolates every digit before the byte-level split (as Llama / Mistral
+    tokenizers do), so no merge spans two digits: "417" is always ``4 1 7``. A tiny model can
+    then learn carries digit by digit instead of a successor table over multi-digit tokens.
+    """
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size must be >= {MIN_VOCAB_SIZE}, got {vocab_size}")
     specials = [AddedToken(SPECIAL_TOKENS[i], special=True, normalized=False) for i in range(NUM_RESERVED)]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -11,9 +11,8 @@ and a continuation that the BPE tokenizer splits exactly as inside the whole doc
 API:
     documents(seed, n)  -> n document strings (the training text; eos is appended by the trainer)
     examples(seed, n)   -> n dicts {"prompt", "continuation"}: a prefix of a fresh document (its
-                           header and first 2-5 items) and the next items the rule gives, at least
-                           CONTINUATION_MIN_CHARS characters (>= 32 tokens with the fixture's
-                           tokenizer, at most ~64).
+                           header and first 3-5 items) and the rest of its items, at least
+                           CONTINUATION_MIN_TOKENS (32) tokens with the fixture's tokenizer.
 
 Seed ranges: training uses seeds < EVAL_SEED_BASE (1_000_000); evaluation (tests, benchmarks)
 uses seeds >= EVAL_SEED_BASE. The two ranges never overlap, so a held-out prompt is never a
@@ -23,10 +22,14 @@ training document (the rules and number ranges are shared, which is the point).
 from __future__ import annotations
 
 import random
+import re
 
 EVAL_SEED_BASE = 1_000_000
-CONTINUATION_MIN_CHARS = 110
+CONTINUATION_MIN_TOKENS = 32
 CONTINUATION_MAX_CHARS = 150
+EVAL_MAX_ITEMS = 14
+EVAL_TRIES = 50
+_PRETOKEN = re.compile(r"\d| ?[A-Za-z_]+| ?[^\s\w]+|\s+(?!\S)|\s+")
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
@@ -147,8 +150,8 @@ GENERATORS = (_counting, _countdown, _pylist, _table, _functions, _loops, _impor
               _cycle, _after, _comments, _qa)
 
 
-def _make(r: random.Random, n_items: int) -> tuple[str, list[str], str]:
-    gen = r.choice(GENERATORS)
+def _make(r: random.Random, n_items: int, gen=None) -> tuple[str, list[str], str]:
+    gen = r.choice(GENERATORS) if gen is None else gen
     head, items = gen(r, n_items)
     tail = "]" if gen is _pylist else ""
     return head, items, tail
@@ -164,26 +167,40 @@ def documents(seed: int, n: int) -> list[str]:
     return out
 
 
+def approx_tokens(text: str) -> int:
+    """Pre-token count of ``text`` under the fixture tokenizer's split (digits one by one, words
+    with their leading space, punctuation runs, whitespace runs): a lower bound on its tokens."""
+    return len(_PRETOKEN.findall(text))
+
+
 def examples(seed: int, n: int) -> list[dict]:
     """``n`` held-out style examples: a document prefix and its rule-given continuation.
 
-    The prompt is the header and the first 2-4 items; the continuation is the following items,
-    CONTINUATION_MIN_CHARS..CONTINUATION_MAX_CHARS characters (item boundaries; a single long
-    item may be cut at MAX). It never ends the document, so no closing bracket or EOS is part
-    of it.
+    Each comes from a fresh document of 6..EVAL_MAX_ITEMS items (documents() draws 6..16; the
+    held-out ones stop at 14, where a model trained on them still expects more items rather
+    than the end of the document). The prompt is the header and the first 3-5 items (three
+    terms pin an arithmetic rule down with one to spare); the continuation is the following
+    items up to the document's last, cut at an item boundary to at most CONTINUATION_MAX_CHARS
+    characters, and at least CONTINUATION_MIN_TOKENS pre-tokens (so >= 32 tokens). The rule is
+    drawn first, then its documents until one is long enough (EVAL_TRIES at most), so every
+    rule that can give 32 tokens within 14 items appears equally often; day / month cycles
+    (two tokens per item) never can and are absent. The closing bracket and EOS are never part
+    of the continuation.
     """
     r = random.Random(seed)
     out = []
     while len(out) < n:
-        head, items, _ = _make(r, 60)
-        k = r.randint(2, 4)
-        prompt = head + "".join(items[:k])
-        cont = ""
-        for it in items[k:]:
-            if len(cont) >= CONTINUATION_MIN_CHARS:
+        gen = r.choice(GENERATORS)          # the rule first, so the mix stays even
+        for _ in range(EVAL_TRIES):
+            head, items, _ = _make(r, r.randint(6, EVAL_MAX_ITEMS), gen)
+            k = r.randint(3, 5)
+            cont = ""
+            for it in items[k:]:
+                if cont and len(cont) + len(it) > CONTINUATION_MAX_CHARS:
+                    break
+                cont += it
+            if approx_tokens(cont) >= CONTINUATION_MIN_TOKENS:
+                out.append({"prompt": head + "".join(items[:k]),
+                            "continuation": cont[:CONTINUATION_MAX_CHARS]})
                 break
-            cont += it
-        if len(cont) < CONTINUATION_MIN_CHARS:   # short sorted import list: try another doc
-            continue
-        out.append({"prompt": prompt, "continuation": cont[:CONTINUATION_MAX_CHARS]})
     return out

@@ -373,7 +373,9 @@ def train_lora(tc: TrainConfig, model: NLDModel, stream: Stream, log_path: Path 
 
 
 def build_corpus_tokenizer(vocab: int):
-    return build_tokenizer(vocab, corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS))
+    """The fixture's tokenizer: BPE over corpus text, one token per digit."""
+    return build_tokenizer(vocab, corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS),
+                           split_digits=True)
 
 
 def train(out_dir: str | os.PathLike, tc: TrainConfig, quiet: bool = False,
