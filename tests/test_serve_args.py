@@ -33,6 +33,24 @@ def test_cpu_defaults(tmp_path, monkeypatch, ckpt_dirs):
     assert env["NEMOTRON_SGLANG_CPU_PLATFORM"] == "1"
     yaml = (tmp_path / value(cmd, "--dllm-algorithm-config").split("/")[-1]).read_text()
     assert "default_mode: linear_spec" in yaml and "threshold: 0.9" in yaml
+    assert f"auto_max_batch: {serve.AUTO_MAX_BATCH['cpu']}" in yaml
+
+
+def _yaml(cmd):
+    from pathlib import Path
+    return Path(value(cmd, "--dllm-algorithm-config")).read_text()
+
+
+def test_auto_max_batch_per_device_and_flag(tmp_path, monkeypatch, ckpt_dirs):
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    model = str(ckpt_dirs["s0_lora"])
+    gpu, _ = serve.build_command(args(model=model), [], cuda=True)
+    assert f"auto_max_batch: {serve.AUTO_MAX_BATCH['cuda']}" in _yaml(gpu)
+    mine, _ = serve.build_command(args(model=model, auto_max_batch=3), [], cuda=False)
+    assert "auto_max_batch: 3" in _yaml(mine)
+    assert "auto_max_batch: 64" in _yaml(serve.build_command(args(model=model), [], cuda=False)[0])
+    with pytest.raises(ValueError, match="auto-max-batch"):
+        serve.main(args(auto_max_batch=0), [])
 
 
 def test_cuda_defaults_and_passthrough_wins(tmp_path, monkeypatch, ckpt_dirs):

@@ -4,7 +4,8 @@ It only builds ``python -m sglang.launch_server`` arguments and environment, the
 process with SGLang's (no HTTP server of its own):
 - the model: ``--model`` or the embedded default (the committed trained fixture when the source
   tree has it, else a generated tiny checkpoint cached under ``~/.cache/nemotron-sglang``);
-- ``--dllm-algorithm NemotronTriMode`` with a YAML written from ``--default-mode`` / ``--threshold``;
+- ``--dllm-algorithm NemotronTriMode`` with a YAML written from ``--default-mode`` / ``--threshold``
+  / ``--auto-max-batch`` (default per device, ``AUTO_MAX_BATCH``);
 - on a machine without CUDA: the plugin's CPU platform (``NEMOTRON_SGLANG_CPU_PLATFORM=1``),
   ``--device cpu``, fp32, torch-native attention, one OpenMP thread per process (SGLang's
   processes share the cores; 1 thread measured ~7× faster than torch's default on 2 cores) and a
@@ -24,6 +25,12 @@ from pathlib import Path
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "nld-tiny-rules"
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
+# decode_mode "auto" speculates while a round holds <= auto_max_batch requests, then runs ar.
+# CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
+# out-served ar at every concurrency tried, 1..64, so there is no crossover below 64.
+# CUDA: not measured (no GPU lent yet); 8 is DESIGN §6's estimate of where 32-token spec passes
+# reach an H100's compute roof. Re-measure with benchmarks/serving.py and pass --auto-max-batch.
+AUTO_MAX_BATCH = {"cpu": 64, "cuda": 8}
 
 
 def embedded_model() -> Path:
@@ -72,11 +79,12 @@ def _cuda() -> bool:
         return False
 
 
-def write_yaml(default_mode: str, threshold: float) -> Path:
+def write_yaml(default_mode: str, threshold: float, auto_max_batch: int) -> Path:
     root = Path(os.environ.get("NEMOTRON_SGLANG_CACHE", Path.home() / ".cache" / "nemotron-sglang"))
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"tri_mode-{default_mode}-{threshold:g}.yaml"
-    path.write_text(f"default_mode: {default_mode}\nthreshold: {threshold}\n")
+    path = root / f"tri_mode-{default_mode}-{threshold:g}-{auto_max_batch}.yaml"
+    path.write_text(f"default_mode: {default_mode}\nthreshold: {threshold}\n"
+                    f"auto_max_batch: {auto_max_batch}\n")
     return path
 
 
@@ -86,7 +94,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     model = Path(args.model) if args.model else embedded_model()
     if not (model / "config.json").exists():
         raise ValueError(f"{model} has no config.json")
-    yaml = write_yaml(args.default_mode, args.threshold)
+    auto = args.auto_max_batch or AUTO_MAX_BATCH["cuda" if cuda else "cpu"]
+    yaml = write_yaml(args.default_mode, args.threshold, auto)
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
            "--host", args.host, "--port", str(args.port),
            "--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml)]
@@ -133,12 +142,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--default-mode", choices=MODES, default="linear_spec")
     p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--auto-max-batch", type=int, default=None,
+                   help="decode_mode auto: speculate up to this many requests per round "
+                        f"(default {AUTO_MAX_BATCH['cpu']} on CPU, {AUTO_MAX_BATCH['cuda']} on CUDA)")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
 
 
 def main(args: argparse.Namespace, passthrough: list[str]) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.auto_max_batch is not None and args.auto_max_batch < 1:
+        raise ValueError(f"--auto-max-batch must be >= 1, got {args.auto_max_batch}")
     cuda = _cuda()
     cmd, env = build_command(args, passthrough, cuda)
     print(banner(args, cmd, cuda), flush=True)

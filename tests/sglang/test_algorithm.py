@@ -255,3 +255,20 @@ def test_validate_request_names_the_field(core64):
     req = make_req(0, [1], "ar", 4)
     req.return_logprob = True
     assert "logprobs" in NemotronTriMode.validate_request(req)
+
+
+@pytest.mark.parametrize("auto_max_batch,expected", [(8, "auto(linear_spec)"), (2, "auto(ar)")])
+def test_auto_speculates_small_rounds_and_runs_ar_in_large_ones(core64, auto_max_batch,
+                                                                 expected):
+    prompts = random_prompts(4, seed=77, vocab=512)
+    want = generate(core64, [Request(p, "ar", DecodeParams(max_new_tokens=9)) for p in prompts])
+    cfg = DllmConfig(algorithm="NemotronTriMode",
+                     algorithm_config={"default_mode": "ar", "auto_max_batch": auto_max_batch},
+                     block_size=core64.config.block_size, mask_id=100, max_running_requests=64,
+                     first_done_first_out_mode=False, requires_separate_context_encoding=True)
+    algo, runner = NemotronTriMode(cfg), FakeRunner(core64)
+    reqs = [make_req(i, p, "auto", 9) for i, p in enumerate(prompts)]   # 4 per round
+    serve(algo, runner, reqs, core64.config.eos_token_id)
+    for r, w in zip(reqs, want):
+        assert r.output_ids == w.output_ids          # either choice is lossless at T = 0
+        assert r.nld_stats.reported_mode.startswith(expected[:-1]), r.nld_stats.auto_rounds
