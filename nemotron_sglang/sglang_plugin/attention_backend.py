@@ -20,7 +20,8 @@ pass's own ``k, v``.
 
 Implementation: ``triton`` where Triton can run (a CUDA device, or ``TRITON_INTERPRET=1`` on CPU:
 how CI proves it), else core's reference attention (``reference``: the readable twin, same
-contract). ``NEMOTRON_SGLANG_ATTENTION_IMPL=reference|triton`` overrides the choice. CUDA graphs
+contract). ``NEMOTRON_SGLANG_ATTENTION_IMPL=reference|triton|flashinfer`` overrides the choice
+(``flashinfer``: FlashInfer's paged + ragged prefill merged, CUDA only, not yet run on a GPU). CUDA graphs
 are not supported (SGLang's graph capture needs fixed-shape metadata this backend does not
 build): serve with ``--disable-cuda-graph``; capture fails with a message saying so.
 """
@@ -44,8 +45,8 @@ def default_impl(device: torch.device | str) -> str:
     """``triton`` on CUDA or under the Triton interpreter, else ``reference``; env overrides."""
     forced = os.environ.get(IMPL_ENV)
     if forced is not None:
-        if forced not in ("reference", "triton"):
-            raise ValueError(f"{IMPL_ENV} must be reference or triton, got {forced!r}")
+        if forced not in RowAttention.IMPLS:
+            raise ValueError(f"{IMPL_ENV} must be one of {RowAttention.IMPLS}, got {forced!r}")
         return forced
     from ..kernels.triton_attention import triton_available
 

@@ -50,6 +50,21 @@ class _SlotTable:
         return self._slots[req_pool_index]
 
 
+class _PoolView:
+    """One layer of SGLang's pool as the paged cache ``paged_attention_flashinfer`` reads: pages
+    of one token (``k[0]`` = the layer's ``[slots, Hkv, D]`` buffer) and the rows' slot lists."""
+
+    page_size = 1
+
+    def __init__(self, slots: _SlotTable, k_buf: torch.Tensor, v_buf: torch.Tensor):
+        self._slots = slots
+        self.k, self.v = k_buf.unsqueeze(0), v_buf.unsqueeze(0)
+        self.num_pages, self.num_kv_heads = k_buf.shape[0], k_buf.shape[1]
+
+    def page_table(self, req_pool_index: int) -> list[int]:
+        return self._slots.page_table(req_pool_index)
+
+
 @dataclass(frozen=True)
 class _KernelBatch:
     seq_ids: tuple[int, ...]
@@ -61,15 +76,19 @@ class _KernelBatch:
 class RowAttention:
     """Attention for one custom pass; called by the model's RadixAttention wrappers.
 
-    ``impl``: ``"reference"`` (core's attention, per row) or ``"triton"`` (the plugin's kernel,
-    one launch per layer over SGLang's pool viewed as pages of one token).
+    ``impl``: ``"reference"`` (core's attention, per row), ``"triton"`` (the plugin's kernel,
+    one launch per layer over SGLang's pool viewed as pages of one token) or ``"flashinfer"``
+    (``kernels.flashinfer_attention`` over the same view; CUDA only, not yet run on a GPU).
     """
 
+    IMPLS = ("reference", "triton", "flashinfer")
+
     def __init__(self, rows: list[RowSpec], impl: str = "reference"):
-        if impl not in ("reference", "triton"):
-            raise ValueError(f"unknown custom-pass attention {impl!r}: reference | triton")
+        if impl not in self.IMPLS:
+            raise ValueError(f"unknown row attention {impl!r}: {' | '.join(self.IMPLS)}")
         self.rows, self.impl = rows, impl
         self._meta = None
+        self._slots = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer) -> torch.Tensor:
         from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
@@ -91,6 +110,8 @@ class RowAttention:
         k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
         if self.impl == "triton":
             return self._triton(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
+        if self.impl == "flashinfer":
+            return self._flashinfer(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
         out = torch.empty(q.shape[0], hq, dv, dtype=q.dtype, device=q.device)
         start = 0
         for row in self.rows:
@@ -103,15 +124,27 @@ class RowAttention:
             start = end
         return out.view(q.shape[0], hq * dv)
 
+    def _kernel_batch(self) -> _KernelBatch:
+        return _KernelBatch(tuple(r.req_pool_index for r in self.rows),
+                            tuple(r.q_len for r in self.rows),
+                            tuple(r.prefix_len for r in self.rows),
+                            tuple(r.mask for r in self.rows))
+
+    def _flashinfer(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
+        from ..kernels import flashinfer_attention
+
+        if self._slots is None:      # one slot read per pass, shared by every layer
+            self._slots = _SlotTable(table, k.shape[1], self.rows)
+        view = _PoolView(self._slots, k_buf.to(k.dtype), v_buf.to(k.dtype))
+        return flashinfer_attention.paged_attention_flashinfer(
+            q, k, v.to(k.dtype), view, 0, self._kernel_batch(), layer.scaling)
+
     def _triton(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
         from ..kernels.triton_attention import build_metadata, paged_attention_with_metadata
 
         if self._meta is None:       # one metadata build per pass, shared by every layer
-            batch = _KernelBatch(tuple(r.req_pool_index for r in self.rows),
-                                 tuple(r.q_len for r in self.rows),
-                                 tuple(r.prefix_len for r in self.rows),
-                                 tuple(r.mask for r in self.rows))
-            self._meta = build_metadata(batch, _SlotTable(table, k.shape[1], self.rows),
+            slots = _SlotTable(table, k.shape[1], self.rows)
+            self._meta = build_metadata(self._kernel_batch(), slots,
                                         q.shape[1] // k.shape[1], q.shape[2], q.device)
         return paged_attention_with_metadata(q, k, v.to(k.dtype), k_buf.to(k.dtype),
                                              v_buf.to(k.dtype), self._meta, layer.scaling)

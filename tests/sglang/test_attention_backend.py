@@ -26,6 +26,8 @@ def test_triton_where_it_can_run(monkeypatch):
 def test_env_forces_and_is_checked(monkeypatch):
     monkeypatch.setenv(nab.IMPL_ENV, "reference")
     assert nab.default_impl("cuda") == "reference"
+    monkeypatch.setenv(nab.IMPL_ENV, "flashinfer")
+    assert nab.default_impl("cuda") == "flashinfer"
     monkeypatch.setenv(nab.IMPL_ENV, "flash")
     with pytest.raises(ValueError, match=nab.IMPL_ENV):
         nab.default_impl("cpu")

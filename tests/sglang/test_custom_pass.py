@@ -63,3 +63,51 @@ def test_row_attention_reference_and_triton_agree_with_core(monkeypatch):
                                    build_mask(m, p, n), d ** -0.5)
         torch.testing.assert_close(tri[start:start + n].view(n, hq, d), want, rtol=1e-5, atol=1e-5)
         start += n
+
+
+def _flashinfer_twin(q, k_new, v_new, cache, layer, batch, scale):
+    """``paged_attention_flashinfer``'s contract in plain torch: it reads the cache the same way
+    (``page_table(seq)[:pages]`` and ``k[layer].view(num_pages, page_size, Hkv, D)``)."""
+    from nemotron_sglang.core.attention import build_mask, reference_attention
+
+    ps, hkv, d = cache.page_size, k_new.shape[1], k_new.shape[2]
+    kp = cache.k[layer].view(cache.num_pages, ps, hkv, d)
+    vp = cache.v[layer].view(cache.num_pages, ps, hkv, d)
+    out, start = [], 0
+    for sid, n, p, m in zip(batch.seq_ids, batch.q_lens, batch.prefix_lens, batch.masks):
+        pages = torch.tensor(cache.page_table(sid)[: -(-p // ps)], dtype=torch.long)
+        keys = torch.cat([kp[pages].reshape(-1, hkv, d)[:p], k_new[start:start + n]])
+        vals = torch.cat([vp[pages].reshape(-1, hkv, d)[:p], v_new[start:start + n]])
+        out.append(reference_attention(q[start:start + n], keys, vals, build_mask(m, p, n), scale))
+        start += n
+    return torch.cat(out)
+
+
+def test_flashinfer_route_hands_the_pool_over_as_a_paged_cache(monkeypatch):
+    """No FlashInfer here: the call it would get is checked by a twin reading the same view."""
+    from nemotron_sglang.kernels import flashinfer_attention
+
+    calls = []
+
+    def twin(*args):
+        calls.append(args)
+        return _flashinfer_twin(*args)
+
+    monkeypatch.setattr(flashinfer_attention, "paged_attention_flashinfer", twin)
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    hq, hkv, d, slots = 4, 2, 16, 64
+    rows = [(5, 3 * (4 + 1), quadratic(4)), (0, 4, CAUSAL), (7, 1, CAUSAL), (3, 4, BIDIRECTIONAL)]
+    k_buf, v_buf = torch.randn(slots, hkv, d, generator=g), torch.randn(slots, hkv, d, generator=g)
+    table = torch.randperm(slots, generator=g)[: 4 * 16].view(4, 16).to(torch.int32)
+    pool = SimpleNamespace(get_key_buffer=lambda layer: k_buf, get_value_buffer=lambda layer: v_buf)
+    t = sum(n for _, n, _ in rows)
+    q, k, v = (torch.randn(t, h * d, generator=g) for h in (hq, hkv, hkv))
+    layer = SimpleNamespace(tp_q_head_num=hq, tp_k_head_num=hkv, qk_head_dim=d, v_head_dim=d,
+                            layer_id=0, scaling=d ** -0.5)
+    specs = [RowSpec(i, p, n, m) for i, (p, n, m) in enumerate(rows)]
+    ref = RowAttention(specs, "reference").attend(q, k, v, layer, pool, table)
+    fi = RowAttention(specs, "flashinfer").attend(q, k, v, layer, pool, table)
+    assert len(calls) == 1
+    torch.testing.assert_close(fi, ref, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="flashinfer"):
+        RowAttention(specs, "flash")
