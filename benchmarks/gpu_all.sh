@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark of the project in one command, for a session that is lent a
+# device (`run` tool: `bash benchmarks/gpu_all.sh`, after `bash scripts/install.sh`).
+# Writes each step's output under ${OUT:-gpu_out}/ and keeps going past a failing step, so one
+# call returns everything; the exit status is the number of failed steps.
+#   1. the `gpu`-marked tests (kernels at real shapes, bf16/fp16, vs the fp32 reference)
+#   2. benchmarks/kernels.py: kernel vs flex_attention / masked SDPA / FlashInfer, bandwidth
+#   3. benchmarks/forward_cost.py: 8B-shaped forward cost at 1 / 32 / 1056 query tokens
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_out}"
+mkdir -p "$OUT"
+PY=.venv/bin/python
+fail=0
+step() {                      # step NAME COMMAND...
+  local name=$1; shift
+  echo "== $name: $*" | tee "$OUT/$name.txt"
+  "$@" >>"$OUT/$name.txt" 2>&1 || { echo "   FAILED (see $OUT/$name.txt)"; fail=$((fail + 1)); }
+  tail -n 40 "$OUT/$name.txt"
+}
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
+step gpu_tests "$PY" -m pytest -q -m gpu tests/kernels
+step kernels "$PY" benchmarks/kernels.py --markdown
+step forward_cost "$PY" benchmarks/forward_cost.py --markdown --check
+exit $fail
