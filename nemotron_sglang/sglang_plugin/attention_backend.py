@@ -20,10 +20,10 @@ pass's own ``k, v``.
 
 Implementation: ``triton`` where Triton can run (a CUDA device, or ``TRITON_INTERPRET=1`` on CPU:
 how CI proves it), else core's reference attention (``reference``: the readable twin, same
-contract). ``NEMOTRON_SGLANG_ATTENTION_IMPL=reference|triton|flashinfer`` overrides the choice
-(``flashinfer``: FlashInfer's paged + ragged prefill merged, CUDA only, not yet run on a GPU). CUDA graphs
-are not supported (SGLang's graph capture needs fixed-shape metadata this backend does not
-build): serve with ``--disable-cuda-graph``; capture fails with a message saying so.
+contract). ``NEMOTRON_SGLANG_ATTENTION_IMPL=reference|triton|flashinfer`` overrides the
+choice (``flashinfer``: FlashInfer's paged + ragged prefill merged; CUDA only, not yet run on a
+GPU). CUDA graphs are not supported (SGLang's graph capture needs fixed-shape metadata this
+backend does not build): serve with ``--disable-cuda-graph``; capture fails saying so.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ more than SGLang's B-slot canvas, under a mask no backend knows. This module run
 through the model itself (SGLang's layers, weights and LoRA branch) on a copy of the canvas
 ``ForwardBatch`` with the pass's tokens and positions, and routes every attention call to
 ``RowAttention``: each row's queries attend to that request's committed KV in SGLang's paged
-pool plus the pass's own K/V under the row's core ``MaskSpec`` (core's reference attention; the
-Triton kernel of ``nemotron_sglang.kernels`` implements the same contract). Nothing is written to
-the pool: the canvas KV of a round is discarded anyway.
+pool plus the pass's own K/V under the row's core ``MaskSpec`` (core's reference attention, or
+the Triton / FlashInfer paths of ``nemotron_sglang.kernels`` with the same contract). Nothing is
+written to the pool: the canvas KV of a round is discarded anyway. ``RowAttention`` is also the
+attention of the ``nemotron`` backend (``attention_backend.py``) for every other pass.
 """
 
 from __future__ import annotations
