@@ -9,7 +9,9 @@ context pass (``requires_separate_context_encoding``):
   request's strategy is started from the seed and asked for passes until it has emitted tokens
   and its next pass would be a refresh (which the next context round does), or until it commits
   KV (a verify pass). Passes of one kind (causal or bidirectional, LoRA or not) share one
-  forward over the whole canvas batch; rows that do not take part are ignored. Up to B emitted
+  forward over the whole canvas batch; rows that do not take part are ignored. Passes the canvas
+  cannot hold (quadratic_spec's B·(B+1) rows; bidirectional passes of a request whose
+  ``block_length`` is below B) share one ``run_custom_pass`` forward instead. Up to B emitted
   tokens per request are returned; SGLang commits them, trims at stop tokens and frees the
   canvas KV.
 
@@ -221,23 +223,31 @@ class NemotronTriMode(DllmAlgorithm):
             self._stats(req).mode = req.nld_params.mode
         return req.nld_params
 
-    def _quadratic_pass(self, model_runner, forward_batch, members) -> None:
-        """The fused B·(B+1) pass of the quadratic rows, outside SGLang's canvas shape."""
+    def _custom_pass(self, model_runner, forward_batch, members, lora: bool) -> None:
+        """Passes outside SGLang's canvas shape, through ``run_custom_pass``: the fused
+        B·(B+1) quadratic pass, and bidirectional passes of a request block smaller than the
+        server's (a B-slot canvas would let the extra mask slots join the block)."""
         specs, ids, pos = [], [], []
         for row, p in members:
             specs.append(RowSpec(int(forward_batch.req_pool_indices[row.index]), row.start,
                                  len(p.token_ids), p.mask))
             ids += p.token_ids
             pos += p.positions
-        model_runner.model.set_causal(True)
-        logits = run_custom_pass(model_runner, forward_batch, ids, pos, specs,
-                                 self.custom_attention)
+        model = model_runner.model
+        model.set_causal(True)           # every attention call is routed by the rows' masks
+        model.lora_active = lora
+        try:
+            logits = run_custom_pass(model_runner, forward_batch, ids, pos, specs,
+                                     self.custom_attention)
+        finally:
+            model.lora_active = False
         start = 0
         for row, p in members:
             n = len(p.token_ids)
             keep = row.strategy.on_logits(row.state, p,
                                           logits[start:start + n].detach().float().cpu())
-            row.state.kv_len += keep
+            if p.write_kv:
+                row.state.kv_len += keep
             row.forwards += 1
             start += n
 
@@ -291,10 +301,14 @@ class NemotronTriMode(DllmAlgorithm):
             for row, p in plans:
                 groups.setdefault((p.mask.kind.value, p.lora), []).append((row, p))
             for (kind, lora), members in sorted(groups.items()):
-                if kind == MaskKind.QUADRATIC.value:
-                    self._quadratic_pass(model_runner, forward_batch, members)
-                    continue
                 causal = kind == MaskKind.CAUSAL.value
+                custom = [m for m in members if kind == MaskKind.QUADRATIC.value
+                          or (not causal and len(m[1].token_ids) != b)]
+                if custom:
+                    self._custom_pass(model_runner, forward_batch, custom, lora)
+                    members = [m for m in members if all(m is not c for c in custom)]
+                if not members:
+                    continue
                 for row, p in members:
                     n = len(p.token_ids)
                     if p.mask.kind == MaskKind.QUADRATIC or n > b or (not causal and n != b) \

@@ -32,7 +32,7 @@ class ServerDefaults:
 
     default_mode: str = "linear_spec"
     threshold: float = 0.9
-    block_size: int = 32            # the server's canvas; bidirectional passes use all of it
+    block_size: int = 32            # the server's canvas: the largest block a request may ask for
     auto_max_batch: int = 8         # "auto" speculates while a round holds at most this many
 
 
@@ -115,10 +115,6 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
     if block > defaults.block_size:
         raise ParamError("block_length", f"{block} exceeds the server's block size "
                                          f"{defaults.block_size}")
-    if block != defaults.block_size and mode != "ar":
-        raise ParamError("block_length", f"this server runs {mode} on {defaults.block_size}-token "
-                                         f"blocks; a smaller block needs a server launched with "
-                                         f"block_size {block}")
     _refuse_unsupported(sampling)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")

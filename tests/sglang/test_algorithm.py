@@ -92,7 +92,9 @@ def fake_custom_pass(model_runner, fb, token_ids, positions, rows, impl="referen
         prow.append(PassRow(spec.req_pool_index, token_ids[i:i + spec.q_len],
                             positions[i:i + spec.q_len], spec.prefix_len, spec.mask))
         i += spec.q_len
-    return model_runner.model.core(ForwardBatch.from_rows(prow), model_runner.cache)
+    model_runner.model.causal_log.append(("custom", model_runner.model.lora_active))
+    return model_runner.model.core(ForwardBatch.from_rows(prow, lora=model_runner.model.lora_active),
+                                   model_runner.cache)
 
 
 @pytest.fixture(autouse=True)
@@ -272,3 +274,24 @@ def test_auto_speculates_small_rounds_and_runs_ar_in_large_ones(core64, auto_max
     for r, w in zip(reqs, want):
         assert r.output_ids == w.output_ids          # either choice is lossless at T = 0
         assert r.nld_stats.reported_mode.startswith(expected[:-1]), r.nld_stats.auto_rounds
+
+
+@pytest.mark.parametrize("block", [1, 2, 4])
+def test_request_block_below_the_server_block_matches_core(core64, block):
+    """block_length < the server's B: bidirectional passes leave the B-slot canvas for a custom
+    pass of exactly ``block`` tokens; every mode still equals core at that block."""
+    assert core64.config.block_size >= block
+    prompts = random_prompts(8, seed=90 + block, vocab=512)
+    modes = [SERVED[i % 4] for i in range(8)]
+    want = generate(core64, [Request(p, m, DecodeParams(max_new_tokens=10, block_length=block))
+                             for p, m in zip(prompts, modes)])
+    algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
+    reqs = [make_req(i, p, m, 10, block_length=block) for i, (p, m) in enumerate(zip(prompts, modes))]
+    serve(algo, runner, reqs, core64.config.eos_token_id)
+    for r, w, m in zip(reqs, want, modes):
+        assert r.output_ids == w.output_ids, (m, r.rid)
+        if m == "linear_spec":
+            assert r.nld_stats.cycles > 0
+    # linear_spec's LoRA drafts of a block below B go through the custom pass, not the canvas
+    custom_lora = ("custom", True) in runner.model.causal_log
+    assert custom_lora == (1 < block < core64.config.block_size)   # block 1 drafts nothing

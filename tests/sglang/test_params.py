@@ -95,17 +95,11 @@ def test_block_length_refused(b, mode):
     refused({"decode_mode": mode, "block_length": b}, "block_length", defaults=B16)
 
 
-@pytest.mark.parametrize("b", [1, 2, 4, 8])
-@pytest.mark.parametrize("mode", ["diffusion", "linear_spec", "quadratic_spec", "auto"])
-def test_smaller_block_refused_for_block_modes(b, mode):
-    e = refused({"decode_mode": mode, "block_length": b}, "block_length", defaults=B16)
-    assert "16" in str(e)
-
-
 @pytest.mark.parametrize("b", [1, 2, 4, 8, 16])
-def test_smaller_power_of_two_block_accepted_for_ar(b):
-    p = parse({"decode_mode": "ar", "block_length": b}, SamplingView(), B16)
-    assert (p.mode, p.block_length) == ("ar", b)
+@pytest.mark.parametrize("mode", MODES)
+def test_smaller_power_of_two_block_accepted_in_every_mode(b, mode):
+    p = parse({"decode_mode": mode, "block_length": b}, SamplingView(), B16)
+    assert (p.mode, p.block_length) == (mode, b)
 
 
 @pytest.mark.parametrize("mode", MODES)

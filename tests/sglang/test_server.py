@@ -97,7 +97,7 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     ({"custom_params": {"decode_mode": "turbo"}}, "decode_mode"),
     ({"threshold": 1.5}, "threshold"),
     ({"block_length": 3}, "block_length"),
-    ({"decode_mode": "linear_spec", "block_length": 2}, "block_length"),
+    ({"decode_mode": "linear_spec", "block_length": 8}, "block_length"),   # above the server's 4
     ({"logprobs": 2}, "logprobs"),
     ({"top_p": 0.5}, "top_p"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
@@ -112,6 +112,17 @@ def test_bad_requests_get_400_naming_the_field(dllm, body, field):
     assert status == 400, text
     assert field.lower() in json.loads(text)["message"].lower()
     assert dllm.post("/v1/completions", {"model": "nld", "prompt": "Hello", "max_tokens": 2})[0] == 200
+
+
+@pytest.mark.parametrize("mode", ["diffusion", "linear_spec", "quadratic_spec"])
+def test_block_length_below_the_servers_equals_core_at_that_block(dllm, core32, mode):
+    from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+
+    for ids in PROMPTS[:2]:
+        got = dllm.generate_ids(ids, 10, decode_mode=mode, block_length=2)
+        (want,) = generate(core32, [Request(ids, mode, DecodeParams(max_new_tokens=10,
+                                                                     block_length=2))])
+        assert got["output_ids"] == want.output_ids, (mode, ids)
 
 
 def test_grammar_is_refused(dllm):
