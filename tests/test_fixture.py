@@ -93,10 +93,10 @@ def test_diffusion_decodes_held_out_prompts(fixture, ar_results):
     model, tok, prompts, conts = fixture
     res = _run(model, prompts[:8], "diffusion", 32)
     tpf = sum(len(r.output_ids) for r in res) / sum(r.forwards for r in res)
-    assert tpf > 1.5
+    assert tpf > 3.0     # measured 6.28 on these 8 prompts
     ok = sum(follows_rule(decode(tok, r.output_ids, skip_special=True), c,
                           len(r.output_ids) >= MAX_NEW) for r, c in zip(res, conts))
-    assert ok >= 2       # measured 3 / 8 (diffusion at threshold 0.9 drifts more than ar)
+    assert ok >= 5       # measured 7 / 8 (diffusion at threshold 0.9 drifts more than ar)
 
 
 @pytest.mark.slow
