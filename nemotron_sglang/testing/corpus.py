@@ -11,8 +11,9 @@ and a continuation that the BPE tokenizer splits exactly as inside the whole doc
 API:
     documents(seed, n)  -> n document strings (the training text; eos is appended by the trainer)
     examples(seed, n)   -> n dicts {"prompt", "continuation"}: a prefix of a fresh document (its
-                           header and first 3-5 items) and the rest of its items, at least
-                           CONTINUATION_MIN_TOKENS (32) tokens with the fixture's tokenizer.
+                           header and first 3-5 items) and the items after it (at most
+                           CONTINUATION_MAX_CHARS characters, never past the document's end),
+                           at least CONTINUATION_MIN_TOKENS (32) tokens with the fixture's tokenizer.
 
 Seed ranges: training uses seeds < EVAL_SEED_BASE (1_000_000); evaluation (tests, benchmarks)
 uses seeds >= EVAL_SEED_BASE. The two ranges never overlap, so a held-out prompt is never a
