@@ -364,6 +364,13 @@ def plot(prefix: str, points: list[dict]) -> list[str]:
         print("--plot: matplotlib is not installed; no PNGs written", file=sys.stderr)
         return []
     written = []
+
+    def save(fig, path: str) -> None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
     main = [p for p in points if p["threshold"] is None]
     labels = list(dict.fromkeys(p["label"] for p in main))
     for key, ylabel, suffix in (("tokens_per_s", "output tokens/s", "throughput"),
@@ -378,11 +385,7 @@ def plot(prefix: str, points: list[dict]) -> list[str]:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = f"{prefix}-{suffix}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        save(fig, f"{prefix}-{suffix}.png")
     sweep = [p for p in points if p["threshold"] is not None]
     if sweep:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -399,11 +402,7 @@ def plot(prefix: str, points: list[dict]) -> list[str]:
             a.set_xlabel("threshold")
             a.grid(alpha=0.3)
             a.legend(fontsize=8)
-        fig.tight_layout()
-        path = f"{prefix}-thresholds.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        save(fig, f"{prefix}-thresholds.png")
     return written
 
 

@@ -302,13 +302,15 @@ class NemotronTriMode(DllmAlgorithm):
                 groups.setdefault((p.mask.kind.value, p.lora), []).append((row, p))
             for (kind, lora), members in sorted(groups.items()):
                 causal = kind == MaskKind.CAUSAL.value
-                custom = [m for m in members if kind == MaskKind.QUADRATIC.value
-                          or (not causal and len(m[1].token_ids) != b)]
+                custom, on_canvas = [], []
+                for m in members:
+                    fits = kind != MaskKind.QUADRATIC.value and (causal or len(m[1].token_ids) == b)
+                    (on_canvas if fits else custom).append(m)
                 if custom:
                     self._custom_pass(model_runner, forward_batch, custom, lora)
-                    members = [m for m in members if all(m is not c for c in custom)]
-                if not members:
+                if not on_canvas:
                     continue
+                members = on_canvas
                 for row, p in members:
                     n = len(p.token_ids)
                     if p.mask.kind == MaskKind.QUADRATIC or n > b or (not causal and n != b) \

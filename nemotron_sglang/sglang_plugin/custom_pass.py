@@ -131,12 +131,15 @@ class RowAttention:
                             tuple(r.prefix_len for r in self.rows),
                             tuple(r.mask for r in self.rows))
 
+    def _slot_table(self, table: torch.Tensor, num_kv_heads: int) -> _SlotTable:
+        if self._slots is None:      # one slot read per pass, shared by every layer
+            self._slots = _SlotTable(table, num_kv_heads, self.rows)
+        return self._slots
+
     def _flashinfer(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
         from ..kernels import flashinfer_attention
 
-        if self._slots is None:      # one slot read per pass, shared by every layer
-            self._slots = _SlotTable(table, k.shape[1], self.rows)
-        view = _PoolView(self._slots, k_buf.to(k.dtype), v_buf.to(k.dtype))
+        view = _PoolView(self._slot_table(table, k.shape[1]), k_buf.to(k.dtype), v_buf.to(k.dtype))
         return flashinfer_attention.paged_attention_flashinfer(
             q, k, v.to(k.dtype), view, 0, self._kernel_batch(), layer.scaling)
 
@@ -144,7 +147,7 @@ class RowAttention:
         from ..kernels.triton_attention import build_metadata, paged_attention_with_metadata
 
         if self._meta is None:       # one metadata build per pass, shared by every layer
-            slots = _SlotTable(table, k.shape[1], self.rows)
+            slots = self._slot_table(table, k.shape[1])
             self._meta = build_metadata(self._kernel_batch(), slots,
                                         q.shape[1] // k.shape[1], q.shape[2], q.device)
         return paged_attention_with_metadata(q, k, v.to(k.dtype), k_buf.to(k.dtype),

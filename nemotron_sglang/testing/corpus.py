@@ -13,7 +13,8 @@ API:
     examples(seed, n)   -> n dicts {"prompt", "continuation"}: a prefix of a fresh document (its
                            header and first 3-5 items) and the items after it (at most
                            CONTINUATION_MAX_CHARS characters, never past the document's end),
-                           at least CONTINUATION_MIN_TOKENS (32) tokens with the fixture's tokenizer.
+                           at least CONTINUATION_MIN_TOKENS (32) tokens with the fixture's
+                           tokenizer.
 
 Seed ranges: training uses seeds < EVAL_SEED_BASE (1_000_000); evaluation (tests, benchmarks)
 uses seeds >= EVAL_SEED_BASE. The two ranges never overlap, so a held-out prompt is never a
@@ -47,18 +48,23 @@ NAMES = ["x", "y", "values", "nums", "data", "items", "seq", "a", "b", "result"]
 WORDS = ["check", "load", "parse", "save", "update", "read", "write", "send", "build", "test"]
 
 
+def _separated(items: list[str], sep: str) -> list[str]:
+    """Items as the document splits them: every one after the first starts with ``sep``."""
+    return items[:1] + [sep + it for it in items[1:]]
+
+
 def _counting(r: random.Random, n: int) -> tuple[str, list[str]]:
     start, step = r.randint(0, 400), r.choice([1, 1, 2, 3, 5, 10, r.randint(2, 12)])
     head = r.choice(["", "Count: ", f"Counting by {step}: ", "Numbers: "])
     xs = [start + step * i for i in range(n)]
-    return head, [str(xs[0])] + [f", {v}" for v in xs[1:]]
+    return head, _separated([str(v) for v in xs], ", ")
 
 
 def _countdown(r: random.Random, n: int) -> tuple[str, list[str]]:
     step = r.choice([1, 2, 3, 5])
     start = r.randint(step * n, step * n + 500)
     xs = [start - step * i for i in range(n)]
-    return "Countdown: ", [str(xs[0])] + [f", {v}" for v in xs[1:]]
+    return "Countdown: ", _separated([str(v) for v in xs], ", ")
 
 
 def _pylist(r: random.Random, n: int) -> tuple[str, list[str]]:
@@ -70,7 +76,7 @@ def _pylist(r: random.Random, n: int) -> tuple[str, list[str]]:
     else:
         a = r.randint(2, 9)
         xs = [a * (i + 1) for i in range(n)]
-    return f"{name} = [", [str(xs[0])] + [f", {v}" for v in xs[1:]]
+    return f"{name} = [", _separated([str(v) for v in xs], ", ")
 
 
 def _table(r: random.Random, n: int) -> tuple[str, list[str]]:
@@ -83,7 +89,7 @@ def _functions(r: random.Random, n: int) -> tuple[str, list[str]]:
     op, sym = r.choice([("add", "+"), ("sub", "-"), ("mul", "*")])
     s = r.randint(1, 60)
     items = [f"def {op}_{i}(x):\n    return x {sym} {i}" for i in range(s, s + n)]
-    return "", [items[0]] + ["\n\n" + it for it in items[1:]]
+    return "", _separated(items, "\n\n")
 
 
 def _loops(r: random.Random, n: int) -> tuple[str, list[str]]:
@@ -95,13 +101,13 @@ def _loops(r: random.Random, n: int) -> tuple[str, list[str]]:
         items = [f"for i in range({i}):\n    total += i * {i}" for i in range(s, s + n)]
     else:
         items = [f'print("line {i}")' for i in range(s, s + n)]
-    return "", [items[0]] + ["\n" + it for it in items[1:]]
+    return "", _separated(items, "\n")
 
 
 def _imports(r: random.Random, n: int) -> tuple[str, list[str]]:
     s = r.randint(0, len(MODULES) - 12)
     mods = MODULES[s:s + n]
-    return "", ["import " + mods[0]] + ["\nimport " + m for m in mods[1:]]
+    return "", _separated(["import " + m for m in mods], "\n")
 
 
 def _records(r: random.Random, n: int) -> tuple[str, list[str]]:
@@ -111,7 +117,7 @@ def _records(r: random.Random, n: int) -> tuple[str, list[str]]:
         items = [f'{{"id": {i}, "name": "item_{i}", "value": {i * m}}}' for i in range(s, s + n)]
     else:
         items = [f"id={i} user=u{i} even={'yes' if i % 2 == 0 else 'no'}" for i in range(s, s + n)]
-    return "", [items[0]] + ["\n" + it for it in items[1:]]
+    return "", _separated(items, "\n")
 
 
 def _cycle(r: random.Random, n: int) -> tuple[str, list[str]]:
@@ -119,19 +125,19 @@ def _cycle(r: random.Random, n: int) -> tuple[str, list[str]]:
     s = r.randrange(len(names))
     xs = [names[(s + i) % len(names)] for i in range(n)]
     sep = r.choice([", ", "\n"])
-    return "", [xs[0]] + [sep + v for v in xs[1:]]
+    return "", _separated(xs, sep)
 
 
 def _after(r: random.Random, n: int) -> tuple[str, list[str]]:
     s = r.randint(0, 500)
     items = [f"The number after {i} is {i + 1}." for i in range(s, s + n)]
-    return "", [items[0]] + [" " + it for it in items[1:]]
+    return "", _separated(items, " ")
 
 
 def _comments(r: random.Random, n: int) -> tuple[str, list[str]]:
     w, s = r.choice(WORDS), r.randint(1, 50)
     items = [f"# step {i}: {w} part {i}" for i in range(s, s + n)]
-    return "", [items[0]] + ["\n" + it for it in items[1:]]
+    return "", _separated(items, "\n")
 
 
 def _qa(r: random.Random, n: int) -> tuple[str, list[str]]:
@@ -144,7 +150,7 @@ def _qa(r: random.Random, n: int) -> tuple[str, list[str]]:
     else:
         a = r.randint(1, 50)
         items = [f"Q: What is {a} + {i}? A: {a + i}" for i in range(s, s + n)]
-    return "", [items[0]] + ["\n" + it for it in items[1:]]
+    return "", _separated(items, "\n")
 
 
 GENERATORS = (_counting, _countdown, _pylist, _table, _functions, _loops, _imports, _records,
