@@ -54,6 +54,8 @@ def register() -> None:
     attention_backend.register()
     plan = [(hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args, HookType.AROUND),
             (hooks.TP_WORKER_TARGET, hooks.attach_requests, HookType.AROUND),
+            (hooks.STASH_TARGET, hooks.keep_canvas_kv, HookType.AROUND),
+            (hooks.SCHEDULE_TARGET, hooks.schedule_with_retraction, HookType.AROUND),
             *[(t, surface.copy_top_level_fields, HookType.AFTER)
               for t in surface.CONVERT_TARGETS],
             (surface.TOKENIZE_TARGET, surface.check_tokenized, HookType.AFTER),

@@ -84,10 +84,11 @@ class RowAttention:
 
     IMPLS = ("reference", "triton", "flashinfer")
 
-    def __init__(self, rows: list[RowSpec], impl: str = "reference"):
+    def __init__(self, rows: list[RowSpec], impl: str = "reference",
+                 kv_writes: tuple[torch.Tensor, torch.Tensor] | None = None):
         if impl not in self.IMPLS:
             raise ValueError(f"unknown row attention {impl!r}: {' | '.join(self.IMPLS)}")
-        self.rows, self.impl = rows, impl
+        self.rows, self.impl, self.kv_writes = rows, impl, kv_writes
         self._meta = None
         self._slots = None
 
@@ -110,9 +111,18 @@ class RowAttention:
         v = v.view(-1, hkv, dv)
         k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
         if self.impl == "triton":
-            return self._triton(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
-        if self.impl == "flashinfer":
-            return self._flashinfer(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
+            out = self._triton(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
+        elif self.impl == "flashinfer":
+            out = self._flashinfer(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
+        else:
+            out = self._reference(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
+        if self.kv_writes is not None:   # after attention: the pass reads its own K/V from k, v
+            index, slots = self.kv_writes
+            pool.set_kv_buffer(layer, slots, k[index], v[index])
+        return out
+
+    def _reference(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
+        hq, dv = q.shape[1], v.shape[2]
         out = torch.empty(q.shape[0], hq, dv, dtype=q.dtype, device=q.device)
         start = 0
         for row in self.rows:
@@ -123,7 +133,7 @@ class RowAttention:
             mask = build_mask(row.mask, row.prefix_len, row.q_len, device=q.device)
             out[start:end] = reference_attention(q[start:end], keys, values, mask, layer.scaling)
             start = end
-        return out.view(q.shape[0], hq * dv)
+        return out
 
     def _kernel_batch(self) -> _KernelBatch:
         return _KernelBatch(tuple(r.req_pool_index for r in self.rows),
@@ -155,8 +165,12 @@ class RowAttention:
 
 
 def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions: list[int],
-                    rows: list[RowSpec], impl: str = "reference") -> torch.Tensor:
-    """One forward of ``token_ids`` at ``positions`` with per-row masks; logits [T, V]."""
+                    rows: list[RowSpec], impl: str = "reference",
+                    kv_writes: tuple[list[int], list[int]] | None = None) -> torch.Tensor:
+    """One forward of ``token_ids`` at ``positions`` with per-row masks; logits [T, V].
+
+    ``kv_writes`` = (token indices of the pass, pool slots): those tokens' K/V are written to
+    SGLang's pool in every layer (the quadratic pass's row heads, whose K/V are causal)."""
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     dev = forward_batch.input_ids.device
@@ -164,7 +178,11 @@ def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions
         forward_batch,
         input_ids=torch.tensor(token_ids, dtype=forward_batch.input_ids.dtype, device=dev),
         positions=torch.tensor(positions, dtype=forward_batch.positions.dtype, device=dev))
-    view.nld_attention = RowAttention(rows, impl)
+    writes = None
+    if kv_writes is not None and kv_writes[0]:
+        writes = (torch.tensor(kv_writes[0], dtype=torch.long, device=dev),
+                  torch.tensor(kv_writes[1], dtype=forward_batch.out_cache_loc.dtype, device=dev))
+    view.nld_attention = RowAttention(rows, impl, writes)
     # the context SGLang's ModelRunner.forward would open; RowAttention reads its pools
     with forward_context(ForwardContext(attn_backend=model_runner.attn_backend), forward_batch=view):
         out = model_runner.model.forward(view.input_ids, view.positions, view)

@@ -1,4 +1,4 @@
-"""The two SGLang hooks the plugin needs, and nothing else.
+"""The SGLang hooks the round needs, and nothing else.
 
 - AROUND ``DllmConfig.from_server_args``: SGLang hard-codes block size and mask id per dLLM
   architecture; for an NLD checkpoint this builds the ``DllmConfig`` from the checkpoint's own
@@ -7,19 +7,42 @@
 - AROUND ``TpModelWorker._forward_batch_generation_dllm``: hands the batch's ``Req`` objects to
   the algorithm's ``run`` (``forward_batch.nld_reqs``), where per-request modes, seeds and
   counters live.
+- AROUND ``SchedulerDllmMixin._stash_dllm_context``: after a canvas round SGLang frees the whole
+  canvas and would re-encode the committed tokens in a context round. The round's tokens already
+  have their KV in the canvas slots (the verify, AR, refresh or quadratic pass wrote it), so this
+  keeps exactly those ``req.nld.keep`` slots as committed KV and frees the rest; the next round
+  is a canvas round again. With nothing to keep it is SGLang's own code.
+
+    canvas slots after a linear_spec round (c = 2 drafts accepted, B = 8):
+        [ s  d1 d2 | x  x  x  x  x ]      kept: 3 (s, d1, d2), freed: 5; bonus held as next seed
+- AROUND ``SchedulerDllmMixin.get_new_batch_dllm``: SGLang's dLLM scheduler tries prefills first
+  and runs nothing when they do not fit, and it never retracts: once the requests hold so much KV
+  that no prefill and no canvas fits, nothing runs, and SGLang's idle check reports the held KV
+  as a leak and kills the server (seen on CPU with ``--max-total-tokens 320``). This runs the
+  decodes when no prefill fits and, when no canvas fits either, retracts the newest KV-holding
+  request (its KV freed, its committed output kept; SGLang's ``release_req``) and parks
+  it until the pool has room for its re-prefill plus two canvases, or nothing else runs; it then
+  re-enters as a prefill, and its next context pass starts a fresh core state from the AR-exact
+  seed. Parked requests are kept on the scheduler (``scheduler.nld_parked``).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 
 from ..core.config import NLDConfig
+from .canvas_round import RESEED
 from .model import ARCHITECTURE
+
+logger = logging.getLogger(__name__)
 
 DLLM_CONFIG_TARGET = "sglang.srt.dllm.config.DllmConfig.from_server_args"
 TP_WORKER_TARGET = "sglang.srt.managers.tp_worker.TpModelWorker._forward_batch_generation_dllm"
+STASH_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin._stash_dllm_context"
+SCHEDULE_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.get_new_batch_dllm"
 ALGORITHM_NAME = "NemotronTriMode"
 DEFAULT_MAX_RUNNING_REQUESTS = 16
 
@@ -83,3 +106,118 @@ def attach_requests(original, self, forward_batch, batch=None, *args, **kwargs):
     if batch is not None:
         forward_batch.nld_reqs = batch.reqs
     return original(self, forward_batch, batch, *args, **kwargs)
+
+
+def keep_canvas_kv(original, self, req):
+    """SGLang's ``_stash_dllm_context`` with the round's written KV kept (see the docstring).
+    ``keep == RESEED`` drops the last committed token's KV instead, so that the next round
+    re-encodes it (a context pass) and the request's core state starts afresh."""
+    nld = getattr(req, "nld", None)
+    keep = nld.keep if nld is not None else 0
+    if keep == 0:
+        return original(self, req)
+    nld.keep = 0
+    context_len = req.dllm_block_offset
+    block_size = self.dllm_config.block_size
+    if req.extend_end != context_len + block_size or req.kv is None or \
+            req.kv.req_pool_idx is None:
+        raise RuntimeError(f"request {req.rid}: canvas of {req.extend_end - context_len} slots "
+                           f"at {context_len}, expected {block_size}")
+    committed = context_len - 1 if keep == RESEED else context_len + keep
+    if keep != RESEED and (keep > block_size or
+                           committed != len(req.origin_input_ids) + len(req.output_ids)):
+        raise RuntimeError(f"request {req.rid}: keeping {keep} canvas slots disagrees with "
+                           f"{len(req.output_ids)} committed output tokens")
+    allocated = req.kv.kv_allocated_len
+    page_size = self.token_to_kv_pool_allocator.page_size
+    free_start = -(-committed // page_size) * page_size
+    if free_start < allocated:
+        slots = self.req_to_token_pool.req_to_token[req.kv.req_pool_idx, free_start:allocated]
+        self.token_to_kv_pool_allocator.free_segment(slots, start_pos=free_start)
+    req.kv.kv_committed_len = committed
+    req.kv.kv_allocated_len = committed
+    if req.kv.max_evicted_seqlen > committed:
+        raise RuntimeError(f"request {req.rid}: evicted KV beyond the committed length")
+    req.extend_end = committed
+    # the round's tokens were written at the canvas tail: rebuild prompt + output
+    del req.full_untruncated_fill_ids[min(context_len, committed):]
+    req.refresh_fill_ids()
+    self.stash_chunked_request(req)
+
+
+def _parked(scheduler) -> list:
+    parked = getattr(scheduler, "nld_parked", None)
+    if parked is None:
+        parked = scheduler.nld_parked = []
+    return parked
+
+
+def schedule_with_retraction(original, self, running_batch):
+    """SGLang's dLLM batch choice, plus decode-when-prefill-is-blocked and retraction when
+    KV-starved (see the docstring)."""
+    manager, parked = self.dllm_manager, _parked(self)
+    block = self.dllm_config.block_size
+    allocator = self.token_to_kv_pool_allocator
+    parked[:] = [r for r in parked if not r.finished()]
+    while parked:                  # readmit the oldest parked request once it fits
+        req = parked[0]
+        need = len(req.origin_input_ids) + len(req.output_ids) + 2 * block
+        if _holders(manager) and allocator.available_size() < need:
+            break
+        manager.waiting_queue.insert(0, parked.pop(0))
+    batch = original(self, running_batch)
+    if batch is not None:
+        return batch
+    # SGLang tries prefills first and runs nothing when they do not fit: run the decodes
+    batch = _decode_batch(self, running_batch)
+    while batch is None:
+        holders = _holders(manager)
+        if len(holders) < 2:       # a lone request always fits: SGLang checked its length
+            return None
+        _retract(self, holders[-1])
+        batch = _decode_batch(self, running_batch)
+    return batch
+
+
+def _holders(manager) -> list:
+    return [r for r in manager.waiting_queue
+            if r.kv.holds_kv and not r.finished() and not r.is_dllm_prefill()]
+
+
+def _decode_batch(scheduler, running_batch):
+    """The decode half of SGLang's ``get_new_batch_dllm`` (its own steps, in its order), for
+    a round in which no prefill fits."""
+    from sglang.srt.dllm.mixin.req import DllmReqPhase
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.srt.observability.req_time_stats import set_time_batch
+
+    decode = scheduler.dllm_manager.get_decode_requests()
+    if not decode:
+        return None
+    adder = scheduler._create_dllm_prefill_adder(len(running_batch.reqs),
+                                                 running_batch=running_batch)
+    scheduler._process_batch_by_phase(adder, decode, DllmReqPhase.STAGING_DECODE,
+                                      DllmReqPhase.INCOMING_DECODE, running_batch=running_batch)
+    if not adder.can_run_list:
+        return None
+    set_time_batch(adder.can_run_list, "set_forward_entry_time")
+    scheduler._update_state_for_batch(adder.can_run_list, adder)
+    return scheduler._create_dllm_batch(adder.can_run_list, ForwardMode.DLLM_EXTEND,
+                                        adder=adder, running_batch=running_batch)
+
+
+def _retract(scheduler, req) -> None:
+    from sglang.srt.dllm.mixin.req import DllmReqPhase
+    from sglang.srt.managers.schedule_batch import release_req
+
+    release_req(req=req, remaing_req_count=0, req_to_token_pool=scheduler.req_to_token_pool,
+                token_to_kv_pool_allocator=scheduler.token_to_kv_pool_allocator,
+                tree_cache=scheduler.tree_cache, hisparse_coordinator=None, offload_kv=False)
+    req.dllm_phase = DllmReqPhase.INCOMING_PREFILL
+    nld = getattr(req, "nld", None)
+    if nld is not None:
+        nld.keep = 0
+    scheduler.dllm_manager.waiting_queue.remove(req)
+    _parked(scheduler).append(req)
+    logger.info("NemotronTriMode: retracted request %s under KV pressure (%d output tokens "
+                "kept; it re-prefills when the pool has room)", req.rid, len(req.output_ids))

@@ -9,8 +9,8 @@ llama-4 query scaling). This subclass only
   ``lm_head``) and refuses missing or unexpected tensors by name (shapes: SGLang's loaders);
 - switches causality per forward (``set_causal``: every RadixAttention's ``attn_type``), and lets
   a pass bring its own attention (``forward_batch.nld_attention``) for masks SGLang lacks;
-- adds the drafting LoRA on ``o_proj`` as a low-rank branch active only while ``lora_active``
-  (installed with ``install_lora``; sharded along o_proj's input like the layer itself).
+- adds the drafting LoRA on ``o_proj`` as a low-rank branch active while ``lora_active`` (True,
+  or a [T] 0/1 tensor choosing the tokens of one forward that draft with it; installed with ``install_lora``; sharded along o_proj's input like the layer itself).
 Without ``--dllm-algorithm`` it is an ordinary causal model on SGLang's AR path.
 """
 
@@ -108,7 +108,8 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
 
     def _lora_hook(self, index: int):
         def hook(module, args, output):
-            if not self.lora_active:
+            active = self.lora_active          # False | True | [T] 0/1 per token of the pass
+            if active is False or active is None:
                 return output
             if self._lora is None:
                 raise RuntimeError("a drafting pass asked for the LoRA but none is installed")
@@ -116,6 +117,8 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
             # o_proj's output is the pre-all-reduce partial sum under TP, so the partial delta
             # of this rank's input shard adds up to the full delta.
             delta = self._lora_scale * ((args[0] @ a.T) @ b.T)
+            if isinstance(active, torch.Tensor):   # rows of one forward differ (drafts vs denoise)
+                delta = delta * active.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
             if isinstance(output, tuple):
                 return (output[0] + delta,) + tuple(output[1:])
             return output + delta

@@ -11,10 +11,11 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
   The scheduler's ``validate_request`` remains the authoritative check (it also knows the block).
 - BEFORE ``SchedulerOutputStreamer.stream_output`` (scheduler): copies the request's counters
   into ``customized_info`` (token-aligned, cumulative), so ``meta_info`` carries
-  ``nld_forwards`` / ``nld_cycles`` / ``nld_cycle_tokens`` / ``nld_mode``, and records finished
+  ``nld_forwards`` / ``nld_cycles`` / ``nld_cycle_tokens`` / ``nld_rounds`` / ``nld_reprefills`` /
+  ``nld_mode``, and records finished
   requests in the per-mode Prometheus counters (``metrics.py``).
 - AFTER ``UsageProcessor.calculate_response_usage`` (main): adds ``decode_mode``, ``forwards``,
-  ``tokens_per_forward`` and ``acceptance_length`` to a non-streaming response's ``usage``.
+  ``cycles``, ``rounds``, ``forwards_per_cycle``, ``tokens_per_forward`` and ``acceptance_length`` to a non-streaming response's ``usage``.
 - AROUND ``TokenizerManager.generate_request`` + AFTER ``UsageProcessor.calculate_streaming_usage``
   (main): the same fields in a stream's final usage chunk. The generator hook keeps each choice's
   latest ``meta_info`` in a context variable; the SSE task, created after the first chunk, shares it.
@@ -107,13 +108,15 @@ def check_token_ids(ids, vocab_size: int | None) -> None:
 
 def export_stats(self, reqs, *args, **kwargs):
     for req in reqs:
-        stats = getattr(req, "nld_stats", None)
-        if stats is None:
+        nld = getattr(req, "nld", None)
+        if nld is None:
             continue
+        stats = nld.stats
         n = len(getattr(req, "output_ids_through_stop", None) or req.output_ids)
         info = req.customized_info if req.customized_info is not None else {}
         values = {"nld_mode": stats.reported_mode, "nld_forwards": stats.forwards,
-                  "nld_cycles": stats.cycles, "nld_cycle_tokens": stats.cycle_tokens}
+                  "nld_cycles": stats.cycles, "nld_cycle_tokens": stats.cycle_tokens,
+                  "nld_rounds": stats.rounds, "nld_reprefills": stats.reprefills}
         for key, value in values.items():
             seq = info.setdefault(key, [])
             del seq[n:]
@@ -121,8 +124,8 @@ def export_stats(self, reqs, *args, **kwargs):
             if seq:
                 seq[-1] = value
         req.customized_info = info
-        if req.finished() and not getattr(req, "nld_recorded", False):
-            req.nld_recorded = True
+        if req.finished() and not nld.recorded:
+            nld.recorded = True
             # per-mode counters use the requested mode ("auto", not what it chose)
             metrics.record_finished(stats.mode, len(req.output_ids), stats.forwards)
     return None
@@ -144,8 +147,10 @@ def usage_stats(responses: list[dict]) -> dict[str, Any] | None:
     cycle_tokens = sum(_last(m, "nld_cycle_tokens") or 0 for m in metas)
     modes = sorted({_last(m, "nld_mode") for m in metas})
     total = sum(forwards)
+    rounds = sum(_last(m, "nld_rounds") or 0 for m in metas)
     return {"decode_mode": modes[0] if len(modes) == 1 else ",".join(modes),
-            "forwards": total,
+            "forwards": total, "cycles": cycles, "rounds": rounds,
+            "forwards_per_cycle": round(total / cycles, 4) if cycles else None,
             "tokens_per_forward": round(tokens / total, 4) if total else None,
             "acceptance_length": (round(cycle_tokens / cycles, 4)
                                   if cycles and modes != ["ar"] else None)}

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import random_prompts
-from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL
+from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL, MaskKind
 from nemotron_sglang.core.batch import ForwardBatch, PassRow
 from nemotron_sglang.core.decoding import DecodeParams, Request, generate
 from nemotron_sglang.core.kv_cache import PagedKVCache
@@ -28,6 +28,7 @@ from sglang.srt.dllm.config import DllmConfig  # noqa: E402
 from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 
 from nemotron_sglang.sglang_plugin.algorithm import NemotronTriMode  # noqa: E402
+from nemotron_sglang.sglang_plugin.canvas_round import RESEED  # noqa: E402
 
 SERVED = ("ar", "diffusion", "linear_spec", "quadratic_spec")
 
@@ -51,7 +52,20 @@ class FakeModel:
         pass
 
 
+def _lora_split(run, lora, rows):
+    """Run core with the LoRA per row: ``lora`` False / True / a per-token 0/1 tensor."""
+    if not isinstance(lora, torch.Tensor):
+        return run(bool(lora))
+    on, off = run(True), run(False)
+    return torch.where(lora.view(-1, 1).bool(), on, off)
+
+
 class FakeRunner:
+    """SGLang's ModelRunner over core's model and cache, KV semantics included: a causal canvas
+    forward stages all B slots of every row, a bidirectional one stages NaN into them (SGLang's
+    canvas passes write every row's slots), the custom quadratic pass stages its row heads; the
+    stash (``stash``) keeps ``req.nld.keep`` staged entries and drops the rest."""
+
     def __init__(self, core):
         self.model = FakeModel(core)
         c = core.config
@@ -76,15 +90,38 @@ class FakeRunner:
         b = fb.block
         ids = fb.input_ids.view(fb.batch_size, b).tolist()
         pos = fb.positions.view(fb.batch_size, b).tolist()
-        mask = CAUSAL if self.model.causal else BIDIRECTIONAL
-        rows = [PassRow(r.rid_int, ids[i], pos[i], pos[i][0], mask) for i, r in enumerate(fb.nld_reqs)]
-        batch = ForwardBatch.from_rows(rows, lora=self.model.lora_active)
-        self.model.causal_log.append((self.model.causal, self.model.lora_active))
-        return SimpleNamespace(logits_output=SimpleNamespace(full_logits=core(batch, self.cache)),
+        causal = self.model.causal
+        rows = [PassRow(r.rid_int, ids[i], pos[i], pos[i][0], CAUSAL if causal else BIDIRECTIONAL)
+                for i, r in enumerate(fb.nld_reqs)]
+        lora = self.model.lora_active
+        self.model.causal_log.append((causal, lora if isinstance(lora, bool) else "rows"))
+        logits = _lora_split(lambda on: core(ForwardBatch.from_rows(rows, write_kv=causal, lora=on),
+                                             self.cache), lora, rows)
+        if not causal:                     # SGLang writes bidirectional K/V into the canvas slots
+            c = core.config
+            for r in fb.nld_reqs:
+                slots = self.cache.append(r.rid_int, b)
+                nan = torch.full((b, c.num_key_value_heads, c.head_dim), float("nan"),
+                                 dtype=core.dtype)
+                for layer in range(c.num_hidden_layers):
+                    self.cache.write(layer, slots, nan, nan)
+        return SimpleNamespace(logits_output=SimpleNamespace(full_logits=logits),
                                can_run_graph=False)
 
+    def stash(self, reqs):
+        for r in reqs:
+            nld = getattr(r, "nld", None)
+            keep = nld.keep if nld is not None else 0
+            if nld is not None:
+                nld.keep = 0
+            if keep == RESEED:             # drop the last committed token's KV
+                self.cache.rollback(r.rid_int, self.cache.length(r.rid_int) - 1)
+            else:
+                self.cache.commit(r.rid_int, keep)
 
-def fake_custom_pass(model_runner, fb, token_ids, positions, rows, impl="reference"):
+
+def fake_custom_pass(model_runner, fb, token_ids, positions, rows, impl="reference",
+                     kv_writes=None):
     """Stands in for custom_pass.run_custom_pass: core's model over the fake runner's cache."""
     model_runner.forwards += 1
     prow, i = [], 0
@@ -92,9 +129,19 @@ def fake_custom_pass(model_runner, fb, token_ids, positions, rows, impl="referen
         prow.append(PassRow(spec.req_pool_index, token_ids[i:i + spec.q_len],
                             positions[i:i + spec.q_len], spec.prefix_len, spec.mask))
         i += spec.q_len
-    model_runner.model.causal_log.append(("custom", model_runner.model.lora_active))
-    return model_runner.model.core(ForwardBatch.from_rows(prow, lora=model_runner.model.lora_active),
-                                   model_runner.cache)
+    lora = model_runner.model.lora_active
+    model_runner.model.causal_log.append(("custom", lora if isinstance(lora, bool) else "rows"))
+    core = model_runner.model.core
+    write = kv_writes is not None
+    if write:       # the writes name exactly the quadratic row heads, which core stages
+        heads, offset = [], 0
+        for spec in rows:
+            assert spec.mask.kind == MaskKind.QUADRATIC
+            heads += list(range(offset, offset + spec.q_len, spec.mask.block + 1))
+            offset += spec.q_len
+        assert list(kv_writes[0]) == heads and len(kv_writes[1]) == len(heads)
+    return _lora_split(lambda on: core(ForwardBatch.from_rows(prow, write_kv=write, lora=on),
+                                       model_runner.cache), lora, prow)
 
 
 @pytest.fixture(autouse=True)
@@ -108,11 +155,14 @@ def make_req(i, prompt, mode, max_new, temperature=0.0, **custom):
                         custom_params={"decode_mode": mode, **custom})
     return SimpleNamespace(rid=f"req-{i}", rid_int=i, origin_input_ids=list(prompt), output_ids=[],
                            sampling_params=sp, return_logprob=False, logprob=None,
-                           custom_logit_processor=None, finished=False, nld_stats=None)
+                           custom_logit_processor=None, finished=False, context_rounds=0)
 
 
-def serve(algo, runner, reqs, eos, abort_at=None):
-    """SGLang's separate-context lifecycle, reduced to what the algorithm can observe."""
+def serve(algo, runner, reqs, eos, abort_at=None, after_round=None):
+    """SGLang's separate-context lifecycle with the plugin's KV hook, reduced to what the
+    algorithm can observe: a context round for what is not cached (the prompt), a canvas round,
+    the stash keeping ``keep`` canvas entries, commit of the returned tokens (trim at EOS and
+    max_new_tokens). Checks after every round that the KV holds exactly the committed text."""
     b = algo.block_size
     for r in reqs:
         assert NemotronTriMode.validate_request(r) is None
@@ -132,27 +182,43 @@ def serve(algo, runner, reqs, eos, abort_at=None):
         for r in active:
             text = r.origin_input_ids + r.output_ids
             start = runner.cache.length(r.rid_int)
-            rows.append((r, text[start:], start))
-        ctx = SimpleNamespace(forward_mode=SimpleNamespace(is_dllm_extend=lambda: False),
-                              input_ids=torch.tensor([t for _, toks, _ in rows for t in toks]),
-                              batch_size=len(rows), nld_reqs=active, extend_rows=rows)
-        algo.run(runner, ctx)
+            if start < len(text):
+                rows.append((r, text[start:], start))
+        if rows:                               # SGLang runs context rounds first, alone
+            ctx = SimpleNamespace(forward_mode=SimpleNamespace(is_dllm_extend=lambda: False),
+                                  input_ids=torch.tensor([t for _, toks, _ in rows for t in toks]),
+                                  batch_size=len(rows), nld_reqs=[r for r, _, _ in rows],
+                                  extend_rows=rows)
+            algo.run(runner, ctx)
+            for r, _, _ in rows:
+                r.context_rounds += 1
+            continue
         pos = [list(range(runner.cache.length(r.rid_int), runner.cache.length(r.rid_int) + b))
                for r in active]
         canvas = SimpleNamespace(forward_mode=SimpleNamespace(is_dllm_extend=lambda: True),
                                  input_ids=torch.zeros(len(active) * b, dtype=torch.long),
                                  positions=torch.tensor([p for ps in pos for p in ps]),
+                                 out_cache_loc=torch.arange(len(active) * b),
                                  batch_size=len(active), nld_reqs=active, block=b,
                                  req_pool_indices=torch.tensor([r.rid_int for r in active]))
         _, tokens, *_ = algo.run(runner, canvas)
         for r, t in zip(active, tokens):
             t = t.tolist()
-            assert 1 <= len(t) <= b
+            assert 0 <= len(t) <= b
             for tok in t:                     # SGLang's update_finish_state: EOS, then length
                 r.output_ids.append(tok)
                 if tok == eos or len(r.output_ids) >= r.sampling_params.max_new_tokens:
                     r.finished = True
                     break
+        if after_round is not None:
+            after_round(rounds, active)
+        runner.stash([r for r in active if not r.finished])
+        for r in active:
+            if r.finished:
+                runner.cache.free(r.rid_int)
+            else:     # KV == what AR of the committed text holds, or a prefix that the next
+                # context round completes (counted in context_rounds; tests assert how many)
+                assert runner.cache.length(r.rid_int) <= len(r.origin_input_ids) + len(r.output_ids)
         rounds += 1
 
 
@@ -180,15 +246,20 @@ def test_each_mode_matches_core_and_modes_mix_in_one_batch(core64):
     for r, w, m in zip(reqs, want, modes):
         assert r.output_ids == w.output_ids, (m, r.rid)
     # linear_spec drafts with the LoRA and verifies without; diffusion denoises bidirectionally
-    assert (False, True) in runner.model.causal_log and (True, False) in runner.model.causal_log
-    for r, m in zip(reqs, modes):
-        st = r.nld_stats
+    # without it, in the same forward as the drafts (the LoRA chosen per row)
+    assert (False, "rows") in runner.model.causal_log and (True, False) in runner.model.causal_log
+    for r, w, m in zip(reqs, want, modes):
+        st = r.nld.stats
         assert st.mode == m
-        n = len(r.output_ids)
-        if m == "ar":                          # one context re-encode per token after the first
-            assert st.forwards == n - 1
-        if m == "linear_spec":                 # draft + verify + re-encode per cycle
-            assert st.forwards == 3 * st.cycles - 1 or st.forwards == 3 * st.cycles
+        # the server runs core's passes exactly: same forwards, cycles and acceptance
+        assert (st.forwards, st.cycles) == (w.forwards, w.cycles), (m, r.rid)
+        if w.acceptance_length is not None:
+            assert st.cycle_tokens / st.cycles == pytest.approx(w.acceptance_length)
+        assert r.context_rounds == 1 and st.reprefills == 0      # the prompt only: no re-encode
+        if m in ("ar", "quadratic_spec"):      # one pass and one round per token / cycle
+            assert st.rounds in (max(1, st.forwards), st.forwards + 1), (m, st)
+        if m == "linear_spec":                 # draft + verify in one round per cycle
+            assert st.forwards == 2 * st.cycles and st.rounds in (st.cycles, st.cycles + 1)
 
 
 def test_self_spec_and_ar_are_lossless_with_eos_mid_block(core64):
@@ -273,7 +344,7 @@ def test_auto_speculates_small_rounds_and_runs_ar_in_large_ones(core64, auto_max
     serve(algo, runner, reqs, core64.config.eos_token_id)
     for r, w in zip(reqs, want):
         assert r.output_ids == w.output_ids          # either choice is lossless at T = 0
-        assert r.nld_stats.reported_mode.startswith(expected[:-1]), r.nld_stats.auto_rounds
+        assert r.nld.stats.reported_mode.startswith(expected[:-1]), r.nld.stats.auto_rounds
 
 
 @pytest.mark.parametrize("block", [1, 2, 4])
@@ -291,7 +362,51 @@ def test_request_block_below_the_server_block_matches_core(core64, block):
     for r, w, m in zip(reqs, want, modes):
         assert r.output_ids == w.output_ids, (m, r.rid)
         if m == "linear_spec":
-            assert r.nld_stats.cycles > 0
+            assert r.nld.stats.cycles > 0
     # linear_spec's LoRA drafts of a block below B go through the custom pass, not the canvas
-    custom_lora = ("custom", True) in runner.model.causal_log
+    custom_lora = any(e[0] == "custom" and e[1] is not False for e in runner.model.causal_log)
     assert custom_lora == (1 < block < core64.config.block_size)   # block 1 drafts nothing
+
+
+def test_a_stop_only_core_knows_reseeds_from_a_context_pass(core64):
+    """If core's state finishes where SGLang goes on (a stop rule only one side applies), the
+    next round returns what the state still holds without KV, or (nothing held) drops the last
+    token's KV (``RESEED``); either way a context pass follows and starts a fresh state: the
+    request continues exactly as AR would, one re-prefill counted."""
+    prompts = random_prompts(4, seed=61, vocab=512)
+    for mode in ("ar", "linear_spec", "quadratic_spec", "diffusion"):
+        want = generate(core64, [Request(p, mode, DecodeParams(max_new_tokens=12))
+                                 for p in prompts])
+        algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
+        reqs = [make_req(i, p, mode, 12) for i, p in enumerate(prompts)]
+
+        def stop_core_early(rnd, active):
+            for r in active:
+                if rnd == 1 and not r.finished:
+                    r.nld.state.finish_reason = "stop"      # core alone believes it is done
+        serve(algo, runner, reqs, core64.config.eos_token_id, after_round=stop_core_early)
+        for r in reqs:
+            assert r.finished and r.nld.stats.reprefills == r.context_rounds - 1, mode
+        assert any(r.nld.stats.reprefills for r in reqs), mode
+        assert (mode == "diffusion") == any(r.nld.reseeds for r in reqs)   # nothing held
+        if mode != "diffusion":      # a re-seeded diffusion block starts at another offset
+            assert [r.output_ids for r in reqs] == [w.output_ids for w in want], mode
+
+
+def test_ignore_eos_decodes_past_eos_like_ar(core64):
+    m = load_model.__globals__["NLDModel"](core64.config).double()
+    m.load_state_dict(core64.state_dict())
+    with torch.no_grad():
+        m.diffusion_head.weight[core64.config.eos_token_id] *= 3.0
+    prompts = random_prompts(12, seed=67, vocab=512)
+    stops = generate(m, [Request(p, "ar", DecodeParams(max_new_tokens=16)) for p in prompts])
+    assert any(w.finish_reason == "stop" for w in stops)
+    for mode in ("ar", "linear_spec"):
+        algo, runner = make_algo(m.config.block_size), FakeRunner(m)
+        reqs = [make_req(i, p, mode, 16) for i, p in enumerate(prompts)]
+        for r in reqs:
+            r.sampling_params.ignore_eos = True
+        serve(algo, runner, reqs, eos=-1)              # SGLang does not stop at EOS either
+        for r, w in zip(reqs, stops):
+            assert len(r.output_ids) == 16 and r.output_ids[:len(w.output_ids)] == w.output_ids
+            assert r.nld.stats.reprefills == 0

@@ -1,0 +1,81 @@
+"""The one typed object the plugin keeps per SGLang request (``req.nld``), and its counters.
+
+A request's core ``RequestState`` lives here across scheduler rounds, so a strategy continues
+where the last round stopped: a linear_spec request's next seed, a quadratic request's drafts
+and a diffusion block carried across rounds are the strategy's own state, exactly as in core's
+loop. SGLang's view of the request (``output_ids``, the KV it holds) trails the state by the
+tokens emitted but not yet returned (``pending``: the held seed, whose KV the next pass writes).
+
+    SGLang committed   [ prompt | returned ......... ]            = req.output_ids
+    core state         [ prompt | returned ......... | pending ]  = state.output
+    KV held            [ prompt | returned ......... ]            = state.kv_len
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..core.decoding import RequestState
+from .params import RequestParams
+
+
+@dataclass
+class RequestStats:
+    """Counters reported in ``meta_info`` / ``usage`` (totals over the request's life)."""
+
+    mode: str = ""
+    forwards: int = 0               # passes this request took part in, prefill excluded
+    cycles: int = 0
+    cycle_tokens: int = 0
+    rounds: int = 0                 # canvas rounds the request took part in
+    reprefills: int = 0             # context passes after the prompt (retraction, mismatch)
+    auto_rounds: dict = field(default_factory=dict)   # "auto": rounds run per chosen mode
+
+    @property
+    def reported_mode(self) -> str:
+        """The mode as reported: ``auto(linear_spec,ar)`` names what auto chose."""
+        if self.mode != "auto":
+            return self.mode
+        return f"auto({','.join(sorted(self.auto_rounds, key=self.auto_rounds.get, reverse=True))})"
+
+
+@dataclass
+class NLDRequest:
+    """Per-request plugin state: parameters, sampling generator, core state, counters.
+
+    ``state`` is None until the request's first context pass; a later context pass (after a
+    retraction, which drops SGLang's KV) starts a fresh state from that pass's AR-exact seed.
+    ``keep`` is what the last canvas round asks SGLang to keep of its B canvas slots (the
+    tokens it returned, all with KV); ``hooks.keep_canvas_kv`` reads and clears it.
+    """
+
+    params: RequestParams
+    generator: torch.Generator
+    stats: RequestStats
+    state: RequestState | None = None
+    returned: int = 0               # len(state.output) already handed to SGLang
+    keep: int = 0
+    base_cycles: int = 0            # cycles / tokens of states replaced by a re-prefill
+    base_cycle_tokens: int = 0
+    recorded: bool = False          # counted in the Prometheus totals
+    reseeds: int = 0                # rounds that asked for a context pass (``RESEED``)
+    strategy: Any = None            # core Strategy of the mode this round runs
+
+    @property
+    def pending(self) -> list[int]:
+        return [] if self.state is None else self.state.output[self.returned:]
+
+    def replace_state(self, state: RequestState) -> None:
+        if self.state is not None:
+            # pending tokens were never returned: the new state derives them again
+            self.base_cycles += self.state.cycles
+            self.base_cycle_tokens += max(0, self.state.cycle_tokens - len(self.pending))
+        self.state, self.returned, self.keep = state, 0, 0
+
+    def sync_stats(self) -> None:
+        st = self.state
+        self.stats.cycles = self.base_cycles + (st.cycles if st else 0)
+        self.stats.cycle_tokens = self.base_cycle_tokens + (st.cycle_tokens if st else 0)
