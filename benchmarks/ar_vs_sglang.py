@@ -1,0 +1,156 @@
+"""``ar`` on the tri-mode server against unmodified SGLang serving the same weights as a plain
+Ministral3, with SGLang's own load generator (``python -m sglang.bench_serving``).
+
+    pip install datasets                 # bench_serving imports it (not a project dependency)
+    python benchmarks/ar_vs_sglang.py --concurrency 1,4,16,0 --markdown      # 0 = unbounded
+
+1. The trained fixture is rewritten as a ``Ministral3ForCausalLM`` checkpoint (``encoder.`` →
+   ``model.``, ``diffusion_head`` → ``lm_head``, ``original_max_position_embeddings`` at the top
+   level) in a temporary folder.
+2. One server at a time, same flags (CPU, torch_native, fp32, ``OMP_NUM_THREADS=1``, 4096 KV
+   tokens, 16 running requests): vanilla SGLang on that copy with the plugin not loaded
+   (``SGLANG_PLUGINS`` names no plugin; only the CPU platform, which SGLang needs on a CPU), then
+   ``--dllm-algorithm NemotronTriMode`` on the fixture with ``default_mode: ar``.
+3. Both get the same greedy check (``/generate`` on held-out prompts: identical tokens or exit 1)
+   and the same ``bench_serving`` load per concurrency: ``--backend sglang --dataset-name
+   random-ids --tokenize-prompt``, ``--num-prompts``, input / output lengths, ignore_eos, seed 1.
+Prints output tokens/s per concurrency and the ratio tri-mode / vanilla (DESIGN §6: ≥ 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import hardware, print_table  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
+
+
+def plain_ministral3(src: Path, dst: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", "config.json"):
+            shutil.copy(f, dst / f.name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = ["Ministral3ForCausalLM"]
+    cfg["model_type"] = "ministral3"
+    cfg["original_max_position_embeddings"] = cfg["rope_parameters"]["original_max_position_embeddings"]
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    tensors = load_file(src / "model.safetensors")
+    renamed = {("lm_head" + k[len("diffusion_head"):]) if k.startswith("diffusion_head")
+               else ("model." + k[len("encoder."):]) if k.startswith("encoder.") else k: v
+               for k, v in tensors.items()}
+    save_file(renamed, dst / "model.safetensors")
+    return dst
+
+
+def start(model: Path, port: int, log: Path, extra: list[str], env_extra: dict):
+    env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **env_extra)
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+           "--attention-backend", "torch_native", "--dtype", "float32",
+           "--max-total-tokens", "4096", "--max-running-requests", "16", *extra]
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError("server did not come up")
+
+
+def greedy(port: int, prompts, max_new: int) -> list[list[int]]:
+    body = {"input_ids": prompts, "sampling_params": {"max_new_tokens": max_new, "temperature": 0}}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/generate",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return [o["output_ids"] for o in json.loads(r.read().decode())]
+
+
+def bench(port: int, tokenizer: Path, concurrency: int, a, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
+           "--host", "127.0.0.1", "--port", str(port), "--tokenizer", str(tokenizer),
+           "--dataset-name", "random-ids", "--tokenize-prompt", "--random-range-ratio", "1.0",
+           "--random-input-len", str(a.input_len), "--random-output-len", str(a.output_len),
+           "--num-prompts", str(a.num_prompts), "--seed", "1", "--output-file", str(out)]
+    if concurrency:
+        cmd += ["--max-concurrency", str(concurrency)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+    lines = out.read_text().strip().splitlines()
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--concurrency", default="1,4,16,0", help="comma list; 0 = unbounded")
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--port", type=int, default=30177)
+    p.add_argument("--markdown", action="store_true")
+    a = p.parse_args()
+    conc = [int(c) for c in a.concurrency.split(",")]
+
+    from nemotron_sglang.core.tokenizer import encode, load_tokenizer
+    from nemotron_sglang.testing.corpus import examples
+
+    tok = load_tokenizer(FIXTURE)
+    prompts = [encode(tok, e["prompt"]) for e in examples(1_000_000, 8)]
+    tmp = Path(tempfile.mkdtemp(prefix="ar_vs_sglang-"))
+    plain = plain_ministral3(FIXTURE, tmp / "ministral3")
+    yaml = tmp / "ar.yaml"
+    yaml.write_text("default_mode: ar\n")
+    servers = {
+        "vanilla SGLang (Ministral3ForCausalLM)": (plain, [], {"SGLANG_PLUGINS": "none"}),
+        "tri-mode server, decode_mode ar": (FIXTURE, ["--dllm-algorithm", "NemotronTriMode",
+                                                      "--dllm-algorithm-config", str(yaml)], {}),
+    }
+    tps, tokens = {}, {}
+    for name, (model, extra, env) in servers.items():
+        proc = start(model, a.port, tmp / f"{len(tps)}.log", extra, env)
+        try:
+            tokens[name] = greedy(a.port, prompts, 48)
+            for c in conc:
+                bench(a.port, FIXTURE, c, a, tmp / "warm.jsonl") if c == conc[0] else None
+                r = bench(a.port, FIXTURE, c, a, tmp / f"{len(tps)}-{c}.jsonl")
+                tps[(name, c)] = r["output_throughput"]
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=60)
+    names = list(servers)
+    same = tokens[names[0]] == tokens[names[1]]
+    print(f"# hardware: {hardware()}")
+    print(f"# command: python {shlex.join(sys.argv)}")
+    print(f"# bench_serving: random-ids, input {a.input_len}, output {a.output_len} (ignore_eos), "
+          f"{a.num_prompts} prompts per point; greedy tokens identical on 8 held-out prompts: "
+          f"{same}")
+    rows = [[c or "unbounded", tps[(names[0], c)], tps[(names[1], c)],
+             tps[(names[1], c)] / tps[(names[0], c)]] for c in conc]
+    print_table(["concurrency", "vanilla tok/s", "tri-mode ar tok/s", "ratio"], rows, a.markdown)
+    shutil.rmtree(tmp, ignore_errors=True)
+    sys.exit(0 if same else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Serving-round benchmark: what each request costs per cycle on the real server, and how much a
+request is slowed by neighbours in other modes.
+
+    python benchmarks/round.py                     # starts a CPU server on the trained fixture
+    python benchmarks/round.py --url http://127.0.0.1:30000 --markdown
+
+Table 1 (per mode, held-out corpus prompts of the trained fixture, greedy, ``--max-tokens``):
+the server's counters from ``meta_info`` against core's decoders on the same prompts in-process —
+forwards per cycle, scheduler rounds per output token, re-prefills, server TPF and core TPF (equal
+when the server runs core's passes; DESIGN §6 target: within 5 %).
+
+Table 2 (mixed load): the median latency of one request of each mode alone, and the same request
+while ``--neighbours`` diffusion requests (``ignore_eos``, 4 × ``--max-tokens`` tokens) run beside
+it, and the ratio (DESIGN §6 target: ≤ 1.5). Each point is ``--repeats`` requests, one at a time.
+
+Started here, the server is ``sglang.launch_server --dllm-algorithm NemotronTriMode`` on the CPU
+(torch_native attention, fp32, OMP_NUM_THREADS=1, the plugin's CPU platform), loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import hardware, print_table  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
+MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
+
+
+def post(url: str, body: dict, timeout: float = 600) -> dict:
+    req = urllib.request.Request(url + "/generate", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def generate(url: str, ids, mode: str, max_new: int, **extra) -> dict:
+    return post(url, {"input_ids": ids, "sampling_params": {
+        "max_new_tokens": max_new, "temperature": 0, **extra,
+        "custom_params": {"decode_mode": mode}}})
+
+
+def start_server(port: int, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(FIXTURE),
+           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+           "--attention-backend", "torch_native", "--dtype", "float32",
+           "--max-total-tokens", "8192", "--dllm-algorithm", "NemotronTriMode",
+           "--max-running-requests", "16"]
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError("server did not come up")
+
+
+def counters_table(url: str, prompts, max_new: int) -> list[list]:
+    import torch
+
+    from nemotron_sglang.core.decoding import DecodeParams, Request, generate as core_generate
+    from nemotron_sglang.core.weights import load_model
+
+    core = load_model(FIXTURE, dtype=torch.float32)
+    rows = []
+    for mode in MODES:
+        want = core_generate(core, [Request(p, mode, DecodeParams(max_new_tokens=max_new))
+                                    for p in prompts])
+        tokens = forwards = cycles = rounds = reprefills = same = 0
+        for ids, w in zip(prompts, want):
+            got = generate(url, ids, mode, max_new)
+            meta = got["meta_info"]
+            tokens += len(got["output_ids"])
+            forwards += meta["nld_forwards"][-1]
+            cycles += meta["nld_cycles"][-1]
+            rounds += meta["nld_rounds"][-1]
+            reprefills += meta["nld_reprefills"][-1]
+            same += got["output_ids"] == w.output_ids and meta["nld_forwards"][-1] == w.forwards
+        core_tpf = sum(len(w.output_ids) for w in want) / sum(w.forwards for w in want)
+        rows.append([mode, len(prompts), tokens, forwards, cycles,
+                     forwards / cycles if cycles else float("nan"), rounds / tokens, reprefills,
+                     tokens / forwards, core_tpf, f"{same}/{len(prompts)}"])
+    return rows
+
+
+def latency(url: str, ids, mode: str, max_new: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        generate(url, ids, mode, max_new)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def mixed_table(url: str, prompts, max_new: int, neighbours: int, repeats: int) -> list[list]:
+    rows = []
+    for mode in ("ar", "linear_spec", "quadratic_spec"):
+        alone = latency(url, prompts[0], mode, max_new, repeats)
+        stop = threading.Event()
+
+        def neighbour(k):
+            while not stop.is_set():
+                generate(url, prompts[1 + k % (len(prompts) - 1)], "diffusion", 4 * max_new,
+                         ignore_eos=True)
+
+        threads = [threading.Thread(target=neighbour, args=(k,), daemon=True)
+                   for k in range(neighbours)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        beside = latency(url, prompts[0], mode, max_new, repeats)
+        stop.set()
+        for t in threads:
+            t.join(timeout=600)
+        rows.append([mode, alone * 1e3, beside * 1e3, beside / alone])
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--url", default=None, help="a running server (default: start one here)")
+    p.add_argument("--port", type=int, default=30123)
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--neighbours", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--markdown", action="store_true")
+    a = p.parse_args()
+
+    from nemotron_sglang.core.tokenizer import encode, load_tokenizer
+    from nemotron_sglang.testing.corpus import examples
+
+    tok = load_tokenizer(FIXTURE)
+    prompts = [encode(tok, e["prompt"]) for e in examples(1_000_000, a.prompts)]
+    proc = None
+    url = a.url
+    if url is None:
+        proc = start_server(a.port, Path("/tmp/nemotron_round_bench.log"))
+        url = f"http://127.0.0.1:{a.port}"
+    try:
+        generate(url, prompts[0], "linear_spec", 8)            # warm-up
+        print(f"# hardware: {hardware()}")
+        print(f"# command: python {shlex.join(sys.argv)}")
+        print(f"# server: {url} on {FIXTURE.name}, {a.prompts} held-out prompts (corpus seed "
+              f"1000000), greedy, max_tokens {a.max_tokens}")
+        print("\n## per-request counters, server against core")
+        print_table(["mode", "reqs", "tokens", "forwards", "cycles", "fwd/cycle",
+                     "rounds/token", "reprefills", "server TPF", "core TPF", "equal core"],
+                    counters_table(url, prompts, a.max_tokens), a.markdown)
+        print(f"\n## mixed load: one request alone vs beside {a.neighbours} diffusion requests "
+              f"(median of {a.repeats}, ms)")
+        print_table(["mode", "alone", "beside diffusion", "ratio"],
+                    mixed_table(url, prompts, a.max_tokens, a.neighbours, a.repeats), a.markdown)
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
