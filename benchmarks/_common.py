@@ -8,13 +8,14 @@ import platform
 import torch
 
 
-def hardware() -> str:
+def hardware(triton_interpret: bool = True) -> str:
+    """The machine in one line; ``triton_interpret``: a CPU run of Triton kernels (interpreter)."""
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, "
                 f"torch {torch.__version__}, CUDA {torch.version.cuda}")
-    return (f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, "
-            "TRITON_INTERPRET=1")
+    return (f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}"
+            + (", TRITON_INTERPRET=1" if triton_interpret else ""))
 
 
 def fmt(x) -> str:

@@ -9,7 +9,7 @@ Ministral3, with SGLang's own load generator (``python -m sglang.bench_serving``
    level) in a temporary folder.
 2. One server at a time, same flags (CPU, torch_native, fp32, ``OMP_NUM_THREADS=1``, 4096 KV
    tokens, 16 running requests): vanilla SGLang on that copy with the plugin not loaded
-   (``SGLANG_PLUGINS`` names no plugin; only the CPU platform, which SGLang needs on a CPU), then
+   (``SGLANG_PLUGINS=nemotron_cpu``: only the CPU platform, which SGLang needs on a CPU), then
    ``--dllm-algorithm NemotronTriMode`` on the fixture with ``default_mode: ar``.
 3. Both get the same greedy check (``/generate`` on held-out prompts: identical tokens or exit 1)
    and the same ``bench_serving`` load per concurrency: ``--backend sglang --dataset-name
@@ -122,7 +122,7 @@ def main() -> None:
     yaml = tmp / "ar.yaml"
     yaml.write_text("default_mode: ar\n")
     servers = {
-        "vanilla SGLang (Ministral3ForCausalLM)": (plain, [], {"SGLANG_PLUGINS": "none"}),
+        "vanilla SGLang (Ministral3ForCausalLM)": (plain, [], {"SGLANG_PLUGINS": "nemotron_cpu"}),
         "tri-mode server, decode_mode ar": (FIXTURE, ["--dllm-algorithm", "NemotronTriMode",
                                                       "--dllm-algorithm-config", str(yaml)], {}),
     }
@@ -140,7 +140,7 @@ def main() -> None:
             proc.wait(timeout=60)
     names = list(servers)
     same = tokens[names[0]] == tokens[names[1]]
-    print(f"# hardware: {hardware()}")
+    print(f"# hardware: {hardware(triton_interpret=False)}")
     print(f"# command: python {shlex.join(sys.argv)}")
     print(f"# bench_serving: random-ids, input {a.input_len}, output {a.output_len} (ignore_eos), "
           f"{a.num_prompts} prompts per point; greedy tokens identical on 8 held-out prompts: "

@@ -157,7 +157,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{a.port}"
     try:
         generate(url, prompts[0], "linear_spec", 8)            # warm-up
-        print(f"# hardware: {hardware()}")
+        print(f"# hardware: {hardware(triton_interpret=False)}")
         print(f"# command: python {shlex.join(sys.argv)}")
         print(f"# server: {url} on {FIXTURE.name}, {a.prompts} held-out prompts (corpus seed "
               f"1000000), greedy, max_tokens {a.max_tokens}")

@@ -6,7 +6,8 @@ across rounds (``request.NLDRequest`` on ``req.nld``):
 
 - a context round is a causal EXTEND of a prompt (or, after a retraction, of everything
   committed); its last logit per request starts a fresh core state (the AR-exact seed);
-- a canvas round (``canvas_round.CanvasRound``) advances every request by its own mode's passes
+- a canvas round (``canvas_round.CanvasRound``) advances every request by its own mode's passes,
+  one forward per step carrying exactly each row's pass under its own mask (``step_forward``),
   and returns the emitted tokens whose KV it wrote; ``hooks.keep_canvas_kv`` keeps exactly that
   KV of the canvas, so the next round is again a canvas round: no re-encode.
 
@@ -172,10 +173,8 @@ class NemotronTriMode(DllmAlgorithm):
                 raise RuntimeError(f"request {req.rid}: canvas round without a context pass")
             self._choose_auto(nld, bs)
             rows.append(Row(i, req, nld, starts[i]))
-        rnd = CanvasRound(self, model_runner, forward_batch, rows, self.block_size)
-        tokens = rnd.run()
-        model_runner.model.set_causal(True)
-        return rnd.logits_output, tokens, None, None, False
+        tokens = CanvasRound(self, model_runner, forward_batch, rows, self.block_size).run()
+        return None, tokens, None, None, False
 
     def _context_round(self, model_runner, forward_batch, reqs) -> DllmRunOutput:
         if forward_batch.input_ids.numel() == 0:
@@ -238,23 +237,11 @@ class NemotronTriMode(DllmAlgorithm):
             nld.state.lora = nld.strategy.uses_lora and self._has_lora
         nld.stats.auto_rounds[mode] = nld.stats.auto_rounds.get(mode, 0) + 1
 
-    # ---- forwards, for CanvasRound --------------------------------------------------------
-    def canvas_forward(self, model_runner, forward_batch, causal: bool, lora):
-        """One forward over SGLang's canvas batch with one causality; ``lora`` per token."""
-        model = model_runner.model
-        model.set_causal(causal)
-        model.lora_active = lora
-        try:
-            return model_runner.forward(forward_batch, pp_proxy_tensors=None)
-        finally:
-            model.lora_active = False
-
-    def custom_forward(self, model_runner, forward_batch, ids, pos, specs: list[RowSpec],
-                       lora, kv_writes) -> torch.Tensor:
-        """Passes outside SGLang's canvas shape, through ``run_custom_pass``: the fused
-        B·(B+1) quadratic pass (writing its row heads' KV), and bidirectional passes of a
-        request block smaller than the server's (a B-slot canvas would let the extra mask slots
-        join the block)."""
+    # ---- the forward of a round step, for CanvasRound --------------------------------------
+    def step_forward(self, model_runner, forward_batch, ids, pos, specs: list[RowSpec],
+                     lora, kv_writes) -> torch.Tensor:
+        """One forward of every row's own pass (``run_custom_pass``): its tokens, positions and
+        mask, the LoRA per token, K/V written only for ``kv_writes``; logits [T, V]."""
         model = model_runner.model
         model.set_causal(True)           # every attention call is routed by the rows' masks
         model.lora_active = lora

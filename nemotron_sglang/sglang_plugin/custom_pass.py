@@ -1,13 +1,15 @@
-"""Forwards SGLang's attention backends cannot express: the quadratic self-spec pass.
+"""Forwards SGLang's attention backends cannot express: every canvas step of NemotronTriMode.
 
-A quadratic pass holds R·(B+1) tokens per request (rows ``[d_i, mask × B]``, model_spec §2.5),
-more than SGLang's B-slot canvas, under a mask no backend knows. This module runs such a pass
-through the model itself (SGLang's layers, weights and LoRA branch) on a copy of the canvas
-``ForwardBatch`` with the pass's tokens and positions, and routes every attention call to
+A step carries each row's own pass: a causal AR token, a bidirectional block, a quadratic pass
+of R·(B+1) tokens (rows ``[d_i, mask × B]``, model_spec §2.5) — ragged lengths and per-row masks
+that no SGLang backend and no B-slot canvas can hold. This module runs such a forward through
+the model itself (SGLang's layers, weights and LoRA branch) on a copy of the canvas
+``ForwardBatch`` with the step's tokens and positions, and routes every attention call to
 ``RowAttention``: each row's queries attend to that request's committed KV in SGLang's paged
 pool plus the pass's own K/V under the row's core ``MaskSpec`` (core's reference attention, or
-the Triton / FlashInfer paths of ``nemotron_sglang.kernels`` with the same contract). Nothing is
-written to the pool: the canvas KV of a round is discarded anyway. ``RowAttention`` is also the
+the Triton / FlashInfer paths of ``nemotron_sglang.kernels`` with the same contract). Only the
+tokens named in ``kv_writes`` (causal rows, quadratic row heads) write their K/V to the pool,
+into the request's canvas slots; the round keeps the accepted ones. ``RowAttention`` is also the
 attention of the ``nemotron`` backend (``attention_backend.py``) for every other pass.
 """
 
@@ -166,11 +168,11 @@ class RowAttention:
 
 def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions: list[int],
                     rows: list[RowSpec], impl: str = "reference",
-                    kv_writes: tuple[list[int], list[int]] | None = None) -> torch.Tensor:
+                    kv_writes: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
     """One forward of ``token_ids`` at ``positions`` with per-row masks; logits [T, V].
 
-    ``kv_writes`` = (token indices of the pass, pool slots): those tokens' K/V are written to
-    SGLang's pool in every layer (the quadratic pass's row heads, whose K/V are causal)."""
+    ``kv_writes`` = (token indices of the pass, pool slots [W]): those tokens' K/V are written to
+    SGLang's pool in every layer (causal rows, quadratic row heads)."""
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     dev = forward_batch.input_ids.device
@@ -181,7 +183,8 @@ def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions
     writes = None
     if kv_writes is not None and kv_writes[0]:
         writes = (torch.tensor(kv_writes[0], dtype=torch.long, device=dev),
-                  torch.tensor(kv_writes[1], dtype=forward_batch.out_cache_loc.dtype, device=dev))
+                  torch.as_tensor(kv_writes[1]).to(device=dev,
+                                                   dtype=forward_batch.out_cache_loc.dtype))
     view.nld_attention = RowAttention(rows, impl, writes)
     # the context SGLang's ModelRunner.forward would open; RowAttention reads its pools
     with forward_context(ForwardContext(attn_backend=model_runner.attn_backend), forward_batch=view):

@@ -140,7 +140,7 @@ def keep_canvas_kv(original, self, req):
         raise RuntimeError(f"request {req.rid}: evicted KV beyond the committed length")
     req.extend_end = committed
     # the round's tokens were written at the canvas tail: rebuild prompt + output
-    del req.full_untruncated_fill_ids[min(context_len, committed):]
+    req.full_untruncated_fill_ids = req.full_untruncated_fill_ids[:min(context_len, committed)]
     req.refresh_fill_ids()
     self.stash_chunked_request(req)
 

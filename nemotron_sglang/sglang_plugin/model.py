@@ -118,7 +118,7 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
             # of this rank's input shard adds up to the full delta.
             delta = self._lora_scale * ((args[0] @ a.T) @ b.T)
             if isinstance(active, torch.Tensor):   # rows of one forward differ (drafts vs denoise)
-                delta = delta * active.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
+                delta = delta * active.to(delta).view(-1, *([1] * (delta.dim() - 1)))
             if isinstance(output, tuple):
                 return (output[0] + delta,) + tuple(output[1:])
             return output + delta
