@@ -40,7 +40,9 @@ PROMPTS = ("The number after 41 is", "Hello world", "Once upon a time", "List th
 IDLE_USED_TOKENS = 0
 ABORT_STREAM = {1, 6, 11}          # closed after the first chunk
 ABORT_TIMEOUT = {3, 12, 18}        # non-stream, 0.5 s client timeout
-LONG = 200                         # max_tokens (ignore_eos) of the requests that are cut off
+LONG = 1500                        # max_tokens (ignore_eos) of the requests that are cut off:
+                                   # long enough that none can finish before its abort arrives
+                                   # (200 did: linear_spec serves ~350 tok/s alone here)
 SHORT = 16                         # max_tokens of the requests that finish
 
 
