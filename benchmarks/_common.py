@@ -1,9 +1,15 @@
-"""What the GPU benchmark scripts share: the hardware line and plain-text / markdown tables."""
+"""What the benchmark scripts share: the hardware line, plain-text / markdown tables, and a CPU
+SGLang server started on loopback."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import torch
 
@@ -34,3 +40,26 @@ def print_table(cols, rows, markdown: bool) -> None:
     w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
     for r in cells:
         print("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)))
+
+
+def start_cpu_server(model: Path, port: int, log: Path, extra: list[str],
+                     env: dict | None = None) -> subprocess.Popen:
+    """``sglang.launch_server`` on the CPU (torch_native, fp32, OMP_NUM_THREADS=1, the plugin's
+    CPU platform) on 127.0.0.1:``port``, polled until healthy; stop it with ``os.killpg``."""
+    env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **(env or {}))
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+           "--attention-backend", "torch_native", "--dtype", "float32", *extra]
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(1)
+    os.killpg(proc.pid, 15)
+    raise RuntimeError("server did not come up")

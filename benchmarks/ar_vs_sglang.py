@@ -27,13 +27,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, print_table  # noqa: E402
+from _common import hardware, print_table, start_cpu_server  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
 
@@ -56,26 +55,6 @@ def plain_ministral3(src: Path, dst: Path) -> Path:
                for k, v in tensors.items()}
     save_file(renamed, dst / "model.safetensors")
     return dst
-
-
-def start(model: Path, port: int, log: Path, extra: list[str], env_extra: dict):
-    env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **env_extra)
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
-           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
-           "--attention-backend", "torch_native", "--dtype", "float32",
-           "--max-total-tokens", "4096", "--max-running-requests", "16", *extra]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError("server did not come up")
 
 
 def greedy(port: int, prompts, max_new: int) -> list[list[int]]:
@@ -128,7 +107,9 @@ def main() -> None:
     }
     tps, tokens = {}, {}
     for name, (model, extra, env) in servers.items():
-        proc = start(model, a.port, tmp / f"{len(tps)}.log", extra, env)
+        proc = start_cpu_server(model, a.port, tmp / f"{name[:7]}.log",
+                                ["--max-total-tokens", "4096", "--max-running-requests", "16",
+                                 *extra], env)
         try:
             tokens[name] = greedy(a.port, prompts, 48)
             for c in conc:

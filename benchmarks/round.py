@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, print_table  # noqa: E402
+from _common import hardware, print_table, start_cpu_server  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
 MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
@@ -50,27 +49,6 @@ def generate(url: str, ids, mode: str, max_new: int, **extra) -> dict:
     return post(url, {"input_ids": ids, "sampling_params": {
         "max_new_tokens": max_new, "temperature": 0, **extra,
         "custom_params": {"decode_mode": mode}}})
-
-
-def start_server(port: int, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(FIXTURE),
-           "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
-           "--attention-backend", "torch_native", "--dtype", "float32",
-           "--max-total-tokens", "8192", "--dllm-algorithm", "NemotronTriMode",
-           "--max-running-requests", "16"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError("server did not come up")
 
 
 def counters_table(url: str, prompts, max_new: int) -> list[list]:
@@ -153,7 +131,9 @@ def main() -> None:
     proc = None
     url = a.url
     if url is None:
-        proc = start_server(a.port, Path("/tmp/nemotron_round_bench.log"))
+        proc = start_cpu_server(FIXTURE, a.port, Path("/tmp/nemotron_round_bench.log"),
+                                ["--max-total-tokens", "8192", "--dllm-algorithm",
+                                 "NemotronTriMode", "--max-running-requests", "16"])
         url = f"http://127.0.0.1:{a.port}"
     try:
         generate(url, prompts[0], "linear_spec", 8)            # warm-up

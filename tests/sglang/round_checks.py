@@ -8,9 +8,7 @@ text is the same."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from nemotron_sglang.core.decoding import DecodeParams, Request, generate
 from nemotron_sglang.core.tokenizer import encode, load_tokenizer
 from nemotron_sglang.core.weights import load_model
 from nemotron_sglang.testing.corpus import examples
+from sglang_server import used_tokens
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nld-tiny-rules"
 MAX_NEW = 48
@@ -57,12 +56,6 @@ def assert_counts_equal_core(got: dict, want, mode: str) -> None:
         assert last["nld_forwards"] == last["nld_cycles"] + 1, last
     if mode != "diffusion":           # every spec / ar round completes a cycle
         assert last["nld_rounds"] <= max(1, last["nld_forwards"]) + 1, last
-
-
-def used_tokens(server) -> int:
-    with urllib.request.urlopen(server.url + "/v1/loads", timeout=10) as r:
-        loads = json.loads(r.read().decode())["loads"]
-    return sum(int(d["num_used_tokens"]) for d in loads)
 
 
 def wait_idle(server, timeout: float = 30.0) -> int:

@@ -85,6 +85,16 @@ class Server:
                 self.proc.wait(timeout=10)
 
 
+def loads(server) -> dict:
+    """``GET /v1/loads``: per-DP-rank queue and KV figures (``num_used_tokens``: 0 when idle)."""
+    with urllib.request.urlopen(server.url + "/v1/loads", timeout=10) as r:
+        return json.loads(r.read().decode())
+
+
+def used_tokens(server) -> int:
+    return sum(int(d["num_used_tokens"]) for d in loads(server)["loads"])
+
+
 def core_ids(model, mode: str, ids: list[int], max_new: int) -> list[int]:
     (r,) = generate(model, [Request(ids, mode, DecodeParams(max_new_tokens=max_new))])
     return r.output_ids

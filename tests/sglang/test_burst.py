@@ -20,7 +20,6 @@ One server (``--max-running-requests 8``), started through the CLI like a user w
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -29,7 +28,7 @@ import urllib.request
 
 import pytest
 
-from sglang_server import Server
+from sglang_server import Server, loads, used_tokens
 
 pytest.importorskip("sglang")
 openai = pytest.importorskip("openai")
@@ -69,15 +68,6 @@ def served(tmp_path_factory):
 def _client(server, timeout: float = 120.0):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="none", timeout=timeout,
                          max_retries=0)
-
-
-def _loads(server) -> dict:
-    with urllib.request.urlopen(server.url + "/v1/loads", timeout=10) as r:
-        return json.loads(r.read().decode())
-
-
-def _used_tokens(server) -> int:
-    return sum(int(d["num_used_tokens"]) for d in _loads(server)["loads"])
 
 
 def _aborted_total(server) -> float:
@@ -143,7 +133,7 @@ def _job(client, k: int, results: dict) -> None:
 
 
 def test_burst_with_early_disconnects_frees_kv(served):
-    assert _used_tokens(served) == IDLE_USED_TOKENS          # idle before
+    assert used_tokens(served) == IDLE_USED_TOKENS          # idle before
     aborted_before = _aborted_total(served)
     results: dict = {}
     peak = [0]
@@ -152,7 +142,7 @@ def test_burst_with_early_disconnects_frees_kv(served):
     def poll():
         while not stop_poll.is_set():
             try:
-                peak[0] = max(peak[0], _used_tokens(served))
+                peak[0] = max(peak[0], used_tokens(served))
             except OSError:
                 pass
             stop_poll.wait(0.2)
@@ -187,7 +177,7 @@ def test_burst_with_early_disconnects_frees_kv(served):
     t_idle = time.monotonic()
     used = aborts = None
     while time.monotonic() - t_idle < 60:
-        used, aborts = _used_tokens(served), _aborted_total(served) - aborted_before
+        used, aborts = used_tokens(served), _aborted_total(served) - aborted_before
         if used == IDLE_USED_TOKENS and aborts >= len(ABORT_STREAM | ABORT_TIMEOUT):
             break
         time.sleep(0.5)
@@ -196,7 +186,7 @@ def test_burst_with_early_disconnects_frees_kv(served):
           f"{ {k: round(v[2], 1) for k, v in sorted(results.items())} }")
     assert used == IDLE_USED_TOKENS, f"num_used_tokens still {used} 60 s after the burst"
     assert aborts == len(ABORT_STREAM | ABORT_TIMEOUT), f"{aborts} aborts sent to the scheduler"
-    loads = _loads(served)["loads"]
+    loads = loads(served)["loads"]
     assert all(d["num_waiting_reqs"] == 0 for d in loads), loads
     with urllib.request.urlopen(served.url + "/health", timeout=10) as r:
         assert r.status == 200
