@@ -186,8 +186,8 @@ def test_burst_with_early_disconnects_frees_kv(served):
           f"{ {k: round(v[2], 1) for k, v in sorted(results.items())} }")
     assert used == IDLE_USED_TOKENS, f"num_used_tokens still {used} 60 s after the burst"
     assert aborts == len(ABORT_STREAM | ABORT_TIMEOUT), f"{aborts} aborts sent to the scheduler"
-    loads = loads(served)["loads"]
-    assert all(d["num_waiting_reqs"] == 0 for d in loads), loads
+    ranks = loads(served)["loads"]
+    assert all(d["num_waiting_reqs"] == 0 for d in ranks), ranks
     with urllib.request.urlopen(served.url + "/health", timeout=10) as r:
         assert r.status == 200
     # and the server still serves every mode
