@@ -91,11 +91,10 @@ def main() -> None:
     a = p.parse_args()
     conc = [int(c) for c in a.concurrency.split(",")]
 
-    from nemotron_sglang.core.tokenizer import encode, load_tokenizer
-    from nemotron_sglang.testing.corpus import examples
+    from nemotron_sglang.core.tokenizer import load_tokenizer
+    from tpf import corpus_prompts
 
-    tok = load_tokenizer(FIXTURE)
-    prompts = [encode(tok, e["prompt"]) for e in examples(1_000_000, 8)]
+    prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), 8, 1_000_000)
     tmp = Path(tempfile.mkdtemp(prefix="ar_vs_sglang-"))
     plain = plain_ministral3(FIXTURE, tmp / "ministral3")
     yaml = tmp / "ar.yaml"

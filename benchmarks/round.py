@@ -123,11 +123,10 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true")
     a = p.parse_args()
 
-    from nemotron_sglang.core.tokenizer import encode, load_tokenizer
-    from nemotron_sglang.testing.corpus import examples
+    from nemotron_sglang.core.tokenizer import load_tokenizer
+    from tpf import corpus_prompts
 
-    tok = load_tokenizer(FIXTURE)
-    prompts = [encode(tok, e["prompt"]) for e in examples(1_000_000, a.prompts)]
+    prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), a.prompts, 1_000_000)
     proc = None
     url = a.url
     if url is None:
