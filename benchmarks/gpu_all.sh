@@ -6,6 +6,10 @@
 #   1. the `gpu`-marked tests (kernels at real shapes, bf16/fp16, vs the fp32 reference)
 #   2. benchmarks/kernels.py: kernel vs flex_attention / masked SDPA / FlashInfer, bandwidth
 #   3. benchmarks/forward_cost.py: 8B-shaped forward cost at 1 / 32 / 1056 query tokens
+#   4. benchmarks/quadratic_pass.py: the fused quadratic pass's attention / linear / head split
+#      at 8B shapes (one layer timed, scaled to 34), before and after the lean pass
+#   5. benchmarks/cost_model.py --preset 8b: the adaptive block's cost table for NLD-8B shapes
+#      on this GPU (random bf16 weights), as JSON for `serve --cost-model`
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
@@ -22,4 +26,6 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 step gpu_tests "$PY" -m pytest -q -m gpu tests/kernels
 step kernels "$PY" benchmarks/kernels.py --markdown
 step forward_cost "$PY" benchmarks/forward_cost.py --markdown --check
+step quadratic_pass "$PY" benchmarks/quadratic_pass.py --markdown
+step cost_model "$PY" benchmarks/cost_model.py --markdown --preset 8b --json "$OUT/cost_cuda_8b.json"
 exit $fail

@@ -85,3 +85,28 @@ def test_default_model_is_generated_and_bad_input_refused(tmp_path, monkeypatch)
         serve.build_command(args(model=str(tmp_path / "nowhere")), [], cuda=False)
     with pytest.raises(ValueError, match="threshold"):
         serve.main(args(threshold=1.5), [])
+
+
+def test_cost_table_ships_for_the_embedded_default_on_cpu(tmp_path, monkeypatch, ckpt_dirs):
+    """The adaptive block: serving the embedded default on a CPU passes the shipped cost table;
+    another model or CUDA gets none unless --cost-model names one; a bad table is refused."""
+    import json
+
+    from nemotron_sglang.core.block_policy import CostTable
+
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    shipped = json.loads(serve.CPU_COST_TABLE.read_text())
+    CostTable.from_mapping(shipped)                         # the shipped table is valid
+    cpu, _ = serve.build_command(args(), [], cuda=False)
+    line = next(ln for ln in _yaml(cpu).splitlines() if ln.startswith("cost_model: "))
+    assert json.loads(line[len("cost_model: "):])["ms"] == shipped["ms"]
+    other = str(ckpt_dirs["s0_lora"])
+    assert "cost_model" not in _yaml(serve.build_command(args(model=other), [], cuda=False)[0])
+    assert "cost_model" not in _yaml(serve.build_command(args(), [], cuda=True)[0])
+    mine = tmp_path / "table.json"
+    mine.write_text(json.dumps({"rows": [1, 2], "blocks": [1, 2], "ms": [[1, 2], [2, 3]]}))
+    gpu, _ = serve.build_command(args(model=other, cost_model=str(mine)), [], cuda=True)
+    assert '"ms": [[1.0, 2.0], [2.0, 3.0]]' in _yaml(gpu)
+    mine.write_text(json.dumps({"rows": [1], "blocks": [1]}))
+    with pytest.raises(ValueError, match="--cost-model .*missing key 'ms'"):
+        serve.build_command(args(model=other, cost_model=str(mine)), [], cuda=True)

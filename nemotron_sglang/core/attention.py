@@ -31,6 +31,11 @@ new tokens are ``d0 m m d1 m m``): ``d_i`` sees ``d_0..d_i``; row ``i``'s masks 
 
 Only causal passes may write KV: all new tokens for CAUSAL, the ``d_i`` heads of every row for
 QUADRATIC (their K/V are causal, hence equal to AR's).
+
+A QUADRATIC pass is computed by its structure (:func:`quadratic_attention`): each query scores
+the prefix, the heads of the rows before its own (R keys) and its own row (B+1 keys), so a
+query costs P + R + B + 1 keys instead of P + R·(B+1); :func:`quadratic_attention_dense` (the
+dense mask above) is its readable twin.
 """
 
 from __future__ import annotations
@@ -121,6 +126,62 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     return out.transpose(0, 1).to(q.dtype)
 
 
+def quadratic_attention_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              prefix_len: int, block: int, scale: float) -> torch.Tensor:
+    """The twin of :func:`quadratic_attention`: the dense QUADRATIC mask over every key."""
+    mask = build_mask(quadratic(block), prefix_len, q.shape[0], device=q.device)
+    return reference_attention(q, k, v, mask, scale)
+
+
+def quadratic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int,
+                        block: int, scale: float) -> torch.Tensor:
+    """A QUADRATIC pass's attention by its structure, equal to :func:`quadratic_attention_dense`.
+
+    q [L, Hq, d] with L = R·(B+1) new tokens; k, v [P + L, Hkv, d] = prefix then new tokens.
+    Row i's query at slot s scores three key groups, softmaxed together::
+
+        prefix       P keys        every query
+        row heads    d_0..d_{i-1}  (heads of earlier rows; R keys, key row < i)
+        own row      d_i, m..m     slot 0 sees only d_i, slots 1..B see the whole row
+
+    Returns [L, Hq, d] in q's dtype (float32 accumulation, float64 for float64 input).
+    """
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    w, p = block + 1, prefix_len
+    n = q.shape[0]
+    r = quadratic(block).rows(n)
+    group = q.shape[1] // k.shape[1]
+    qf = q.to(acc).transpose(0, 1)                                    # [H, L, d]
+    kf = k.to(acc).repeat_interleave(group, dim=1).transpose(0, 1)    # [H, P+L, d]
+    vf = v.to(acc).repeat_interleave(group, dim=1).transpose(0, 1)
+    h, d = qf.shape[0], qf.shape[2]
+    k_row, v_row = kf[:, p:].reshape(h, r, w, d), vf[:, p:].reshape(h, r, w, d)
+    k_head, v_head = k_row[:, :, 0], v_row[:, :, 0]                   # [H, R, d]
+    q_row = qf.view(h, r, w, d)
+    s_prefix = (qf @ kf[:, :p].transpose(1, 2)) * scale               # [H, L, P]
+    s_heads = (qf @ k_head.transpose(1, 2)) * scale                   # [H, L, R]
+    s_own = (q_row @ k_row.transpose(2, 3)) * scale                   # [H, R, w, w]
+    row_of = torch.arange(n, device=q.device) // w
+    earlier = torch.arange(r, device=q.device)[None, :] < row_of[:, None]          # [L, R]
+    s_heads = s_heads.masked_fill(~earlier[None], float("-inf"))
+    head_query = torch.zeros(w, w, dtype=torch.bool, device=q.device)
+    head_query[0, 1:] = True                                          # d_i: not its own masks
+    s_own = s_own.masked_fill(head_query, float("-inf")).reshape(h, n, w)
+    probs = torch.softmax(torch.cat([s_prefix, s_heads, s_own], dim=-1), dim=-1)
+    p_prefix, p_heads, p_own = probs.split([p, r, w], dim=-1)
+    out = p_prefix @ vf[:, :p] + p_heads @ v_head
+    out = out + (p_own.reshape(h, r, w, w) @ v_row).reshape(h, n, d)
+    return out.transpose(0, 1).to(q.dtype)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec,
+                     prefix_len: int, scale: float) -> torch.Tensor:
+    """One row's attention: q [L, Hq, d] over k, v [P + L, Hkv, d] under ``spec``."""
+    if spec.kind == MaskKind.QUADRATIC:
+        return quadratic_attention(q, k, v, prefix_len, spec.block, scale)
+    return reference_attention(q, k, v, build_mask(spec, prefix_len, q.shape[0], q.device), scale)
+
+
 def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache, layer: int,
                     batch, scale: float) -> torch.Tensor:
     """Attention of a packed batch of new tokens over each request's cached prefix.
@@ -135,6 +196,6 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, c
         pk, pv = cache.gather(layer, batch.seq_ids[r], batch.prefix_lens[r])
         k = torch.cat([pk.to(k_new.dtype), k_new[start:end]])
         v = torch.cat([pv.to(v_new.dtype), v_new[start:end]])
-        mask = build_mask(batch.masks[r], batch.prefix_lens[r], end - start, device=q.device)
-        out[start:end] = reference_attention(q[start:end], k, v, mask, scale)
+        out[start:end] = masked_attention(q[start:end], k, v, batch.masks[r],
+                                          batch.prefix_lens[r], scale)
     return out

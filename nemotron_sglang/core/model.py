@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from .attention import paged_attention
 from .batch import ForwardBatch
 from .config import NLDConfig
+from .logits import PassLogits
 from .rope import Rotary
 
 AttentionFn = Callable[..., torch.Tensor]
@@ -147,8 +148,10 @@ class NLDModel(nn.Module):
         self.has_lora = adapters is not None
 
     @torch.no_grad()
-    def forward(self, batch: ForwardBatch, cache) -> torch.Tensor:
-        """Run one pass; returns logits [T, vocab] (float32, or float64 for a float64 model)."""
+    def forward(self, batch: ForwardBatch, cache, lazy: bool = False):
+        """Run one pass; returns logits [T, vocab] (float32, or float64 for a float64 model),
+        or with ``lazy`` a :class:`~nemotron_sglang.core.logits.PassLogits` that computes the
+        head only for the rows read."""
         if batch.lora and not self.has_lora:
             raise ValueError("this pass asks for the drafting LoRA but no adapter is loaded")
         write_index = write_slots = None
@@ -166,5 +169,12 @@ class NLDModel(nn.Module):
         for layer in self.encoder.layers:
             x = layer(x, batch, cache, self.rotary, write_index, write_slots, self.attention_fn)
         x = self.encoder.norm(x)
+        if lazy:
+            return PassLogits(x, self.head)
+        return self.head(x)
+
+    @torch.no_grad()
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [n, vocab] of final hidden states [n, H] (float32, float64 for float64)."""
         acc = torch.float64 if self.dtype == torch.float64 else torch.float32
-        return self.diffusion_head(x).to(acc)
+        return self.diffusion_head(hidden).to(acc)

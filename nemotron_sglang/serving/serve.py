@@ -5,7 +5,9 @@ process with SGLang's (no HTTP server of its own):
 - the model: ``--model`` or the embedded default (the committed trained fixture when the source
   tree has it, else a generated tiny checkpoint cached under ``~/.cache/nemotron-sglang``);
 - ``--dllm-algorithm NemotronTriMode`` with a YAML written from ``--default-mode`` / ``--threshold``
-  / ``--auto-max-batch`` (default per device, ``AUTO_MAX_BATCH``);
+  / ``--auto-max-batch`` (default per device, ``AUTO_MAX_BATCH``) / ``--cost-model`` (the
+  adaptive block's cost table, JSON from ``benchmarks/cost_model.py``; default: the table
+  measured for the embedded default on a CPU, ``cost_cpu.json``, when serving it on a CPU);
 - on a machine without CUDA: the plugin's CPU platform (``NEMOTRON_SGLANG_CPU_PLATFORM=1``),
   ``--device cpu``, fp32, torch-native attention, one OpenMP thread per process (SGLang's
   processes share the cores; 1 thread measured ~7× faster than torch's default on 2 cores) and a
@@ -18,6 +20,8 @@ Every other flag goes to ``sglang.launch_server`` unchanged and wins over these 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shlex
 import sys
@@ -31,6 +35,8 @@ MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
 # CUDA: not measured (no GPU lent yet); 8 is DESIGN §6's estimate of where 32-token spec passes
 # reach an H100's compute roof. Re-measure with benchmarks/serving.py and pass --auto-max-batch.
 AUTO_MAX_BATCH = {"cpu": 64, "cuda": 8}
+# the adaptive block's cost table of the embedded default on a 2-core CPU (benchmarks/cost_model.py)
+CPU_COST_TABLE = Path(__file__).with_name("cost_cpu.json")
 
 
 def embedded_model() -> Path:
@@ -79,12 +85,32 @@ def _cuda() -> bool:
         return False
 
 
-def write_yaml(default_mode: str, threshold: float, auto_max_batch: int) -> Path:
+def cost_table(path: str | os.PathLike | None, model: Path, cuda: bool) -> dict | None:
+    """The cost table to serve with: ``path``, else the CPU table of the embedded default when
+    that model is served on a CPU, else None (auto then uses ``auto_max_batch``)."""
+    if path is None:
+        if cuda or model.resolve() != embedded_model().resolve() or not CPU_COST_TABLE.exists():
+            return None
+        path = CPU_COST_TABLE
+    from ..core.block_policy import CostTable
+
+    try:
+        data = json.loads(Path(path).read_text())
+        return CostTable.from_mapping(data).to_mapping()
+    except (OSError, json.JSONDecodeError, ValueError, TypeError) as e:
+        raise ValueError(f"--cost-model {path}: {e}") from None
+
+
+def write_yaml(default_mode: str, threshold: float, auto_max_batch: int,
+               cost_model: dict | None = None) -> Path:
     root = Path(os.environ.get("NEMOTRON_SGLANG_CACHE", Path.home() / ".cache" / "nemotron-sglang"))
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"tri_mode-{default_mode}-{threshold:g}-{auto_max_batch}.yaml"
-    path.write_text(f"default_mode: {default_mode}\nthreshold: {threshold}\n"
-                    f"auto_max_batch: {auto_max_batch}\n")
+    text = f"default_mode: {default_mode}\nthreshold: {threshold}\nauto_max_batch: {auto_max_batch}\n"
+    if cost_model is not None:
+        text += f"cost_model: {json.dumps(cost_model)}\n"     # JSON is YAML
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    path = root / f"tri_mode-{default_mode}-{digest}.yaml"
+    path.write_text(text)
     return path
 
 
@@ -95,7 +121,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     if not (model / "config.json").exists():
         raise ValueError(f"{model} has no config.json")
     auto = args.auto_max_batch or AUTO_MAX_BATCH["cuda" if cuda else "cpu"]
-    yaml = write_yaml(args.default_mode, args.threshold, auto)
+    yaml = write_yaml(args.default_mode, args.threshold, auto,
+                      cost_table(getattr(args, "cost_model", None), model, cuda))
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
            "--host", args.host, "--port", str(args.port),
            "--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml)]
@@ -145,6 +172,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-max-batch", type=int, default=None,
                    help="decode_mode auto: speculate up to this many requests per round "
                         f"(default {AUTO_MAX_BATCH['cpu']} on CPU, {AUTO_MAX_BATCH['cuda']} on CUDA)")
+    p.add_argument("--cost-model", default=None,
+                   help="decode_mode auto: the adaptive block's cost table (JSON, from "
+                        "benchmarks/cost_model.py); default: the shipped CPU table when serving "
+                        "the embedded default on a CPU")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
 
 

@@ -30,6 +30,7 @@ from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 from sglang.srt.dllm.config import DllmConfig
 
+from ..core.block_policy import AcceptanceTally, CostTable, acceptance_rate, choose_block
 from ..core.decoding import DecodeParams, RequestState, get_strategy
 from ..core.weights import LORA_DIR, load_lora
 from .model import ARCHITECTURE
@@ -41,7 +42,7 @@ from .request import NLDRequest, RequestStats
 logger = logging.getLogger(__name__)
 
 YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
-             "auto_max_batch", "custom_attention"}
+             "auto_max_batch", "custom_attention", "cost_model"}
 TOP_K_ALL = 1 << 30
 
 
@@ -118,6 +119,15 @@ class NemotronTriMode(DllmAlgorithm):
                              f"got {self.custom_attention!r}")
         self._lora_ready = False
         self._has_lora = False
+        # "auto" picks its block per round from this table (core/block_policy.py); without one
+        # it runs linear_spec while a round holds <= auto_max_batch requests, else ar
+        self.cost_table = None
+        self.tally = AcceptanceTally()
+        if yaml.get("cost_model") is not None:
+            try:
+                self.cost_table = CostTable.from_mapping(yaml["cost_model"])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"NemotronTriMode YAML cost_model: {e}") from None
 
     @staticmethod
     def _lora_path(yaml: dict) -> Path | None:
@@ -171,8 +181,8 @@ class NemotronTriMode(DllmAlgorithm):
             nld = self.request(req)
             if nld.state is None:
                 raise RuntimeError(f"request {req.rid}: canvas round without a context pass")
-            self._choose_auto(nld, bs)
             rows.append(Row(i, req, nld, starts[i]))
+        self._plan_auto(rows)
         tokens = CanvasRound(self, model_runner, forward_batch, rows, self.block_size).run()
         return None, tokens, None, None, False
 
@@ -226,22 +236,69 @@ class NemotronTriMode(DllmAlgorithm):
         nld.strategy.start(st, seed_logits)
         nld.sync_stats()
 
-    def _choose_auto(self, nld: NLDRequest, batch_size: int) -> None:
-        """``auto``: spec modes fill every forward with B tokens per request, so speculate while
-        the round is small and decode AR beyond. Both keep the same state between cycles."""
-        if nld.params.mode != "auto":
-            return
-        mode = "linear_spec" if batch_size <= type(self).defaults.auto_max_batch else "ar"
+    def _plan_auto(self, rows: list[Row]) -> None:
+        """``auto``: each idle auto request (no drafts awaiting verification) runs this round as
+        ``linear_spec`` at the block the load allows, or ``ar`` (block 1): with a cost table the
+        block of highest expected rate (``core.block_policy.choose_block``) beside the round's
+        other passes, else linear_spec at its block while the round holds <= auto_max_batch
+        requests. A request that set block_length chooses between that block and ar. A request
+        without cycles of its own takes the server's recent linear_spec acceptance as prior."""
+        auto = [r for r in rows if r.nld.params.mode == "auto" and not r.state.finished]
+        for r in rows:                   # pooled linear_spec acceptance: new requests' prior
+            if r.nld.strategy.name != "linear_spec":
+                continue
+            st, (h0, t0) = r.state, r.nld.tallied
+            self.tally.add(st.draft_hits - h0, st.draft_trials - t0)
+            r.nld.tallied = (st.draft_hits, st.draft_trials)
+        free = [r for r in auto if r.nld.strategy.idle(r.state)]
+        table = self.cost_table
+        if table is None:
+            small = len(rows) <= type(self).defaults.auto_max_batch
+            for r in free:
+                self._set_block(r.nld, r.nld.params.block_length if small else 1)
+        elif free:
+            active = [r for r in rows if not r.state.finished]
+            fixed_tokens = sum(len(r.nld.strategy.next_pass(r.state).token_ids)
+                               for r in active if r not in free)
+            current = {id(r): 1 if r.nld.strategy.name == "ar" else r.state.block for r in free}
+            groups: dict[int | None, list[Row]] = {}
+            for r in free:
+                prm = r.nld.params
+                groups.setdefault(prm.block_length if prm.block_set else None, []).append(r)
+            for block, members in groups.items():
+                prior = self.tally.alpha()
+                alphas = [acceptance_rate(r.state.draft_hits, r.state.draft_trials, prior)
+                          for r in members]
+                others = sum(current[id(r)] for r in free if r not in members)
+                b = choose_block(alphas, table, self.block_size,
+                                 other_rows=len(active) - len(members),
+                                 other_tokens=fixed_tokens + others,
+                                 candidates=None if block is None else [1, block],
+                                 remaining=[r.state.remaining for r in members])
+                for r in members:
+                    self._set_block(r.nld, b)
+                    current[id(r)] = b
+        for r in auto:
+            nld = r.nld
+            label = "ar" if nld.strategy.name == "ar" else f"linear_spec/{nld.state.block}"
+            nld.stats.auto_rounds[label] = nld.stats.auto_rounds.get(label, 0) + 1
+
+    def _set_block(self, nld: NLDRequest, block: int) -> None:
+        """Run an idle auto request as ``ar`` (block 1) or ``linear_spec`` at ``block``."""
+        mode = "ar" if block == 1 else "linear_spec"
         if nld.strategy.name != mode:
             nld.strategy = get_strategy(mode)
+            nld.strategy.adopt(nld.state)
             nld.state.lora = nld.strategy.uses_lora and self._has_lora
-        nld.stats.auto_rounds[mode] = nld.stats.auto_rounds.get(mode, 0) + 1
+        if block > 1:
+            nld.state.block = block
 
     # ---- the forward of a round step, for CanvasRound --------------------------------------
     def step_forward(self, model_runner, forward_batch, ids, pos, specs: list[RowSpec],
                      lora, kv_writes) -> torch.Tensor:
         """One forward of every row's own pass (``run_custom_pass``): its tokens, positions and
-        mask, the LoRA per token, K/V written only for ``kv_writes``; logits [T, V]."""
+        mask, the LoRA per token, K/V written only for ``kv_writes``; lazy logits [T, V]
+        (``core.logits.PassLogits``)."""
         model = model_runner.model
         model.set_causal(True)           # every attention call is routed by the rows' masks
         model.lora_active = lora

@@ -12,8 +12,10 @@ the rows that draft with it — through ``run_custom_pass`` over SGLang's paged 
       diffusion   [x  M  y  M]            bidirectional                         none
       quadratic   [d0 M M M M | d1 M M M M]  quadratic   K/V written: d0, d1 (row heads)
 
-Only the tokens whose KV a pass may keep write K/V (causal rows, quadratic row heads), into the
-row's own canvas slots; draft and denoise passes write nothing. A row is done for the round once
+Logits are computed only for the rows a strategy reads (``Pass.reads``, ``core/logits.py``):
+an ar row's token, a draft's masks, the row heads and then the accepted row's masks of a
+quadratic pass. Only the tokens whose KV a pass may keep write K/V (causal rows, quadratic row
+heads), into the row's own canvas slots; draft and denoise passes write nothing. A row is done for the round once
 it has written KV or finished; steps repeat until some row is done, so no request waits for
 another's passes: an ar row advances one token per step whatever its neighbours, a diffusion
 block or a linear draft carries to the next round when the round ends first.
@@ -100,16 +102,20 @@ class CanvasRound:
             pos += p.positions
             lora += [float(p.lora)] * len(p.token_ids)
         lora_t = torch.tensor(lora) if any(lora) else False
-        logits = self.algo.step_forward(self.runner, self.fb, ids, pos, specs, lora_t,
-                                        (writes, torch.cat(slots)) if writes else None)
+        device_logits = self.algo.step_forward(self.runner, self.fb, ids, pos, specs, lora_t,
+                                               (writes, torch.cat(slots)) if writes else None)
+        logits = device_logits.mapped(lambda x: x.detach().float().cpu())
+        starts = [0]
+        for _, p in members:
+            starts.append(starts[-1] + len(p.token_ids))
+        logits.prefetch([s + o for (_, p), s in zip(members, starts) for o in p.read_offsets()])
         self.steps += 1
-        completed, start = False, 0
-        for row, p in members:
-            n = len(p.token_ids)
+        completed = False
+        for (row, p), start in zip(members, starts):
             st = row.state
-            keep = row.nld.strategy.on_logits(st, p, logits[start:start + n].detach().float().cpu())
-            start += n
+            keep = row.nld.strategy.on_logits(st, p, logits.span(start, start + len(p.token_ids)))
             row.nld.stats.forwards += 1
+            row.nld.stats.pass_tokens += len(p.token_ids)
             st.forwards += 1
             if p.write_kv:
                 st.kv_len += keep
@@ -131,5 +137,7 @@ class CanvasRound:
             nld.keep = RESEED
             nld.reseeds += 1
         nld.stats.rounds += 1
+        block = 1 if nld.strategy.name == "ar" else st.block
+        nld.stats.blocks[block] = nld.stats.blocks.get(block, 0) + 1
         nld.sync_stats()
         return torch.tensor(pending[:n], dtype=torch.long)

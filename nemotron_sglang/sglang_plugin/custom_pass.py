@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.attention import MaskSpec, build_mask, reference_attention
+from ..core.attention import MaskSpec, masked_attention
+from ..core.logits import PassLogits
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,8 @@ class RowAttention:
             slots = table[row.req_pool_index, :row.prefix_len].long()
             keys = torch.cat([k_buf[slots].to(k.dtype), k[start:end]])
             values = torch.cat([v_buf[slots].to(v.dtype), v[start:end]])
-            mask = build_mask(row.mask, row.prefix_len, row.q_len, device=q.device)
-            out[start:end] = reference_attention(q[start:end], keys, values, mask, layer.scaling)
+            out[start:end] = masked_attention(q[start:end], keys, values, row.mask,
+                                              row.prefix_len, layer.scaling)
             start = end
         return out
 
@@ -168,8 +169,9 @@ class RowAttention:
 
 def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions: list[int],
                     rows: list[RowSpec], impl: str = "reference",
-                    kv_writes: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
-    """One forward of ``token_ids`` at ``positions`` with per-row masks; logits [T, V].
+                    kv_writes: tuple[list[int], torch.Tensor] | None = None) -> PassLogits:
+    """One forward of ``token_ids`` at ``positions`` with per-row masks; its logits [T, V] as a
+    :class:`~nemotron_sglang.core.logits.PassLogits` (the head runs only for the rows read).
 
     ``kv_writes`` = (token indices of the pass, pool slots [W]): those tokens' K/V are written to
     SGLang's pool in every layer (causal rows, quadratic row heads)."""
@@ -186,7 +188,17 @@ def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions
                   torch.as_tensor(kv_writes[1]).to(device=dev,
                                                    dtype=forward_batch.out_cache_loc.dtype))
     view.nld_attention = RowAttention(rows, impl, writes)
-    # the context SGLang's ModelRunner.forward would open; RowAttention reads its pools
-    with forward_context(ForwardContext(attn_backend=model_runner.attn_backend), forward_batch=view):
-        out = model_runner.model.forward(view.input_ids, view.positions, view)
-    return out.full_logits
+    model = model_runner.model
+
+    def context():
+        # the context SGLang's ModelRunner.forward would open; RowAttention reads its pools
+        return forward_context(ForwardContext(attn_backend=model_runner.attn_backend),
+                               forward_batch=view)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        with context():
+            return model.pass_logits(hidden, view)
+
+    with context():
+        hidden = model.pass_hidden(view)
+    return PassLogits(hidden, head)

@@ -4,7 +4,8 @@ SGLang 0.5.23 already ships NLD's backbone (fused qkv / gate_up, RadixAttention,
 llama-4 query scaling). This subclass only
 - normalises the HF config (SGLang's Ministral3 layer reads ``original_max_position_embeddings``
   at the top level; NLD keeps it inside ``rope_parameters``);
-- returns full per-token logits in dLLM canvas passes (``return_full_logits``);
+- runs a custom pass in two halves, the final hidden states (``pass_hidden``) and the head for
+  the rows a strategy reads (``pass_logits``, SGLang's logits processor: TP gather included);
 - maps checkpoint names with core's name table (``encoder.`` → ``model.``, ``diffusion_head`` →
   ``lm_head``) and refuses missing or unexpected tensors by name (shapes: SGLang's loaders);
 - switches causality per forward (``set_causal``: every RadixAttention's ``attn_type``), and lets
@@ -21,7 +22,7 @@ from typing import Iterable
 
 import torch
 
-from sglang.srt.layers.logits_processor import LogitsProcessor
+from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessor
 from sglang.srt.layers.radix_attention import AttentionType, RadixAttention
 from sglang.srt.models.ministral3 import Ministral3ForCausalLM
 
@@ -89,6 +90,17 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
                 return sglang_forward(q, k, v, forward_batch, *args, **kwargs)
             return custom(q, k, v, layer)
         return forward
+
+    # ---- a custom pass: hidden states, then logits for the rows read -----------------------
+    def pass_hidden(self, forward_batch) -> torch.Tensor:
+        """Final hidden states [T, H] of ``forward_batch``'s tokens (normed, before the head)."""
+        return self.model(forward_batch.input_ids, forward_batch.positions, forward_batch)
+
+    def pass_logits(self, hidden: torch.Tensor, forward_batch) -> torch.Tensor:
+        """Logits [n, V] of hidden rows [n, H] (all-gathered over TP ranks)."""
+        return self.logits_processor._get_logits(
+            hidden, self.lm_head, LogitsMetadata.from_forward_batch(forward_batch),
+            use_logits_buffer=False)
 
     # ---- drafting LoRA ---------------------------------------------------------------------
     def install_lora(self, layers: list[tuple[torch.Tensor, torch.Tensor]], scale: float,

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# every core mode, plus "auto": a serving policy (linear_spec while the batch is small, else ar)
+# every core mode, plus "auto": a serving policy (linear_spec at the block the load allows, or
+# ar; core/block_policy.py)
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
 PARAM_KEYS = ("decode_mode", "threshold", "block_length")
 
@@ -43,6 +44,7 @@ class RequestParams:
     block_length: int
     temperature: float              # 0 = greedy
     seed: int | None
+    block_set: bool = False         # the request chose block_length (auto keeps it)
 
 
 @dataclass(frozen=True)
@@ -118,4 +120,5 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
     _refuse_unsupported(sampling)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")
-    return RequestParams(mode, float(threshold), block, float(sampling.temperature), sampling.seed)
+    return RequestParams(mode, float(threshold), block, float(sampling.temperature), sampling.seed,
+                         block_set="block_length" in (custom or {}))

@@ -28,15 +28,23 @@ class RequestStats:
 
     mode: str = ""
     forwards: int = 0               # passes this request took part in, prefill excluded
+    pass_tokens: int = 0            # tokens those passes carried (compute per useful token)
     cycles: int = 0
     cycle_tokens: int = 0
     rounds: int = 0                 # canvas rounds the request took part in
     reprefills: int = 0             # context passes after the prompt (retraction, mismatch)
     auto_rounds: dict = field(default_factory=dict)   # "auto": rounds run per chosen mode
+    blocks: dict = field(default_factory=dict)        # rounds run per block (ar: 1)
+
+    @property
+    def block_length(self) -> int | None:
+        """The block most of the request's rounds ran (1 = ar)."""
+        return max(self.blocks, key=self.blocks.get) if self.blocks else None
 
     @property
     def reported_mode(self) -> str:
-        """The mode as reported: ``auto(linear_spec,ar)`` names what auto chose."""
+        """The mode as reported: ``auto(linear_spec/16,ar)`` names what auto chose, most
+        rounds first."""
         if self.mode != "auto":
             return self.mode
         return f"auto({','.join(sorted(self.auto_rounds, key=self.auto_rounds.get, reverse=True))})"
@@ -63,6 +71,7 @@ class NLDRequest:
     recorded: bool = False          # counted in the Prometheus totals
     reseeds: int = 0                # rounds that asked for a context pass (``RESEED``)
     strategy: Any = None            # core Strategy of the mode this round runs
+    tallied: tuple[int, int] = (0, 0)   # (draft hits, trials) already in the server's tally
 
     @property
     def pending(self) -> list[int]:
@@ -73,7 +82,7 @@ class NLDRequest:
             # pending tokens were never returned: the new state derives them again
             self.base_cycles += self.state.cycles
             self.base_cycle_tokens += max(0, self.state.cycle_tokens - len(self.pending))
-        self.state, self.returned, self.keep = state, 0, 0
+        self.state, self.returned, self.keep, self.tallied = state, 0, 0, (0, 0)
 
     def sync_stats(self) -> None:
         st = self.state

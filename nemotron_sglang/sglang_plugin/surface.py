@@ -12,10 +12,13 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
 - BEFORE ``SchedulerOutputStreamer.stream_output`` (scheduler): copies the request's counters
   into ``customized_info`` (token-aligned, cumulative), so ``meta_info`` carries
   ``nld_forwards`` / ``nld_cycles`` / ``nld_cycle_tokens`` / ``nld_rounds`` / ``nld_reprefills`` /
-  ``nld_mode``, and records finished
+  ``nld_pass_tokens`` / ``nld_block_length`` / ``nld_mode``, and records finished
   requests in the per-mode Prometheus counters (``metrics.py``).
 - AFTER ``UsageProcessor.calculate_response_usage`` (main): adds ``decode_mode``, ``forwards``,
-  ``cycles``, ``rounds``, ``forwards_per_cycle``, ``tokens_per_forward`` and ``acceptance_length`` to a non-streaming response's ``usage``.
+  ``cycles``, ``rounds``, ``forwards_per_cycle``, ``tokens_per_forward``,
+  ``pass_tokens_per_token`` (tokens its forwards carried per generated token), ``block_length``
+  (the block most rounds ran; 1 = ar; what ``auto`` chose) and
+  ``acceptance_length`` to a non-streaming response's ``usage``.
 - AROUND ``TokenizerManager.generate_request`` + AFTER ``UsageProcessor.calculate_streaming_usage``
   (main): the same fields in a stream's final usage chunk. The generator hook keeps each choice's
   latest ``meta_info`` in a context variable; the SSE task, created after the first chunk, shares it.
@@ -116,7 +119,8 @@ def export_stats(self, reqs, *args, **kwargs):
         info = req.customized_info if req.customized_info is not None else {}
         values = {"nld_mode": stats.reported_mode, "nld_forwards": stats.forwards,
                   "nld_cycles": stats.cycles, "nld_cycle_tokens": stats.cycle_tokens,
-                  "nld_rounds": stats.rounds, "nld_reprefills": stats.reprefills}
+                  "nld_rounds": stats.rounds, "nld_reprefills": stats.reprefills,
+                  "nld_pass_tokens": stats.pass_tokens, "nld_block_length": stats.block_length}
         for key, value in values.items():
             seq = info.setdefault(key, [])
             del seq[n:]
@@ -148,10 +152,15 @@ def usage_stats(responses: list[dict]) -> dict[str, Any] | None:
     modes = sorted({_last(m, "nld_mode") for m in metas})
     total = sum(forwards)
     rounds = sum(_last(m, "nld_rounds") or 0 for m in metas)
+    carried = sum(_last(m, "nld_pass_tokens") or 0 for m in metas)
+    blocks = sorted({_last(m, "nld_block_length") for m in metas} - {None})
     return {"decode_mode": modes[0] if len(modes) == 1 else ",".join(modes),
             "forwards": total, "cycles": cycles, "rounds": rounds,
             "forwards_per_cycle": round(total / cycles, 4) if cycles else None,
             "tokens_per_forward": round(tokens / total, 4) if total else None,
+            "pass_tokens_per_token": round(carried / tokens, 4) if tokens else None,
+            "block_length": (blocks[0] if len(blocks) == 1 else
+                             ",".join(map(str, blocks)) if blocks else None),
             "acceptance_length": (round(cycle_tokens / cycles, 4)
                                   if cycles and modes != ["ar"] else None)}
 

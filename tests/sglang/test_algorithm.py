@@ -3,7 +3,7 @@
 The fake runner stands in for SGLang's ModelRunner + model: context rounds (EXTEND) causally
 encode what is not cached yet and return ``next_token_logits``; canvas rounds (DLLM_EXTEND) run
 B slots after the committed tokens with the causality and LoRA flag the algorithm set on the
-model, write nothing, and return ``full_logits``. The fake scheduler loop follows SGLang's
+model, write nothing, and return lazy logits (``core.logits.PassLogits``). The fake scheduler loop follows SGLang's
 separate-context lifecycle: context round, canvas round, commit the returned tokens, trim at EOS
 and max_new_tokens, repeat. Requests carry real SGLang ``SamplingParams``.
 """
@@ -21,6 +21,7 @@ from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL, MaskKind
 from nemotron_sglang.core.batch import ForwardBatch, PassRow
 from nemotron_sglang.core.decoding import DecodeParams, Request, generate
 from nemotron_sglang.core.kv_cache import PagedKVCache
+from nemotron_sglang.core.logits import PassLogits
 from nemotron_sglang.core.weights import load_model
 
 sglang = pytest.importorskip("sglang")
@@ -64,6 +65,7 @@ class FakeRunner:
         self.cache = PagedKVCache(num_layers=c.num_hidden_layers, num_kv_heads=c.num_key_value_heads,
                                   head_dim=c.head_dim, num_pages=4096, page_size=4, dtype=core.dtype)
         self.forwards = 0
+        self.passes = []               # per canvas step: its rows and the head rows computed
 
     def forward(self, fb, pp_proxy_tensors=None):
         self.forwards += 1
@@ -125,7 +127,14 @@ def fake_custom_pass(model_runner, fb, token_ids, positions, rows, impl="referen
         logits = core(batch, model_runner.cache)
         for (s0, _), (a, b) in zip(members, batch.spans()):
             out[s0:s0 + (b - a)] = logits[a:b]
-    return out
+    # as the real pass: lazy logits whose head runs for the rows read (here a table lookup)
+    record = {"rows": rows, "ids": list(token_ids), "head_rows": 0}
+    model_runner.passes.append(record)
+
+    def head(h):
+        record["head_rows"] += len(h)
+        return out[h[:, 0].long()]
+    return PassLogits(torch.arange(len(token_ids))[:, None], head)
 
 
 @pytest.fixture(autouse=True)
@@ -243,6 +252,23 @@ def test_each_mode_matches_core_and_modes_mix_in_one_batch(core64):
             assert st.rounds in (max(1, st.forwards), st.forwards + 1), (m, st)
         if m == "linear_spec":                 # draft + verify; a round may end between them
             assert st.forwards == 2 * st.cycles and st.rounds <= 2 * st.cycles + 1
+    # each step's head ran only for the rows read: a quadratic row's R heads + the accepted row's
+    # B - 1 masks, a bidirectional row's masks, a causal row at most its tokens
+    b = core64.config.block_size
+    for step in runner.passes:
+        start, bound, exact = 0, 0, 0
+        for spec in step["rows"]:
+            ids = step["ids"][start:start + spec.q_len]
+            start += spec.q_len
+            if spec.mask.kind == MaskKind.QUADRATIC:
+                exact += spec.q_len // (b + 1) + b - 1
+            elif spec.mask.kind == MaskKind.BIDIRECTIONAL:
+                exact += ids.count(100)
+            else:
+                bound += spec.q_len
+        assert exact <= step["head_rows"] <= exact + bound, step
+    carried = sum(len(s_["ids"]) for s_ in runner.passes)
+    assert sum(s_["head_rows"] for s_ in runner.passes) < carried
 
 
 def test_self_spec_and_ar_are_lossless_with_eos_mid_block(core64):
@@ -328,6 +354,45 @@ def test_auto_speculates_small_rounds_and_runs_ar_in_large_ones(core64, auto_max
     for r, w in zip(reqs, want):
         assert r.output_ids == w.output_ids          # either choice is lossless at T = 0
         assert r.nld.stats.reported_mode.startswith(expected[:-1]), r.nld.stats.auto_rounds
+
+
+@pytest.mark.parametrize("table,first", [
+    ("flat", "linear_spec/4"),   # forwards cost the same whatever they carry: the largest block
+    ("steep", "ar"),             # cost grows with every token: speculation never pays
+])
+def test_auto_with_a_cost_table_picks_the_block_by_load(core64, table, first):
+    """With a cost table (YAML ``cost_model``) auto runs each round at the block of highest
+    expected rate: the first round at the prior acceptance (0.8), later ones at each request's
+    own (low on this random checkpoint, so "flat" may turn to ar); a request that set
+    block_length keeps it or runs ar; outputs stay AR's."""
+    rows, blocks = [1, 2, 4, 8], [1, 2, 4]
+    cost = {"flat": lambda r, b: 5.0, "steep": lambda r, b: 1.0 * r * b}[table]
+    cfg = DllmConfig(algorithm="NemotronTriMode", block_size=core64.config.block_size,
+                     algorithm_config={"default_mode": "ar", "cost_model": {
+                         "rows": rows, "blocks": blocks,
+                         "ms": [[cost(r, b) for b in blocks] for r in rows]}},
+                     mask_id=100, max_running_requests=64, first_done_first_out_mode=False,
+                     requires_separate_context_encoding=True)
+    prompts = random_prompts(5, seed=78, vocab=512)
+    want = generate(core64, [Request(p, "ar", DecodeParams(max_new_tokens=12)) for p in prompts])
+    algo, runner = NemotronTriMode(cfg), FakeRunner(core64)
+    reqs = [make_req(i, p, "auto", 12) for i, p in enumerate(prompts[:4])]
+    reqs.append(make_req(4, prompts[4], "auto", 12, block_length=2))
+    serve(algo, runner, reqs, core64.config.eos_token_id)
+    for r, w in zip(reqs, want):
+        assert r.output_ids == w.output_ids
+    for r in reqs[:4]:
+        assert next(iter(r.nld.stats.auto_rounds)) == first, r.nld.stats.auto_rounds
+        assert set(r.nld.stats.auto_rounds) <= {"linear_spec/4", "linear_spec/2", "ar"}
+    if table == "steep":
+        assert all(set(r.nld.stats.auto_rounds) == {"ar"} for r in reqs)
+        assert reqs[0].nld.stats.block_length == 1
+    assert set(reqs[4].nld.stats.auto_rounds) <= {"linear_spec/2", "ar"}
+    with pytest.raises(ValueError, match="cost_model"):
+        NemotronTriMode(DllmConfig(algorithm="NemotronTriMode", block_size=4, mask_id=100,
+                                   algorithm_config={"cost_model": {"rows": [1]}},
+                                   max_running_requests=4, first_done_first_out_mode=False,
+                                   requires_separate_context_encoding=True))
 
 
 @pytest.mark.parametrize("block", [1, 2, 4])

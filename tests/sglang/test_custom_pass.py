@@ -30,8 +30,12 @@ def _restore_interpret_env():
         os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
 
 
-def test_row_attention_reference_and_triton_agree_with_core(monkeypatch):
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+@pytest.mark.parametrize("seed", [21, 22])
+def test_row_attention_reference_and_triton_agree_with_core(monkeypatch, seed):
+    """Both paths against float64 (the reference path on float64 copies): the Triton kernel's
+    float32 error is at most 2x plain PyTorch's in float32 plus a floor; the float64 reference
+    is core's dense-mask attention row by row."""
+    g = torch.Generator().manual_seed(seed)
     hq, hkv, d, slots = 4, 2, 16, 64
     rows = [(5, 3 * (4 + 1), quadratic(4)), (0, 2 * (2 + 1), quadratic(2)), (9, 4, CAUSAL),
             (1, 4, BIDIRECTIONAL)]
@@ -39,8 +43,10 @@ def test_row_attention_reference_and_triton_agree_with_core(monkeypatch):
     k_buf = torch.randn(slots, hkv, d, generator=g)
     v_buf = torch.randn(slots, hkv, d, generator=g)
     table = torch.randperm(slots, generator=g)[: 4 * 16].view(4, 16).to(torch.int32)
-    pool = SimpleNamespace(get_key_buffer=lambda layer: k_buf, get_value_buffer=lambda layer: v_buf)
     import sglang.srt.model_executor.forward_context as fc
+    buffers = {"k": k_buf, "v": v_buf}
+    pool = SimpleNamespace(get_key_buffer=lambda layer: buffers["k"],
+                           get_value_buffer=lambda layer: buffers["v"])
     monkeypatch.setattr(fc, "get_token_to_kv_pool", lambda: pool)
     monkeypatch.setattr(fc, "get_req_to_token_pool", lambda: SimpleNamespace(req_to_token=table))
     t = sum(n for _, n, _ in rows)
@@ -52,16 +58,21 @@ def test_row_attention_reference_and_triton_agree_with_core(monkeypatch):
     specs = [RowSpec(i, p, n, m) for i, (p, n, m) in enumerate(rows)]
     ref = RowAttention(specs, "reference")(q, k, v, layer)
     tri = RowAttention(specs, "triton")(q, k, v, layer)
-    torch.testing.assert_close(tri, ref, rtol=1e-5, atol=1e-5)
-    # and row by row it is core's attention over [prefix slots ; new tokens] under core's mask
+    buffers.update(k=k_buf.double(), v=v_buf.double())
+    ref64 = RowAttention(specs, "reference")(q.double(), k.double(), v.double(), layer)
+    e_tri = (tri.double() - ref64).abs().max().item()
+    e_torch = (ref.double() - ref64).abs().max().item()
+    assert e_tri <= 2 * e_torch + 1e-6, f"seed {seed}: triton {e_tri:.3g}, torch {e_torch:.3g}"
+    # row by row the float64 reference is core's attention over [prefix ; new] under core's mask
     from nemotron_sglang.core.attention import build_mask, reference_attention
     start = 0
     for i, (p, n, m) in enumerate(rows):
-        keys = torch.cat([k_buf[table[i, :p].long()], k[start:start + n].view(n, hkv, d)])
-        vals = torch.cat([v_buf[table[i, :p].long()], v[start:start + n].view(n, hkv, d)])
-        want = reference_attention(q[start:start + n].view(n, hq, d), keys, vals,
+        keys = torch.cat([k_buf[table[i, :p].long()], k[start:start + n].view(n, hkv, d)]).double()
+        vals = torch.cat([v_buf[table[i, :p].long()], v[start:start + n].view(n, hkv, d)]).double()
+        want = reference_attention(q[start:start + n].view(n, hq, d).double(), keys, vals,
                                    build_mask(m, p, n), d ** -0.5)
-        torch.testing.assert_close(tri[start:start + n].view(n, hq, d), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ref64[start:start + n].view(n, hq, d), want, rtol=1e-12,
+                                   atol=1e-12, msg=lambda msg: f"seed {seed} row {i}: {msg}")
         start += n
 
 
@@ -94,7 +105,7 @@ def test_flashinfer_route_hands_the_pool_over_as_a_paged_cache(monkeypatch):
         return _flashinfer_twin(*args)
 
     monkeypatch.setattr(flashinfer_attention, "paged_attention_flashinfer", twin)
-    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    g = torch.Generator().manual_seed(31)
     hq, hkv, d, slots = 4, 2, 16, 64
     rows = [(5, 3 * (4 + 1), quadratic(4)), (0, 4, CAUSAL), (7, 1, CAUSAL), (3, 4, BIDIRECTIONAL)]
     k_buf, v_buf = torch.randn(slots, hkv, d, generator=g), torch.randn(slots, hkv, d, generator=g)

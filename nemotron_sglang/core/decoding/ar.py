@@ -32,3 +32,6 @@ class ARStrategy(Strategy):
 
     def overshoot(self, block: int) -> int:
         return 0
+
+    def adopt(self, req: RequestState) -> None:
+        pass                      # the seed is all ar needs

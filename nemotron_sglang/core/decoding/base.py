@@ -52,6 +52,10 @@ class Pass:
     and yielding the next seed from its last logit (AR decode, diffusion KV refresh). A server
     that re-encodes committed tokens itself (SGLang's separate context pass) skips such a pass
     and calls ``start`` with the re-encode's last logit instead; nothing else changes.
+
+    ``reads`` names the token offsets whose logits the strategy reads first (None: all), so a
+    forward computes the head for those rows only (``core/logits.py``); a strategy may read more
+    rows afterwards (quadratic_spec: the accepted row's masks), computed on demand.
     """
 
     token_ids: list[int]
@@ -60,6 +64,10 @@ class Pass:
     write_kv: bool = False
     lora: bool = False
     refresh: bool = False
+    reads: tuple[int, ...] | None = None
+
+    def read_offsets(self) -> tuple[int, ...] | range:
+        return range(len(self.token_ids)) if self.reads is None else self.reads
 
     @property
     def group(self) -> tuple:
@@ -84,6 +92,8 @@ class RequestState:
     forwards: int = 0
     cycles: int = 0                # draft-verify cycles (self-spec) or blocks (diffusion)
     cycle_tokens: int = 0          # tokens emitted by those cycles
+    draft_hits: int = 0            # drafts accepted by verification (self-spec)
+    draft_trials: int = 0          # drafts tried until each cycle's first rejection
     generator: torch.Generator = field(default_factory=torch.Generator)
     scratch: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +119,11 @@ class RequestState:
                 self.finish_reason = "length"
         return n
 
+    def note_verify(self, drafts: int, accepted: int) -> None:
+        """Count one verification: ``accepted`` of ``drafts`` drafts kept (block policy's α)."""
+        self.draft_hits += accepted
+        self.draft_trials += accepted + (1 if accepted < drafts else 0)
+
     @property
     def acceptance_length(self) -> float | None:
         return self.cycle_tokens / self.cycles if self.cycles else None
@@ -128,11 +143,22 @@ class Strategy:
         """The pass this unfinished request needs next."""
         raise NotImplementedError
 
-    def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
-        """Consume the pass's logits [len(p.token_ids), V]; return how many staged KV entries
-        to commit (0 for passes that do not write KV)."""
+    def on_logits(self, req: RequestState, p: Pass, logits) -> int:
+        """Consume the pass's logits [len(p.token_ids), V] (a tensor or a lazy
+        ``core.logits.PassLogitsView``, indexed alike); return how many staged KV entries to
+        commit (0 for passes that do not write KV)."""
         raise NotImplementedError
 
     def overshoot(self, block: int) -> int:
         """Positions past the last emitted token a pass may touch (for the length check)."""
         return block
+
+    def idle(self, req: RequestState) -> bool:
+        """No cycle in flight (nothing drafted awaits its verify pass): the request may switch
+        strategy or block here (the adaptive block of ``core/block_policy.py``)."""
+        return True
+
+    def adopt(self, req: RequestState) -> None:
+        """Take over an idle state an ar / self-spec strategy ran: the last emitted token is the
+        seed, without KV. Strategies that cannot continue such a state refuse."""
+        raise DecodeError(f"{self.name} cannot take over another mode's request")

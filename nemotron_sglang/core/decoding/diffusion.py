@@ -18,19 +18,26 @@ from .base import Pass, RequestState, Strategy
 from .sampling import diffusion_candidates, pick
 
 
-def commit_step(block: list[int], logits: torch.Tensor, mask_id: int, threshold: float,
+def masked_slots(block: list[int], mask_id: int) -> tuple[int, ...]:
+    return tuple(i for i, t in enumerate(block) if t == mask_id)
+
+
+def commit_step(block: list[int], logits, mask_id: int, threshold: float,
                 temperature: float, generator: torch.Generator | None) -> list[int]:
-    """One denoise step on ``block`` [B] with its bidirectional logits [B, V]; returns the new
-    block. Commits the most confident masked slot plus every masked slot with confidence >=
-    threshold (threshold 0 commits all, > 1 exactly one)."""
-    masked = torch.tensor([t == mask_id for t in block])
-    if not masked.any():
+    """One denoise step on ``block`` [B] with its bidirectional logits [B, V] (only the masked
+    slots' rows are read); returns the new block. Commits the most confident masked slot plus
+    every masked slot with confidence >= threshold (threshold 0 commits all, > 1 exactly one)."""
+    slots = masked_slots(block, mask_id)
+    if not slots:
         return list(block)
-    cand, conf = diffusion_candidates(logits, temperature, mask_id, generator)
-    conf = conf.masked_fill(~masked, float("-inf"))
-    commit = masked & (conf >= threshold)
+    cand, conf = diffusion_candidates(logits[list(slots)], temperature, mask_id, generator)
+    commit = conf >= threshold
     commit[int(conf.argmax())] = True
-    return [int(c) if m else t for t, c, m in zip(block, cand.tolist(), commit.tolist())]
+    out = list(block)
+    for slot, c, m in zip(slots, cand.tolist(), commit.tolist()):
+        if m:
+            out[slot] = int(c)
+    return out
 
 
 def decided_length(block: list[int], mask_id: int, eos_id: int, need: int) -> int | None:
@@ -64,12 +71,17 @@ class DiffusionStrategy(Strategy):
             req.cycles += 1
             req.cycle_tokens += req.emit(block[:n])
 
+    def idle(self, req: RequestState) -> bool:
+        block = req.scratch.get("block")
+        return block is None or all(t == req.mask_id for t in block[1:])
+
     def next_pass(self, req: RequestState) -> Pass:
         block = req.scratch["block"]
         pos = list(range(req.kv_len, req.kv_len + len(block)))
         if req.mask_id in block:
-            return Pass(list(block), pos, BIDIRECTIONAL)
-        return Pass(list(block), pos, CAUSAL, write_kv=True, refresh=True)
+            return Pass(list(block), pos, BIDIRECTIONAL, reads=masked_slots(block, req.mask_id))
+        return Pass(list(block), pos, CAUSAL, write_kv=True, refresh=True,
+                    reads=(len(block) - 1,))
 
     def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
         block = req.scratch["block"]

@@ -26,6 +26,12 @@ class LinearSpecStrategy(Strategy):
         req.emit([seed])
         req.scratch.update(drafts=None, q=None)
 
+    def idle(self, req: RequestState) -> bool:
+        return req.scratch.get("drafts") is None
+
+    def adopt(self, req: RequestState) -> None:
+        req.scratch.update(drafts=None, q=None)
+
     def next_pass(self, req: RequestState) -> Pass:
         b = req.block
         pos = list(range(req.kv_len, req.kv_len + b))
@@ -33,7 +39,7 @@ class LinearSpecStrategy(Strategy):
         drafts = req.scratch["drafts"]
         if drafts is None and b > 1:
             return Pass([seed] + [req.mask_id] * (b - 1), pos, BIDIRECTIONAL,
-                        lora=req.lora)
+                        lora=req.lora, reads=tuple(range(1, b)))
         return Pass([seed] + (drafts or []), pos, CAUSAL, write_kv=True)
 
     def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
@@ -44,7 +50,9 @@ class LinearSpecStrategy(Strategy):
             return 0
         drafts, q = req.scratch["drafts"] or [], req.scratch["q"]
         req.scratch.update(drafts=None, q=None)
-        out = speculative_accept(drafts, q, logits, prm.temperature, req.mask_id, req.generator)
+        out = speculative_accept(drafts, q, logits[:], prm.temperature, req.mask_id,
+                                 req.generator)
+        req.note_verify(len(drafts), len(out) - 1)
         req.cycles += 1
         req.cycle_tokens += req.emit(out)
         return len(out)           # seed + accepted drafts (the new seed is not cached)

@@ -4,7 +4,8 @@ Lifecycle of a request: ``add`` a sequence to the paged cache → one causal pre
 new prompts (KV written and committed; not counted as a forward) → its strategy's ``start`` →
 steps. In each step every unfinished request asks its strategy for a :class:`Pass`; passes of
 the same kind (mask kind, KV write, LoRA) share one model forward — the same constraint SGLang
-has — and each request's logits go back to its strategy, which says how many staged KV entries
+has — and each request's logits (computed for the rows its pass reads, ``core/logits.py``) go
+back to its strategy, which says how many staged KV entries
 to commit. A finished request's KV is rolled back to at most ``prompt + output[:-1]`` (what AR
 would hold) and freed; an aborted one is freed at once.
 """
@@ -20,6 +21,7 @@ import torch
 from ..attention import CAUSAL
 from ..batch import ForwardBatch, PassRow
 from ..kv_cache import KVCacheFull, PagedKVCache
+from ..logits import PassLogits
 from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy
 
 
@@ -48,6 +50,8 @@ class Result:
 @dataclass
 class LoopStats:
     model_calls: int = 0          # forwards run, prefill excluded
+    pass_tokens: int = 0          # tokens those forwards carried
+    head_rows: int = 0            # of them, rows whose logits were computed (read)
     steps: int = 0
     tokens: int = 0
 
@@ -140,7 +144,9 @@ class Decoder:
             self.cache.add(s.rid)
             rows.append(PassRow(s.rid, s.prompt, list(range(len(s.prompt))), 0, CAUSAL))
         logits = self._forward(ForwardBatch.from_rows(rows, write_kv=True))
-        for s, mode, (_, end) in zip(states, modes, ForwardBatch.from_rows(rows).spans()):
+        spans = ForwardBatch.from_rows(rows).spans()
+        logits.prefetch([end - 1 for _, end in spans])
+        for s, mode, (_, end) in zip(states, modes, spans):
             self.cache.commit(s.rid, len(s.prompt))
             s.kv_len = len(s.prompt)
             self.strategies[mode].start(s, logits[end - 1])
@@ -158,17 +164,22 @@ class Decoder:
             batch = ForwardBatch.from_rows(rows, write_kv=write_kv, lora=lora)
             logits = self._forward(batch)
             self.stats.model_calls += 1
-            for (s, p), (start, end) in zip(members, batch.spans()):
+            spans = batch.spans()
+            logits.prefetch([start + o for (_, p), (start, _) in zip(members, spans)
+                             for o in p.read_offsets()])
+            for (s, p), (start, end) in zip(members, spans):
                 s.forwards += 1
-                keep = self.strategies[mode_of[s.rid]].on_logits(s, p, logits[start:end])
+                keep = self.strategies[mode_of[s.rid]].on_logits(s, p, logits.span(start, end))
                 if write_kv:
                     self.cache.commit(s.rid, keep)
                     s.kv_len += keep
                 elif keep:
                     raise RuntimeError(f"{mode_of[s.rid]}: a pass without KV write kept {keep}")
+            self.stats.pass_tokens += batch.num_tokens
+            self.stats.head_rows += logits.rows_computed
 
-    def _forward(self, batch: ForwardBatch) -> torch.Tensor:
+    def _forward(self, batch: ForwardBatch) -> PassLogits:
         try:
-            return self.model(batch, self.cache)
+            return self.model(batch, self.cache, lazy=True)
         except KVCacheFull as e:
             raise DecodeError(f"KV cache full: {e}") from e

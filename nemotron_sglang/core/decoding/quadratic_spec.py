@@ -8,17 +8,26 @@ is the causal next-token prediction after ``d_0..d_i``, so the drafts ``d_1..`` 
 ``linear_spec``; if the verifier accepts c drafts, KV is kept for ``d_0..d_c`` and the next drafts
 are row c's mask predictions at slots 2..B (slot 1 is where the verifier's own token goes).
 The first cycle has only ``d_0`` (R = 1): it emits one token and drafts the first block.
-A server that re-encodes committed tokens between passes (SGLang) hands the last drafts back
-as ``scratch["carry"]``; ``start`` then verifies the first of them against the new seed logit.
+
+Of the pass's R·(B+1) logits only R + B - 1 are read: the row heads (``Pass.reads``), then the
+masks of the accepted row.
+
+Row budget (:func:`row_budget`): a row past the accepted one is computed and thrown away, so
+the pass carries ``R = min(1 + drafts, ⌈1.5·ā⌉ + 2)`` rows, ā the moving average (weight 1/2)
+of accepted drafts per cycle; every row until a cycle has been seen. Dropping drafts never
+changes what is emitted (each kept draft is still verified causally; at T > 0 the dropped
+drafts' proposals are dropped with them), only how many tokens a cycle can emit (at most R).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from ..attention import quadratic
 from .base import Pass, RequestState, Strategy
-from .sampling import draft_tokens, pick, speculative_accept, verify_one
+from .sampling import draft_tokens, pick, speculative_accept
 
 
 def quadratic_layout(heads: list[int], block: int, kv_len: int, mask_id: int
@@ -31,41 +40,53 @@ def quadratic_layout(heads: list[int], block: int, kv_len: int, mask_id: int
     return ids, pos
 
 
+def row_budget(accepted_avg: float | None, drafts: int) -> int:
+    """Rows of the next fused pass for ``drafts`` drafts in hand (see the module docstring)."""
+    if accepted_avg is None:
+        return 1 + drafts
+    return min(1 + drafts, math.ceil(1.5 * accepted_avg) + 2)
+
+
 class QuadraticSpecStrategy(Strategy):
     name = "quadratic_spec"
 
     def start(self, req: RequestState, last_logits: torch.Tensor) -> None:
-        carry = req.scratch.get("carry")
-        if carry and carry[0]:
-            # resumed by a server that re-encoded the committed tokens (the SGLang adapter): the
-            # drafts of the last pass continue after them, and ``last_logits`` verifies the first
-            drafts, q = carry
-            tok, ok = verify_one(drafts[0], None if q is None else q[0], last_logits,
-                                 req.params.temperature, req.mask_id, req.generator)
-            req.emit([tok])
-            req.scratch.update(drafts=drafts[1:] if ok else [],
-                               q=None if q is None or not ok else q[1:])
-            return
         seed = int(pick(last_logits[None], req.params.temperature, req.mask_id, req.generator)[0])
         req.emit([seed])
-        req.scratch.update(drafts=[], q=None)
+        req.scratch.update(drafts=[], q=None, accepted_avg=None)
+
+    def idle(self, req: RequestState) -> bool:
+        return not req.scratch.get("drafts")
+
+    def adopt(self, req: RequestState) -> None:
+        req.scratch.update(drafts=[], q=None, accepted_avg=req.scratch.get("accepted_avg"))
 
     def next_pass(self, req: RequestState) -> Pass:
+        rows = row_budget(req.scratch["accepted_avg"], len(req.scratch["drafts"]))
+        if rows - 1 < len(req.scratch["drafts"]):           # trim: drop the drafts past the budget
+            q = req.scratch["q"]
+            req.scratch.update(drafts=req.scratch["drafts"][:rows - 1],
+                               q=None if q is None else q[:rows - 1])
         heads = [req.output[-1]] + req.scratch["drafts"]
         ids, pos = quadratic_layout(heads, req.block, req.kv_len, req.mask_id)
-        return Pass(ids, pos, quadratic(req.block), write_kv=True)
+        w = req.block + 1
+        return Pass(ids, pos, quadratic(req.block), write_kv=True,
+                    reads=tuple(range(0, len(ids), w)))
 
-    def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
-        prm, b = req.params, req.block
-        rows = logits.view(-1, b + 1, logits.shape[-1])           # [R, B+1, V]
+    def on_logits(self, req: RequestState, p: Pass, logits) -> int:
+        prm, w = req.params, req.block + 1
         drafts, q = req.scratch["drafts"], req.scratch["q"]
-        out = speculative_accept(drafts, q, rows[:, 0], prm.temperature, req.mask_id,
+        out = speculative_accept(drafts, q, logits[0::w], prm.temperature, req.mask_id,
                                  req.generator)
         c = len(out) - 1                                          # accepted drafts
-        new_drafts, new_q = draft_tokens(rows[c, 2:], prm.temperature, req.mask_id,
-                                         req.generator)
-        req.scratch.update(drafts=new_drafts, q=new_q)
+        new_drafts, new_q = draft_tokens(logits[c * w + 2:(c + 1) * w], prm.temperature,
+                                         req.mask_id, req.generator)
+        avg = req.scratch["accepted_avg"]
         if drafts:
+            avg = c if avg is None else 0.5 * avg + 0.5 * c
+        req.scratch.update(drafts=new_drafts, q=new_q, accepted_avg=avg)
+        if drafts:
+            req.note_verify(len(drafts), c)
             req.cycles += 1
             req.cycle_tokens += req.emit(out)
         else:

@@ -107,16 +107,3 @@ def _accept_sampled(x: int, q: torch.Tensor, p: torch.Tensor,
     residual = (p - q).clamp_min(0.0)
     dist = residual if residual.sum() > 0 else p
     return int(torch.multinomial(dist / dist.sum(), 1, generator=generator)), False
-
-
-def verify_one(draft: int, draft_probs: torch.Tensor | None, target_logits: torch.Tensor,
-               temperature: float, mask_id: int, generator: torch.Generator | None
-               ) -> tuple[int, bool]:
-    """Verify a single draft against target logits [V]: (emitted token, draft accepted)."""
-    if temperature <= 0:
-        tok = int(ban(target_logits, mask_id).argmax())
-        return tok, tok == draft
-    if draft_probs is None:
-        raise ValueError("sampled verification needs the draft distribution")
-    p = target_probs(target_logits, temperature, mask_id)
-    return _accept_sampled(draft, draft_probs, p, generator)
