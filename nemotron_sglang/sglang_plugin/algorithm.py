@@ -9,7 +9,9 @@ across rounds (``request.NLDRequest`` on ``req.nld``):
 - a canvas round (``canvas_round.CanvasRound``) advances every request by its own mode's passes,
   one forward per step carrying exactly each row's pass under its own mask (``step_forward``),
   and returns the emitted tokens whose KV it wrote; ``hooks.keep_canvas_kv`` keeps exactly that
-  KV of the canvas, so the next round is again a canvas round: no re-encode.
+  KV of the canvas, so the next round is again a canvas round: no re-encode;
+- before a canvas round, ``auto_plan.AutoPlanner`` sets each idle ``auto`` request's strategy
+  and block for the round (the YAML's ``cost_model``).
 
 Forwards per cycle, as core counts them: ``ar`` 1 per token (1 round per token), ``linear_spec``
 draft + verify, ``quadratic_spec`` 1 fused pass, ``diffusion`` k denoise passes + 1 refresh.
@@ -30,10 +32,11 @@ from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 from sglang.srt.dllm.config import DllmConfig
 
-from ..core.block_policy import AcceptanceTally, CostTable, acceptance_rate, choose_block
+from ..core.block_policy import CostTable
 from ..core.decoding import DecodeParams, RequestState, get_strategy
 from ..core.weights import LORA_DIR, load_lora
 from .model import ARCHITECTURE
+from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
 from .custom_pass import RowSpec, run_custom_pass
 from .params import ParamError, SamplingView, ServerDefaults, parse
@@ -121,13 +124,13 @@ class NemotronTriMode(DllmAlgorithm):
         self._has_lora = False
         # "auto" picks its block per round from this table (core/block_policy.py); without one
         # it runs linear_spec while a round holds <= auto_max_batch requests, else ar
-        self.cost_table = None
-        self.tally = AcceptanceTally()
+        table = None
         if yaml.get("cost_model") is not None:
             try:
-                self.cost_table = CostTable.from_mapping(yaml["cost_model"])
+                table = CostTable.from_mapping(yaml["cost_model"])
             except (TypeError, ValueError) as e:
                 raise ValueError(f"NemotronTriMode YAML cost_model: {e}") from None
+        self.auto = AutoPlanner(table, self.block_size, defaults.auto_max_batch)
 
     @staticmethod
     def _lora_path(yaml: dict) -> Path | None:
@@ -182,7 +185,7 @@ class NemotronTriMode(DllmAlgorithm):
             if nld.state is None:
                 raise RuntimeError(f"request {req.rid}: canvas round without a context pass")
             rows.append(Row(i, req, nld, starts[i]))
-        self._plan_auto(rows)
+        self.auto.plan(rows, self._has_lora)
         tokens = CanvasRound(self, model_runner, forward_batch, rows, self.block_size).run()
         return None, tokens, None, None, False
 
@@ -235,63 +238,6 @@ class NemotronTriMode(DllmAlgorithm):
         nld.replace_state(st)
         nld.strategy.start(st, seed_logits)
         nld.sync_stats()
-
-    def _plan_auto(self, rows: list[Row]) -> None:
-        """``auto``: each idle auto request (no drafts awaiting verification) runs this round as
-        ``linear_spec`` at the block the load allows, or ``ar`` (block 1): with a cost table the
-        block of highest expected rate (``core.block_policy.choose_block``) beside the round's
-        other passes, else linear_spec at its block while the round holds <= auto_max_batch
-        requests. A request that set block_length chooses between that block and ar. A request
-        without cycles of its own takes the server's recent linear_spec acceptance as prior."""
-        auto = [r for r in rows if r.nld.params.mode == "auto" and not r.state.finished]
-        for r in rows:                   # pooled linear_spec acceptance: new requests' prior
-            if r.nld.strategy.name != "linear_spec":
-                continue
-            st, (h0, t0) = r.state, r.nld.tallied
-            self.tally.add(st.draft_hits - h0, st.draft_trials - t0)
-            r.nld.tallied = (st.draft_hits, st.draft_trials)
-        free = [r for r in auto if r.nld.strategy.idle(r.state)]
-        table = self.cost_table
-        if table is None:
-            small = len(rows) <= type(self).defaults.auto_max_batch
-            for r in free:
-                self._set_block(r.nld, r.nld.params.block_length if small else 1)
-        elif free:
-            active = [r for r in rows if not r.state.finished]
-            fixed_tokens = sum(len(r.nld.strategy.next_pass(r.state).token_ids)
-                               for r in active if r not in free)
-            current = {id(r): 1 if r.nld.strategy.name == "ar" else r.state.block for r in free}
-            groups: dict[int | None, list[Row]] = {}
-            for r in free:
-                prm = r.nld.params
-                groups.setdefault(prm.block_length if prm.block_set else None, []).append(r)
-            for block, members in groups.items():
-                prior = self.tally.alpha()
-                alphas = [acceptance_rate(r.state.draft_hits, r.state.draft_trials, prior)
-                          for r in members]
-                others = sum(current[id(r)] for r in free if r not in members)
-                b = choose_block(alphas, table, self.block_size,
-                                 other_rows=len(active) - len(members),
-                                 other_tokens=fixed_tokens + others,
-                                 candidates=None if block is None else [1, block],
-                                 remaining=[r.state.remaining for r in members])
-                for r in members:
-                    self._set_block(r.nld, b)
-                    current[id(r)] = b
-        for r in auto:
-            nld = r.nld
-            label = "ar" if nld.strategy.name == "ar" else f"linear_spec/{nld.state.block}"
-            nld.stats.auto_rounds[label] = nld.stats.auto_rounds.get(label, 0) + 1
-
-    def _set_block(self, nld: NLDRequest, block: int) -> None:
-        """Run an idle auto request as ``ar`` (block 1) or ``linear_spec`` at ``block``."""
-        mode = "ar" if block == 1 else "linear_spec"
-        if nld.strategy.name != mode:
-            nld.strategy = get_strategy(mode)
-            nld.strategy.adopt(nld.state)
-            nld.state.lora = nld.strategy.uses_lora and self._has_lora
-        if block > 1:
-            nld.state.block = block
 
     # ---- the forward of a round step, for CanvasRound --------------------------------------
     def step_forward(self, model_runner, forward_batch, ids, pos, specs: list[RowSpec],

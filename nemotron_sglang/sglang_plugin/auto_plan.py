@@ -1,0 +1,89 @@
+"""``auto``'s choice for one canvas round: which idle ``auto`` request runs ``ar``, and which
+runs ``linear_spec`` at which block.
+
+Only the translation lives here: the round's rows become core's block policy inputs
+(``core/block_policy.py``: acceptances, tokens left, what the other rows' passes carry) and the
+chosen block becomes the request's strategy and block. A request is re-planned only while idle
+(no drafts awaiting their verify pass: ``Strategy.idle``), so a cycle never changes block midway.
+
+    round rows:  [auto idle] [auto idle] [linear mid-cycle] [diffusion] [auto finished]
+                  \\_______ choose ______/  \\__________ other_tokens __________/
+"""
+
+from __future__ import annotations
+
+from ..core.block_policy import AcceptanceTally, CostTable, acceptance_rate, choose_block
+from ..core.decoding import get_strategy
+
+
+class AutoPlanner:
+    """Per process (one per ``NemotronTriMode``): the cost table, if any, and the server's
+    pooled linear_spec acceptance (new requests' prior)."""
+
+    def __init__(self, table: CostTable | None, block_size: int, auto_max_batch: int):
+        self.table, self.block_size, self.auto_max_batch = table, block_size, auto_max_batch
+        self.tally = AcceptanceTally()
+
+    def plan(self, rows, has_lora: bool) -> None:
+        """Set this round's strategy and block of every idle auto row (``canvas_round.Row``).
+
+        With a cost table: the block of highest expected rate (``choose_block``) beside the
+        round's other passes; a request that set block_length chooses between that block and
+        ar. Without one: linear_spec at the request's block while the round holds at most
+        ``auto_max_batch`` requests, ar beyond."""
+        self._tally(rows)
+        auto = [r for r in rows if r.nld.params.mode == "auto" and not r.state.finished]
+        free = [r for r in auto if r.nld.strategy.idle(r.state)]
+        if self.table is None:
+            small = len(rows) <= self.auto_max_batch
+            for r in free:
+                set_block(r.nld, r.nld.params.block_length if small else 1, has_lora)
+        elif free:
+            self._choose(rows, free, has_lora)
+        for r in auto:
+            nld = r.nld
+            label = "ar" if nld.strategy.name == "ar" else f"linear_spec/{nld.state.block}"
+            nld.stats.auto_rounds[label] = nld.stats.auto_rounds.get(label, 0) + 1
+
+    def _tally(self, rows) -> None:
+        for r in rows:
+            if r.nld.strategy.name != "linear_spec":
+                continue
+            st, (h0, t0) = r.state, r.nld.tallied
+            self.tally.add(st.draft_hits - h0, st.draft_trials - t0)
+            r.nld.tallied = (st.draft_hits, st.draft_trials)
+
+    def _choose(self, rows, free, has_lora: bool) -> None:
+        active = [r for r in rows if not r.state.finished]
+        fixed_tokens = sum(len(r.nld.strategy.next_pass(r.state).token_ids)
+                           for r in active if r not in free)
+        current = {id(r): 1 if r.nld.strategy.name == "ar" else r.state.block for r in free}
+        groups: dict[int | None, list] = {}
+        for r in free:
+            prm = r.nld.params
+            groups.setdefault(prm.block_length if prm.block_set else None, []).append(r)
+        prior = self.tally.alpha()
+        for block, members in groups.items():
+            alphas = [acceptance_rate(r.state.draft_hits, r.state.draft_trials, prior)
+                      for r in members]
+            others = sum(current[id(r)] for r in free if r not in members)
+            b = choose_block(alphas, self.table, self.block_size,
+                             other_rows=len(active) - len(members),
+                             other_tokens=fixed_tokens + others,
+                             candidates=None if block is None else [1, block],
+                             remaining=[r.state.remaining for r in members])
+            for r in members:
+                set_block(r.nld, b, has_lora)
+                current[id(r)] = b
+
+
+def set_block(nld, block: int, has_lora: bool) -> None:
+    """Run an idle auto request (``request.NLDRequest``) as ``ar`` (block 1) or ``linear_spec``
+    at ``block``."""
+    mode = "ar" if block == 1 else "linear_spec"
+    if nld.strategy.name != mode:
+        nld.strategy = get_strategy(mode)
+        nld.strategy.adopt(nld.state)
+        nld.state.lora = nld.strategy.uses_lora and has_lora
+    if block > 1:
+        nld.state.block = block
