@@ -1,8 +1,9 @@
-"""What the benchmark scripts share: the hardware line, plain-text / markdown tables, and a CPU
-SGLang server started on loopback."""
+"""What the benchmark scripts share: the hardware line, plain-text / markdown tables, a CPU
+SGLang server started on loopback, and a POST to its ``/generate``."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -40,6 +41,14 @@ def print_table(cols, rows, markdown: bool) -> None:
     w = [max(len(r[i]) for r in cells) for i in range(len(cols))]
     for r in cells:
         print("  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)))
+
+
+def post_generate(url: str, body, timeout: float = 1800):
+    """POST ``body`` to ``url``/generate and return the decoded JSON answer."""
+    req = urllib.request.Request(url + "/generate", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read().decode())
 
 
 def start_cpu_server(model: Path, port: int, log: Path, extra: list[str],

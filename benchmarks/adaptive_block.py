@@ -27,25 +27,20 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, print_table, start_cpu_server  # noqa: E402
+from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
 CPU_TABLE = ROOT / "nemotron_sglang" / "serving" / "cost_cpu.json"
 
 
 def generate(url: str, ids, custom: dict, max_new: int) -> dict:
-    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": max_new, "temperature": 0,
-                                                  "custom_params": custom}}
-    req = urllib.request.Request(url + "/generate", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=1800) as r:
-        return json.loads(r.read().decode())
+    return post_generate(url, {"input_ids": ids, "sampling_params": {
+        "max_new_tokens": max_new, "temperature": 0, "custom_params": custom}})
 
 
 def run_point(url: str, prompts, custom: dict, conc: int, max_new: int, min_requests: int):

@@ -27,12 +27,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, print_table, start_cpu_server  # noqa: E402
+from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
 
@@ -59,11 +58,7 @@ def plain_ministral3(src: Path, dst: Path) -> Path:
 
 def greedy(port: int, prompts, max_new: int) -> list[list[int]]:
     body = {"input_ids": prompts, "sampling_params": {"max_new_tokens": max_new, "temperature": 0}}
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/generate",
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return [o["output_ids"] for o in json.loads(r.read().decode())]
+    return [o["output_ids"] for o in post_generate(f"http://127.0.0.1:{port}", body, 600)]
 
 
 def bench(port: int, tokenizer: Path, concurrency: int, a, out: Path) -> dict:

@@ -31,14 +31,13 @@ import os
 import shlex
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, print_table  # noqa: E402
+from _common import hardware, post_generate, print_table  # noqa: E402
 
 from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL  # noqa: E402
 from nemotron_sglang.core.batch import ForwardBatch, PassRow  # noqa: E402
@@ -109,10 +108,7 @@ def measure_server(url: str, prompts, rows: int, block: int, tokens: int) -> flo
     def one(ids):
         body = {"input_ids": ids, "sampling_params": {"max_new_tokens": tokens, "temperature": 0,
                                                       "ignore_eos": True, "custom_params": custom}}
-        req = urllib.request.Request(url + "/generate", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=1800) as r:
-            return json.loads(r.read().decode())["meta_info"]["nld_forwards"][-1]
+        return post_generate(url, body)["meta_info"]["nld_forwards"][-1]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(rows) as pool:
         forwards = list(pool.map(one, [prompts[i % len(prompts)] for i in range(rows)]))

@@ -20,33 +20,24 @@ Started here, the server is ``sglang.launch_server --dllm-algorithm NemotronTriM
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, print_table, start_cpu_server  # noqa: E402
+from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
 MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
 
 
-def post(url: str, body: dict, timeout: float = 600) -> dict:
-    req = urllib.request.Request(url + "/generate", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read().decode())
-
-
 def generate(url: str, ids, mode: str, max_new: int, **extra) -> dict:
-    return post(url, {"input_ids": ids, "sampling_params": {
+    return post_generate(url, {"input_ids": ids, "sampling_params": {
         "max_new_tokens": max_new, "temperature": 0, **extra,
         "custom_params": {"decode_mode": mode}}})
 

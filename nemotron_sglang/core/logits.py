@@ -28,14 +28,9 @@ class PassLogits:
         self.hidden, self.head = hidden, head
         self._rows: dict[int, torch.Tensor] = {}
         self.rows_computed = 0
-        self.head_calls = 0
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self),)
 
     def prefetch(self, index: Sequence[int]) -> None:
         """Compute the rows ``index`` (absolute) in one head call, those not computed yet."""
@@ -45,7 +40,6 @@ class PassLogits:
         with torch.no_grad():
             out = self.head(self.hidden[torch.tensor(missing, device=self.hidden.device)])
         self.rows_computed += len(missing)
-        self.head_calls += 1
         for i, row in zip(missing, out):
             self._rows[i] = row
 
@@ -76,13 +70,6 @@ class PassLogitsView:
 
     def __len__(self) -> int:
         return self.end - self.start
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self),)
-
-    def absolute(self, offsets: Sequence[int]) -> list[int]:
-        return [self.start + int(o) for o in offsets]
 
     def __getitem__(self, index):
         return _select(self.base, self.start, self.end, index)

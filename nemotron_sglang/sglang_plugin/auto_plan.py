@@ -42,7 +42,7 @@ class AutoPlanner:
             self._choose(rows, free, has_lora)
         for r in auto:
             nld = r.nld
-            label = "ar" if nld.strategy.name == "ar" else f"linear_spec/{nld.state.block}"
+            label = "ar" if nld.block == 1 else f"linear_spec/{nld.block}"
             nld.stats.auto_rounds[label] = nld.stats.auto_rounds.get(label, 0) + 1
 
     def _tally(self, rows) -> None:
@@ -55,9 +55,9 @@ class AutoPlanner:
 
     def _choose(self, rows, free, has_lora: bool) -> None:
         active = [r for r in rows if not r.state.finished]
+        current = {id(r): r.nld.block for r in free}          # the free rows' blocks so far
         fixed_tokens = sum(len(r.nld.strategy.next_pass(r.state).token_ids)
-                           for r in active if r not in free)
-        current = {id(r): 1 if r.nld.strategy.name == "ar" else r.state.block for r in free}
+                           for r in active if id(r) not in current)
         groups: dict[int | None, list] = {}
         for r in free:
             prm = r.nld.params
@@ -66,7 +66,8 @@ class AutoPlanner:
         for block, members in groups.items():
             alphas = [acceptance_rate(r.state.draft_hits, r.state.draft_trials, prior)
                       for r in members]
-            others = sum(current[id(r)] for r in free if r not in members)
+            mine = {id(r) for r in members}
+            others = sum(b for key, b in current.items() if key not in mine)
             b = choose_block(alphas, self.table, self.block_size,
                              other_rows=len(active) - len(members),
                              other_tokens=fixed_tokens + others,

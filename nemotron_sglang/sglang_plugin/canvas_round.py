@@ -15,8 +15,8 @@ the rows that draft with it — through ``run_custom_pass`` over SGLang's paged 
 Logits are computed only for the rows a strategy reads (``Pass.reads``, ``core/logits.py``):
 an ar row's token, a draft's masks, the row heads and then the accepted row's masks of a
 quadratic pass. Only the tokens whose KV a pass may keep write K/V (causal rows, quadratic row
-heads), into the row's own canvas slots; draft and denoise passes write nothing. A row is done for the round once
-it has written KV or finished; steps repeat until some row is done, so no request waits for
+heads), into the row's own canvas slots; draft and denoise passes write nothing. A row is done
+for the round once it has written KV or finished; steps repeat until some row is done, so no request waits for
 another's passes: an ar row advances one token per step whatever its neighbours, a diffusion
 block or a linear draft carries to the next round when the round ends first.
 
@@ -137,7 +137,6 @@ class CanvasRound:
             nld.keep = RESEED
             nld.reseeds += 1
         nld.stats.rounds += 1
-        block = 1 if nld.strategy.name == "ar" else st.block
-        nld.stats.blocks[block] = nld.stats.blocks.get(block, 0) + 1
+        nld.stats.blocks[nld.block] = nld.stats.blocks.get(nld.block, 0) + 1
         nld.sync_stats()
         return torch.tensor(pending[:n], dtype=torch.long)

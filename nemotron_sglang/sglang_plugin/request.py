@@ -74,6 +74,11 @@ class NLDRequest:
     tallied: tuple[int, int] = (0, 0)   # (draft hits, trials) already in the server's tally
 
     @property
+    def block(self) -> int:
+        """The block the request's passes run now: 1 for ar, else its state's block."""
+        return 1 if self.strategy.name == "ar" else self.state.block
+
+    @property
     def pending(self) -> list[int]:
         return [] if self.state is None else self.state.output[self.returned:]
 
