@@ -10,6 +10,8 @@
 #      at 8B shapes (one layer timed, scaled to 34), before and after the lean pass
 #   5. benchmarks/cost_model.py --preset 8b: the adaptive block's cost table for NLD-8B shapes
 #      on this GPU (random bf16 weights), as JSON for `serve --cost-model`
+#   6. benchmarks/decisions.py: the batched decision layer on CUDA tensors at batch 1 and 16,
+#      block 32, vocab 131072 (greedy and T = 1), against copying the rows to the host first
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
@@ -28,4 +30,5 @@ step kernels "$PY" benchmarks/kernels.py --markdown
 step forward_cost "$PY" benchmarks/forward_cost.py --markdown --check
 step quadratic_pass "$PY" benchmarks/quadratic_pass.py --markdown
 step cost_model "$PY" benchmarks/cost_model.py --markdown --preset 8b --json "$OUT/cost_cuda_8b.json"
+step decisions "$PY" benchmarks/decisions.py --markdown
 exit $fail

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import random_prompts
-from nemotron_sglang.core.decoding import DecodeParams, Request, default_cache, make_decoder
+from nemotron_sglang.core.decoding import (DecodeParams, Request, decide_batched, decide_each,
+                                           default_cache, make_decoder)
 from nemotron_sglang.core.decoding.base import RequestState
 from nemotron_sglang.core.decoding.quadratic_spec import QuadraticSpecStrategy, row_budget
 from nemotron_sglang.core.logits import PassLogits
@@ -42,15 +43,17 @@ def test_lazy_logits_index_like_the_tensor(seed):
 
 def _quadratic_state(block: int, drafts: list[int], seed: int) -> RequestState:
     st = RequestState(rid=0, prompt=[1], params=DecodeParams(max_new_tokens=200), block=block,
-                      mask_id=19, eos_id=-1, kv_len=5, generator=torch.Generator().manual_seed(seed))
+                      mask_id=19, eos_id=-1, kv_len=5, seed=seed)
     st.output = [7]
     st.scratch.update(drafts=list(drafts), q=None, accepted_avg=None)
     return st
 
 
+@pytest.mark.parametrize("decide", [decide_each, decide_batched])
 @pytest.mark.parametrize("accepted", [0, 2, 5])
-def test_quadratic_pass_reads_r_plus_b_minus_one_rows(accepted):
-    """Lazy and full logits give the same decision; the lazy one computes R + B - 1 rows."""
+def test_quadratic_pass_reads_r_plus_b_minus_one_rows(accepted, decide):
+    """Lazy and full logits give the same decision; the lazy one computes R + B - 1 rows (the
+    batched layer finds the accepted row on the device and gathers only its masks)."""
     b, vocab, seed = 6, 20, 40 + accepted
     s = QuadraticSpecStrategy()
     st, twin = (_quadratic_state(b, list(range(1, b)), seed) for _ in range(2))
@@ -64,8 +67,8 @@ def test_quadratic_pass_reads_r_plus_b_minus_one_rows(accepted):
         full[i * (b + 1), st.scratch["drafts"][i] if i < accepted else 0] = 1e6
     lazy = PassLogits(torch.arange(n, dtype=torch.float64)[:, None],
                       lambda rows: full[rows[:, 0].long()])
-    keep_lazy = s.on_logits(st, p, lazy.span(0, n))
-    keep_full = s.on_logits(twin, p, full)
+    keep_lazy = s.on_decision(st, p, decide(lazy, [(0, n, p.ask)], st.mask_id)[0])
+    keep_full = s.on_decision(twin, p, decide(full, [(0, n, p.ask)], st.mask_id)[0])
     assert (keep_lazy, st.output, st.scratch["drafts"]) == \
         (keep_full, twin.output, twin.scratch["drafts"])
     assert keep_lazy == accepted + 1

@@ -11,6 +11,7 @@ reads in one call), and counts the rows it computed.
     x = PassLogits(hidden, head)      # hidden [T, H]; head: [n, H] -> [n, V]
     x[3]        -> [V]                x[2:5], x[[0, 4]], x[0::5]  -> [n, V]
     x.span(a, b)                      # a lazy view of rows a..b-1 (one request's pass)
+    x.rows_at(index)                  # rows at a device index tensor, no host read
 
 Indexing returns what indexing the full logits tensor would; a plain tensor therefore serves
 wherever a strategy takes logits (core's tests pass tensors).
@@ -51,9 +52,14 @@ class PassLogits:
         self.prefetch(index)
         return torch.stack([self._rows[int(i)] for i in index])
 
-    def mapped(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "PassLogits":
-        """The same hidden states with ``fn`` applied to every head output (e.g. to the host)."""
-        return PassLogits(self.hidden, lambda h: fn(self.head(h)))
+    def rows_at(self, index: torch.Tensor) -> torch.Tensor:
+        """Logits [n, V] of the rows at a device ``index`` [n], computed now and not cached; the
+        index is never read on the host (the quadratic pass's accepted row is chosen on the
+        device, ``core/decoding/decide_batched.py``)."""
+        with torch.no_grad():
+            out = self.head(self.hidden.index_select(0, index))
+        self.rows_computed += int(index.numel())
+        return out
 
     def span(self, start: int, end: int) -> "PassLogitsView":
         return PassLogitsView(self, start, end)

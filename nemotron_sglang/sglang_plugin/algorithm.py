@@ -15,7 +15,8 @@ across rounds (``request.NLDRequest`` on ``req.nld``):
 
 Forwards per cycle, as core counts them: ``ar`` 1 per token (1 round per token), ``linear_spec``
 draft + verify, ``quadratic_spec`` 1 fused pass, ``diffusion`` k denoise passes + 1 refresh.
-Sampling decisions run in core's float64 CPU code on the logits of each pass. CUDA graphs are off
+Every pass's decisions run where its logits are (``core.decoding.decide_batched``): one small
+device→host read per pass, never a row of logits. CUDA graphs are off
 for the dLLM path (one log line): a captured graph would bake in one causality and LoRA state.
 """
 
@@ -33,13 +34,13 @@ from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 from sglang.srt.dllm.config import DllmConfig
 
 from ..core.block_policy import CostTable
-from ..core.decoding import DecodeParams, RequestState, get_strategy
+from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
 from ..core.weights import LORA_DIR, load_lora
 from .model import ARCHITECTURE
 from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
 from .custom_pass import RowSpec, run_custom_pass
-from .params import ParamError, SamplingView, ServerDefaults, parse
+from .params import ParamError, SamplingView, ServerDefaults, parse, sampling_rule
 from .request import NLDRequest, RequestStats
 
 logger = logging.getLogger(__name__)
@@ -50,22 +51,28 @@ TOP_K_ALL = 1 << 30
 
 
 def sampling_view(req) -> SamplingView:
-    """The sampling features of an SGLang ``Req`` as plain values."""
+    """The sampling features of an SGLang ``Req`` as plain values (greedy as SGLang decides it:
+    T < 1e-6, which its SamplingParams turn into top_k = 1, or top_k = 1)."""
     sp = req.sampling_params
     greedy = sp.top_k == 1 or sp.temperature < 1e-6
     grammar = next((n for n in ("json_schema", "regex", "ebnf", "structural_tag")
                     if getattr(sp, n, None) is not None), None)
     lp = getattr(req, "logprob", None)
+    bias = tuple(sorted((int(k), float(v)) for k, v in (sp.logit_bias or {}).items()))
     return SamplingView(
         temperature=0.0 if greedy else float(sp.temperature),
-        top_p=float(sp.top_p), top_k_limited=not greedy and sp.top_k not in (-1, TOP_K_ALL),
+        top_p=float(sp.top_p), top_k=0 if greedy or sp.top_k in (-1, TOP_K_ALL) else int(sp.top_k),
         min_p=float(sp.min_p), frequency_penalty=float(sp.frequency_penalty),
         presence_penalty=float(sp.presence_penalty),
         repetition_penalty=float(sp.repetition_penalty),
-        min_new_tokens=int(sp.min_new_tokens or 0), logit_bias=bool(sp.logit_bias),
+        min_new_tokens=int(sp.min_new_tokens or 0), logit_bias=bias,
         grammar=grammar,
-        logprobs=bool(req.return_logprob or (lp is not None and (lp.top_logprobs_num or
-                                                                 lp.token_ids_logprob))),
+        logprobs=bool(req.return_logprob),
+        top_logprobs=int(getattr(lp, "top_logprobs_num", 0) or 0) if req.return_logprob else 0,
+        token_ids_logprob=bool(req.return_logprob and lp is not None and
+                               lp.token_ids_logprob is not None),
+        # prompt logprobs are refused in the main process (surface.check_tokenized): here the
+        # Req's logprob_start_len is not yet the request's
         custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
         seed=getattr(sp, "sampling_seed", None))
 
@@ -122,6 +129,7 @@ class NemotronTriMode(DllmAlgorithm):
                              f"got {self.custom_attention!r}")
         self._lora_ready = False
         self._has_lora = False
+        self.decide = decide_batched         # the decision layer (tests swap in decide_each)
         # "auto" picks its block per round from this table (core/block_policy.py); without one
         # it runs linear_spec while a round holds <= auto_max_batch requests, else ar
         table = None
@@ -178,13 +186,16 @@ class NemotronTriMode(DllmAlgorithm):
         if not forward_batch.forward_mode.is_dllm_extend():
             return self._context_round(model_runner, forward_batch, reqs)
         bs = forward_batch.batch_size
-        starts = forward_batch.positions.view(bs, self.block_size)[:, 0].tolist()
+        # one small host read per round: each row's first canvas position and pool row
+        starts, pools = torch.stack([
+            forward_batch.positions.view(bs, self.block_size)[:, 0].long(),
+            forward_batch.req_pool_indices.long()]).tolist()
         rows = []
         for i, req in enumerate(reqs):
             nld = self.request(req)
             if nld.state is None:
                 raise RuntimeError(f"request {req.rid}: canvas round without a context pass")
-            rows.append(Row(i, req, nld, starts[i]))
+            rows.append(Row(i, req, nld, starts[i], pools[i]))
         self.auto.plan(rows, self._has_lora)
         tokens = CanvasRound(self, model_runner, forward_batch, rows, self.block_size).run()
         return None, tokens, None, None, False
@@ -197,8 +208,13 @@ class NemotronTriMode(DllmAlgorithm):
         model.lora_active = False
         out = model_runner.forward(forward_batch, pp_proxy_tensors=None)
         logits = out.logits_output.next_token_logits
-        for i, req in enumerate(reqs):
-            self._begin(req, logits[i].detach().float().cpu())
+        states = [self._begin(req) for req in reqs]
+        # every seed decided where the logits are, one small host read (decide_batched)
+        seeds = self.decide(logits.detach(), [(i, i + 1, seed_ask(st))
+                                                 for i, st in enumerate(states)], self.mask_id)
+        for req, st, d in zip(reqs, states, seeds):
+            req.nld.strategy.start(st, d.tokens[0], d.logprobs[0] if d.logprobs else None)
+            req.nld.sync_stats()
         return out.logits_output, [], None, None, out.can_run_graph
 
     # ---- per-request state ----------------------------------------------------------------
@@ -212,17 +228,37 @@ class NemotronTriMode(DllmAlgorithm):
             if seed is None:
                 seed = int.from_bytes(hashlib.blake2b(str(req.rid).encode(),
                                                       digest_size=8).digest(), "little")
-            nld = NLDRequest(params, torch.Generator().manual_seed(seed),
-                             RequestStats(mode=params.mode))
+            view = sampling_view(req)
+            nld = NLDRequest(params, seed, RequestStats(mode=params.mode),
+                             rule=sampling_rule(view, self._stop_ids(req)),
+                             logprobs=view.top_logprobs if view.logprobs else None)
             nld.strategy = get_strategy("linear_spec" if params.mode == "auto" else params.mode)
             req.nld = nld
         return nld
 
-    def _begin(self, req, seed_logits: torch.Tensor) -> None:
-        """A context pass encoded everything committed: a fresh core state from its seed."""
+    def _stop_ids(self, req) -> set[int]:
+        """What min_new_tokens bans, SGLang's set (penaltylib/min_new_tokens.py): stop token
+        ids, the request's EOS ids, the tokenizer's extra stop ids and EOS id, the model's EOS."""
+        ids = set(req.sampling_params.stop_token_ids or ()) | set(
+            getattr(req, "eos_token_ids", None) or ())
+        tok = getattr(req, "tokenizer", None)
+        if tok is not None:
+            ids |= set(getattr(tok, "additional_stop_token_ids", None) or ())
+            if getattr(tok, "eos_token_id", None) is not None:
+                ids.add(tok.eos_token_id)
+        if self.eos_id is not None:
+            ids.add(self.eos_id)
+        return {int(i) for i in ids if i is not None}
+
+    def _begin(self, req) -> RequestState:
+        """A context pass encoded everything committed: a fresh core state (its seed token
+        follows from the pass's last logit). Draws continue, so a re-prefill draws fresh
+        uniforms."""
         nld = self.request(req)
+        draws = 0
         if nld.state is not None:       # a re-prefill (retraction): SGLang dropped the KV
             nld.stats.reprefills += 1
+            draws = nld.state.draws
         prm = nld.params
         committed = len(req.origin_input_ids) + len(req.output_ids)
         limit = req.sampling_params.max_new_tokens       # None: up to the context length
@@ -232,12 +268,12 @@ class NemotronTriMode(DllmAlgorithm):
         st = RequestState(
             rid=0, prompt=[], block=prm.block_length, mask_id=self.mask_id, eos_id=eos,
             params=DecodeParams(max_new_tokens=remaining, block_length=prm.block_length,
-                                threshold=prm.threshold, temperature=prm.temperature),
-            kv_len=committed, generator=nld.generator)
+                                threshold=prm.threshold, temperature=prm.temperature,
+                                sampling=nld.rule, logprobs=nld.logprobs),
+            kv_len=committed, seed=nld.seed, draws=draws, prior=list(req.output_ids))
         st.lora = nld.strategy.uses_lora and self._has_lora
         nld.replace_state(st)
-        nld.strategy.start(st, seed_logits)
-        nld.sync_stats()
+        return st
 
     # ---- the forward of a round step, for CanvasRound --------------------------------------
     def step_forward(self, model_runner, forward_batch, ids, pos, specs: list[RowSpec],

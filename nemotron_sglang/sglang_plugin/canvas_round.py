@@ -12,9 +12,10 @@ the rows that draft with it — through ``run_custom_pass`` over SGLang's paged 
       diffusion   [x  M  y  M]            bidirectional                         none
       quadratic   [d0 M M M M | d1 M M M M]  quadratic   K/V written: d0, d1 (row heads)
 
-Logits are computed only for the rows a strategy reads (``Pass.reads``, ``core/logits.py``):
+Logits are computed only for the rows a strategy reads (its pass's ``Ask``, ``core/logits.py``):
 an ar row's token, a draft's masks, the row heads and then the accepted row's masks of a
-quadratic pass. Only the tokens whose KV a pass may keep write K/V (causal rows, quadratic row
+quadratic pass; every row's decision is taken there, on the device, and only tokens and flags
+reach the host (``core.decoding.decide_batched``: one small transfer per step). Only the tokens whose KV a pass may keep write K/V (causal rows, quadratic row
 heads), into the row's own canvas slots; draft and denoise passes write nothing. A row is done
 for the round once it has written KV or finished; steps repeat until some row is done, so no request waits for
 another's passes: an ar row advances one token per step whatever its neighbours, a diffusion
@@ -47,6 +48,7 @@ class Row:
     req: Any                         # SGLang's Req
     nld: Any                         # request.NLDRequest
     start: int                       # committed length = first canvas position
+    pool: int                        # the request's row in SGLang's req_to_token table
     done: bool = False
 
     @property
@@ -96,24 +98,24 @@ class CanvasRound:
                                    f"canvas at position {row.start}")
             writes += [len(ids) + o for o in offsets]
             slots.append(loc[row.index, :len(offsets)])
-            specs.append(RowSpec(int(self.fb.req_pool_indices[row.index]), row.start,
-                                 len(p.token_ids), p.mask))
+            specs.append(RowSpec(row.pool, row.start, len(p.token_ids), p.mask))
             ids += p.token_ids
             pos += p.positions
             lora += [float(p.lora)] * len(p.token_ids)
         lora_t = torch.tensor(lora) if any(lora) else False
-        device_logits = self.algo.step_forward(self.runner, self.fb, ids, pos, specs, lora_t,
-                                               (writes, torch.cat(slots)) if writes else None)
-        logits = device_logits.mapped(lambda x: x.detach().float().cpu())
-        starts = [0]
+        logits = self.algo.step_forward(self.runner, self.fb, ids, pos, specs, lora_t,
+                                        (writes, torch.cat(slots)) if writes else None)
+        items, start = [], 0
         for _, p in members:
-            starts.append(starts[-1] + len(p.token_ids))
-        logits.prefetch([s + o for (_, p), s in zip(members, starts) for o in p.read_offsets()])
+            items.append((start, start + len(p.token_ids), p.ask))
+            start += len(p.token_ids)
+        # every row's decision on the device, one small host read (core.decoding.decide_batched)
+        decisions = self.algo.decide(logits, items, self.algo.mask_id)
         self.steps += 1
         completed = False
-        for (row, p), start in zip(members, starts):
+        for (row, p), d in zip(members, decisions):
             st = row.state
-            keep = row.nld.strategy.on_logits(st, p, logits.span(start, start + len(p.token_ids)))
+            keep = row.nld.strategy.on_decision(st, p, d)
             row.nld.stats.forwards += 1
             row.nld.stats.pass_tokens += len(p.token_ids)
             st.forwards += 1
@@ -129,6 +131,8 @@ class CanvasRound:
         with_kv = st.kv_len - row.start
         pending = nld.pending
         n = min(len(pending) if st.finished else with_kv, self.b)
+        if nld.logprobs is not None:       # surface.export_stats hands them to SGLang
+            nld.round_logprobs = st.logprobs[nld.returned:nld.returned + n]
         nld.returned += n
         nld.keep = min(with_kv, n)
         if st.finished and not pending:

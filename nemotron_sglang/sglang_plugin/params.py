@@ -1,10 +1,13 @@
 """Per-request decode parameters: parse and validate, refusing what a mode cannot honour.
 
 A request may set ``decode_mode``, ``threshold`` and ``block_length`` (in SGLang's
-``custom_params``); everything else comes from the server's YAML defaults. Sampling features the
-NLD decoders do not implement (logprobs, grammars, penalties, top-p / top-k / min-p, logit bias,
-custom logit processors, ``min_new_tokens``) are refused with a message naming the field, which
-SGLang turns into an HTTP 400. Pure Python: no SGLang import, so it is tested directly.
+``custom_params``); everything else comes from the server's YAML defaults. SGLang's sampling
+parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k / top-p /
+min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in
+every mode, and output logprobs (with top-k) are reported in every mode. What the NLD decoders
+do not implement yet (prompt logprobs, logprobs of chosen token ids, grammars, custom logit
+processors) is refused with a message naming the field and the mode, which SGLang turns into an
+HTTP 400. No SGLang import, so it is tested directly.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from ..core.decoding import SamplingRule
 
 # every core mode, plus "auto": a serving policy (linear_spec at the block the load allows, or
 # ar; core/block_policy.py)
@@ -51,41 +56,61 @@ class RequestParams:
 class SamplingView:
     """The sampling features of a request, as plain values (see ``from_req`` in algorithm.py)."""
 
-    temperature: float = 0.0
+    temperature: float = 0.0        # 0 = greedy (SGLang: T < 1e-6 or top_k = 1)
     top_p: float = 1.0
-    top_k_limited: bool = False     # a top_k other than "whole vocabulary" (and not greedy)
+    top_k: int = 0                  # 0 = the whole vocabulary
     min_p: float = 0.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
-    logit_bias: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None      # name of a set grammar field (json_schema, regex, ...)
-    logprobs: bool = False
+    logprobs: bool = False          # return_logprob: each output token's logprob
+    top_logprobs: int = 0           # top_logprobs_num
+    token_ids_logprob: bool = False
+    prompt_logprobs: bool = False   # logprob_start_len inside the prompt
     custom_logit_processor: bool = False
     seed: int | None = None
 
+    @property
+    def top_k_limited(self) -> bool:
+        return self.top_k != 0
 
-def _refuse_unsupported(s: SamplingView) -> None:
+
+def _refuse_unsupported(s: SamplingView, mode: str) -> None:
     checks = [
-        ("logprobs", s.logprobs, "logprobs are not computed by the NLD decoders"),
-        ("top_p", s.top_p != 1.0, "only top_p = 1 is supported"),
-        ("top_k", s.top_k_limited, "only top_k = -1 (whole vocabulary) is supported"),
-        ("min_p", s.min_p != 0.0, "only min_p = 0 is supported"),
-        ("frequency_penalty", s.frequency_penalty != 0.0, "penalties are not supported"),
-        ("presence_penalty", s.presence_penalty != 0.0, "penalties are not supported"),
-        ("repetition_penalty", s.repetition_penalty != 1.0, "penalties are not supported"),
-        ("min_new_tokens", s.min_new_tokens != 0, "min_new_tokens is not supported"),
-        ("logit_bias", s.logit_bias, "logit_bias is not supported"),
+        ("logprob_start_len", s.prompt_logprobs, "prompt logprobs are not computed by the NLD "
+                                                 "decoders yet"),
+        ("token_ids_logprob", s.token_ids_logprob, "logprobs of chosen token ids are not "
+                                                   "computed by the NLD decoders yet"),
         ("custom_logit_processor", s.custom_logit_processor, "custom logit processors are "
                                                              "not supported"),
     ]
     for field, bad, msg in checks:
         if bad:
-            raise ParamError(field, msg)
+            raise ParamError(field, f"{msg} (decode_mode {mode})")
+    if s.top_logprobs < 0:
+        raise ParamError("top_logprobs_num", f"must be >= 0 (decode_mode {mode})")
     if s.grammar is not None:
-        raise ParamError(s.grammar, "constrained decoding (grammars, response_format) is not "
-                                    "supported by the NLD decoders")
+        raise ParamError(s.grammar, f"constrained decoding (grammars, response_format) is not "
+                                    f"supported by the NLD decoders yet (decode_mode {mode})")
+
+
+def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = ()) -> SamplingRule:
+    """Core's rule for a request (``stop_ids``: what min_new_tokens bans, SGLang's set: stop
+    token ids, EOS ids, the tokenizer's stop and EOS ids). Greedy keeps its processors:
+    SGLang's greedy path is the argmax of the penalised, biased logits."""
+    try:
+        return SamplingRule(
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+            frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
+            repetition_penalty=s.repetition_penalty, logit_bias=s.logit_bias,
+            min_new_tokens=s.min_new_tokens,
+            stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else ())
+    except ValueError as e:
+        field = str(e).split(":")[0]
+        raise ParamError(field, str(e).split(": ", 1)[-1]) from None
 
 
 def check_fields(custom: Mapping[str, Any]) -> None:
@@ -117,8 +142,9 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
     if block > defaults.block_size:
         raise ParamError("block_length", f"{block} exceeds the server's block size "
                                          f"{defaults.block_size}")
-    _refuse_unsupported(sampling)
+    _refuse_unsupported(sampling, mode)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")
+    sampling_rule(sampling)                      # ranges (SGLang checks them first, too)
     return RequestParams(mode, float(threshold), block, float(sampling.temperature), sampling.seed,
                          block_set="block_length" in (custom or {}))

@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..core.decoding import RequestState
 from .params import RequestParams
 
@@ -52,7 +50,7 @@ class RequestStats:
 
 @dataclass
 class NLDRequest:
-    """Per-request plugin state: parameters, sampling generator, core state, counters.
+    """Per-request plugin state: parameters, sampling seed, core state, counters.
 
     ``state`` is None until the request's first context pass; a later context pass (after a
     retraction, which drops SGLang's KV) starts a fresh state from that pass's AR-exact seed.
@@ -61,7 +59,7 @@ class NLDRequest:
     """
 
     params: RequestParams
-    generator: torch.Generator
+    seed: int                       # of the request's uniforms (core/decoding/uniforms.py)
     stats: RequestStats
     state: RequestState | None = None
     returned: int = 0               # len(state.output) already handed to SGLang
@@ -72,6 +70,9 @@ class NLDRequest:
     reseeds: int = 0                # rounds that asked for a context pass (``RESEED``)
     strategy: Any = None            # core Strategy of the mode this round runs
     tallied: tuple[int, int] = (0, 0)   # (draft hits, trials) already in the server's tally
+    rule: Any = None                # core SamplingRule (params.sampling_rule)
+    logprobs: int | None = None     # return_logprob: top-k per token (0: the token's alone)
+    round_logprobs: list = field(default_factory=list)  # entries of the tokens just returned
 
     @property
     def block(self) -> int:

@@ -94,9 +94,22 @@ def check_tokenized(result, self, *args, **kwargs):
         if nld:
             check_token_ids(getattr(result, "input_ids", None),
                             getattr(getattr(self, "model_config", None), "vocab_size", None))
+        if nld and algo is not None:
+            check_prompt_logprobs(result)
     except ParamError as e:
         raise ValueError(f"nemotron-sglang: {e}") from None
     return None
+
+
+def check_prompt_logprobs(tokenized) -> None:
+    """Output logprobs are reported in every mode; prompt logprobs (``logprob_start_len`` inside
+    the prompt, OpenAI ``echo`` with logprobs) are not computed by the dLLM path: refuse them."""
+    start = getattr(tokenized, "logprob_start_len", -1)
+    ids = getattr(tokenized, "input_ids", None) or ()
+    if getattr(tokenized, "return_logprob", False) and start is not None and \
+            0 <= start < len(ids):
+        raise ParamError("logprob_start_len", "prompt logprobs are not computed by the NLD "
+                                              "decoders yet (every decode mode)")
 
 
 def check_token_ids(ids, vocab_size: int | None) -> None:
@@ -109,11 +122,30 @@ def check_token_ids(ids, vocab_size: int | None) -> None:
                                       f"{bad[:5]}")
 
 
+def attach_logprobs(req, nld) -> None:
+    """The logprobs of the tokens a canvas round just returned, into SGLang's lists (as its AR
+    path appends them: value and id per token, the top k when asked)."""
+    entries, nld.round_logprobs = nld.round_logprobs, []
+    lp = getattr(req, "logprob", None)
+    if not entries or not req.return_logprob or lp is None or \
+            lp.output_token_logprobs_val is None:
+        return
+    tokens = req.output_ids[len(req.output_ids) - len(entries):]
+    for tok, (value, top) in zip(tokens, entries):
+        lp.output_token_logprobs_val.append(value)
+        lp.output_token_logprobs_idx.append(tok)
+        if lp.top_logprobs_num > 0:
+            lp.output_top_logprobs_val.append([v for _, v in top])
+            lp.output_top_logprobs_idx.append([t for t, _ in top])
+
+
 def export_stats(self, reqs, *args, **kwargs):
     for req in reqs:
         nld = getattr(req, "nld", None)
         if nld is None:
             continue
+        if nld.round_logprobs:
+            attach_logprobs(req, nld)
         stats = nld.stats
         n = len(getattr(req, "output_ids_through_stop", None) or req.output_ids)
         info = req.customized_info if req.customized_info is not None else {}

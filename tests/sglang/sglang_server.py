@@ -85,6 +85,21 @@ class Server:
                 self.proc.wait(timeout=10)
 
 
+TRI_MODE = ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config",
+            str(ROOT / "launch" / "tri_mode.yaml")]
+
+
+def tri_mode_server(model: Path, log: Path, max_running: int = 8) -> Server:
+    """The tri-mode dLLM server of ``model`` with the shipped algorithm YAML."""
+    return Server(model, log, TRI_MODE + ["--max-running-requests", str(max_running)])
+
+
+def plain_ar_server(model: Path, log: Path) -> Server:
+    """SGLang's plain AR server of ``model``, the reference of the sampling surface: without
+    overlap scheduling, whose penalty counts lag one token (README)."""
+    return Server(model, log, ["--disable-overlap-schedule"])
+
+
 def loads(server) -> dict:
     """``GET /v1/loads``: per-DP-rank queue and KV figures (``num_used_tokens``: 0 when idle)."""
     with urllib.request.urlopen(server.url + "/v1/loads", timeout=10) as r:

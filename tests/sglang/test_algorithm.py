@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import random_prompts
+from host_reads import HostReads
 from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL, MaskKind
 from nemotron_sglang.core.batch import ForwardBatch, PassRow
 from nemotron_sglang.core.decoding import DecodeParams, Request, generate
@@ -336,7 +337,9 @@ def test_validate_request_names_the_field(core64):
         assert msg is not None and field in msg
     req = make_req(0, [1], "ar", 4)
     req.return_logprob = True
-    assert "logprobs" in NemotronTriMode.validate_request(req)
+    assert NemotronTriMode.validate_request(req) is None           # output logprobs: honoured
+    req.logprob = SimpleNamespace(top_logprobs_num=0, token_ids_logprob=[3])
+    assert "token_ids_logprob" in NemotronTriMode.validate_request(req)
 
 
 @pytest.mark.parametrize("auto_max_batch,expected", [(8, "auto(linear_spec)"), (2, "auto(ar)")])
@@ -457,3 +460,42 @@ def test_ignore_eos_decodes_past_eos_like_ar(core64):
         for r, w in zip(reqs, stops):
             assert len(r.output_ids) == 16 and r.output_ids[:len(w.output_ids)] == w.output_ids
             assert r.nld.stats.reprefills == 0
+
+
+def test_rounds_read_the_host_once_per_pass(core64, monkeypatch):
+    """Outside the forwards (the model's own reads), a context round reads the host once (every
+    seed, decided on the logits' device) and a canvas round once for its rows' positions plus
+    once per step (every row's decision); each read moves O(rows) elements, never a logits row.
+    Mixed modes, greedy and sampled."""
+    algo, runner = make_algo(4), FakeRunner(core64)
+    reads = HostReads()
+    real_step, real_forward, real_run = algo.step_forward, runner.forward, algo.run
+    log = []
+
+    def paused(fn):
+        def wrapped(*a, **k):
+            with reads.paused():
+                return fn(*a, **k)
+        return wrapped
+
+    def counted_run(model_runner, fb, *a, **k):
+        before, steps = len(reads.calls), len(runner.passes)
+        with reads:
+            out = real_run(model_runner, fb, *a, **k)
+        log.append((fb.forward_mode.is_dllm_extend(), reads.calls[before:],
+                    runner.passes[steps:]))
+        return out
+
+    monkeypatch.setattr(algo, "step_forward", paused(real_step))
+    monkeypatch.setattr(runner, "forward", paused(real_forward))
+    monkeypatch.setattr(algo, "run", counted_run)
+    prompts = random_prompts(8, seed=random.randrange(1 << 20), vocab=512)
+    reqs = [make_req(i, p, SERVED[i % 4], 12, temperature=0.0 if i < 4 else 0.9)
+            for i, p in enumerate(prompts)]
+    serve(algo, runner, reqs, eos=core64.config.eos_token_id)
+    vocab = core64.config.vocab_size
+    assert any(c for c, _, _ in log) and any(not c for c, _, _ in log)
+    for canvas, calls, passes in log:
+        assert [n for n, _ in calls] == ["tolist"] * ((1 + len(passes)) if canvas else 1), calls
+        for (_, moved), p in zip(calls[1:] if canvas else calls, passes):
+            assert moved <= 5 * p["head_rows"] < vocab, (moved, p["head_rows"])

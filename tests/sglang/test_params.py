@@ -15,6 +15,7 @@ from nemotron_sglang.sglang_plugin.params import (
     SamplingView,
     ServerDefaults,
     parse,
+    sampling_rule,
 )
 
 DEF = ServerDefaults()                                  # linear_spec, 0.9, block 32
@@ -112,19 +113,35 @@ def test_above_server_block_refused_even_if_power_of_two():
     assert "exceeds" in str(e)
 
 
-# ---- unsupported sampling features -----------------------------------------------------------
+# ---- sampling features: honoured (core's SamplingRule) or refused -----------------------------
+SUPPORTED = [
+    dict(top_p=0.9), dict(top_k=5), dict(min_p=0.05), dict(frequency_penalty=0.5),
+    dict(frequency_penalty=-0.5), dict(presence_penalty=0.3), dict(repetition_penalty=1.1),
+    dict(repetition_penalty=0.9), dict(min_new_tokens=4), dict(logit_bias=((5, 1.5),)),
+]
+
+
+@pytest.mark.parametrize("kw", SUPPORTED, ids=[next(iter(k)) for k in SUPPORTED])
+@pytest.mark.parametrize("mode", MODES)
+def test_sampling_features_become_the_core_rule(kw, mode):
+    view = SamplingView(temperature=0.7, **kw)
+    assert parse({"decode_mode": mode}, view, DEF).mode == mode
+    rule = sampling_rule(view, stop_ids=(11, 3))
+    for name, value in kw.items():
+        assert getattr(rule, name) == value, name
+    assert rule.stop_ids == ((3, 11) if "min_new_tokens" in kw else ())
+
+
+@pytest.mark.parametrize("field,kw", [("top_p", dict(top_p=0.0)), ("top_k", dict(top_k=-3)),
+                                      ("repetition_penalty", dict(repetition_penalty=0.0)),
+                                      ("min_p", dict(min_p=1.5))])
+def test_out_of_range_sampling_values_are_refused(field, kw):
+    refused({}, field, sampling=SamplingView(temperature=0.7, **kw))
+
+
 UNSUPPORTED = [
-    ("logprobs", dict(logprobs=True)),
-    ("top_p", dict(top_p=0.9)),
-    ("top_k", dict(top_k_limited=True)),
-    ("min_p", dict(min_p=0.05)),
-    ("frequency_penalty", dict(frequency_penalty=0.5)),
-    ("frequency_penalty", dict(frequency_penalty=-0.5)),
-    ("presence_penalty", dict(presence_penalty=0.3)),
-    ("repetition_penalty", dict(repetition_penalty=1.1)),
-    ("repetition_penalty", dict(repetition_penalty=0.9)),
-    ("min_new_tokens", dict(min_new_tokens=4)),
-    ("logit_bias", dict(logit_bias=True)),
+    ("logprob_start_len", dict(logprobs=True, prompt_logprobs=True)),
+    ("token_ids_logprob", dict(logprobs=True, token_ids_logprob=True)),
     ("json_schema", dict(grammar="json_schema")),
     ("regex", dict(grammar="regex")),
     ("ebnf", dict(grammar="ebnf")),
@@ -137,7 +154,8 @@ UNSUPPORTED = [
                                                         enumerate(UNSUPPORTED)])
 @pytest.mark.parametrize("mode", MODES)
 def test_unsupported_sampling_refused(field, kw, mode):
-    refused({"decode_mode": mode}, field, sampling=SamplingView(temperature=0.7, **kw))
+    e = refused({"decode_mode": mode}, field, sampling=SamplingView(temperature=0.7, **kw))
+    assert mode in str(e)
 
 
 def test_default_sampling_view_is_supported():
@@ -214,8 +232,8 @@ def test_sampling_view_top_k_all_is_not_limited(sglang_bits):
 @needs_sglang
 def test_sampling_view_top_k_limited(sglang_bits):
     v = _req(sglang_bits, temperature=0.7, top_k=5)
-    assert v.top_k_limited is True
-    refused({}, "top_k", sampling=v)
+    assert v.top_k_limited is True and v.top_k == 5
+    assert sampling_rule(v).top_k == 5
 
 
 @needs_sglang
@@ -237,18 +255,21 @@ def test_sampling_view_other_features(sglang_bits):
     assert v.presence_penalty == pytest.approx(0.3)
     assert v.top_p == pytest.approx(0.9) and v.min_p == pytest.approx(0.1)
     assert v.repetition_penalty == pytest.approx(1.2) and v.min_new_tokens == 2
-    assert v.logit_bias is True and v.grammar == "regex"
+    assert v.logit_bias == ((5, 1.0),) and v.grammar == "regex"
 
 
 @needs_sglang
 def test_sampling_view_logprobs(sglang_bits):
-    assert _req(sglang_bits, return_logprob=True).logprobs is True
-    assert _req(sglang_bits, logprob=SimpleNamespace(top_logprobs_num=3,
-                                                     token_ids_logprob=None)).logprobs is True
-    assert _req(sglang_bits, logprob=SimpleNamespace(top_logprobs_num=0,
-                                                     token_ids_logprob=[1, 2])).logprobs is True
+    v = _req(sglang_bits, return_logprob=True)
+    assert v.logprobs is True and v.top_logprobs == 0 and not v.token_ids_logprob
+    assert parse({}, v, DEF).mode == DEF.default_mode            # output logprobs: honoured
+    top = _req(sglang_bits, return_logprob=True,
+               logprob=SimpleNamespace(top_logprobs_num=3, token_ids_logprob=None))
+    assert top.top_logprobs == 3
+    ids = _req(sglang_bits, return_logprob=True,
+               logprob=SimpleNamespace(top_logprobs_num=0, token_ids_logprob=[1, 2]))
+    refused({}, "token_ids_logprob", sampling=ids)
     assert _req(sglang_bits).logprobs is False
-    refused({}, "logprobs", sampling=_req(sglang_bits, return_logprob=True))
 
 
 @needs_sglang

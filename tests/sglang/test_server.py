@@ -98,9 +98,9 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     ({"threshold": 1.5}, "threshold"),
     ({"block_length": 3}, "block_length"),
     ({"decode_mode": "linear_spec", "block_length": 8}, "block_length"),   # above the server's 4
-    ({"logprobs": 2}, "logprobs"),
-    ({"top_p": 0.5}, "top_p"),
-    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"logprobs": 2, "echo": True}, "logprob_start_len"),     # prompt logprobs
+    ({"top_p": 0.0}, "top_p"),                        # supported, but out of range
+    ({"frequency_penalty": 5.0}, "frequency_penalty"),
     ({"stream": True, "decode_mode": "turbo"}, "decode_mode"),
     ({"prompt": [5, 512]}, "input_ids"),
     ({"prompt": ""}, "empty"),
@@ -123,6 +123,16 @@ def test_block_length_below_the_servers_equals_core_at_that_block(dllm, core32, 
         (want,) = generate(core32, [Request(ids, mode, DecodeParams(max_new_tokens=10,
                                                                      block_length=2))])
         assert got["output_ids"] == want.output_ids, (mode, ids)
+
+
+def test_openai_completions_return_logprobs(dllm):
+    status, text = dllm.post("/v1/completions", {"model": "nld", "prompt": "Hello",
+                                                 "max_tokens": 5, "logprobs": 2,
+                                                 "temperature": 0})
+    assert status == 200, text
+    lp = json.loads(text)["choices"][0]["logprobs"]
+    assert len(lp["token_logprobs"]) == 5 and all(v <= 0 for v in lp["token_logprobs"])
+    assert all(len(top) == 2 for top in lp["top_logprobs"])
 
 
 def test_grammar_is_refused(dllm):

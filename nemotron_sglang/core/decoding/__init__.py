@@ -7,7 +7,10 @@ classes over one step loop (:class:`Decoder`). Unknown mode names fail loudly.
 from __future__ import annotations
 
 from .ar import ARStrategy
-from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy
+from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy, seed_ask
+from .decide_batched import decide_batched
+from .decisions import Ask, Decision, Kind, decide_each
+from .processors import SamplingRule
 from .diffusion import DiffusionStrategy
 from .linear_spec import LinearSpecStrategy
 from .loop import Decoder, LoopStats, Request, Result
@@ -27,8 +30,8 @@ def get_strategy(mode: str) -> Strategy:
         raise DecodeError(f"unknown decode mode {mode!r}; known: {list(MODES)}") from None
 
 
-def make_decoder(model, cache) -> Decoder:
-    return Decoder(model, cache, {m: get_strategy(m) for m in MODES})
+def make_decoder(model, cache, decide=decide_batched) -> Decoder:
+    return Decoder(model, cache, {m: get_strategy(m) for m in MODES}, decide)
 
 
 def default_cache(model, requests: list[Request], page_size: int = 16):
@@ -46,12 +49,14 @@ def default_cache(model, requests: list[Request], page_size: int = 16):
                         dtype=model.dtype)
 
 
-def generate(model, requests: list[Request], cache=None) -> list[Result]:
-    """Decode a batch (modes may differ per request) with a fresh cache unless one is given."""
+def generate(model, requests: list[Request], cache=None, decide=decide_batched) -> list[Result]:
+    """Decode a batch (modes may differ per request) with a fresh cache unless one is given;
+    ``decide``: the batched decision layer or its per-request twin ``decide_each``."""
     cache = cache if cache is not None else default_cache(model, requests)
-    return make_decoder(model, cache).run(requests)
+    return make_decoder(model, cache, decide).run(requests)
 
 
-__all__ = ["DecodeError", "DecodeParams", "Decoder", "LoopStats", "MODES", "Pass", "Request",
+__all__ = ["Ask", "Decision", "Kind", "SamplingRule", "decide_batched", "decide_each", "seed_ask",
+           "DecodeError", "DecodeParams", "Decoder", "LoopStats", "MODES", "Pass", "Request",
            "RequestState", "Result", "STRATEGIES", "Strategy", "default_cache", "generate",
            "get_strategy", "make_decoder"]

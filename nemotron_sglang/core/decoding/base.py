@@ -1,10 +1,12 @@
 """What every decoder shares: per-request parameters and state, the pass a strategy asks for,
 and the :class:`Strategy` interface the step loop drives.
 
-A strategy never touches the model or the KV cache. It looks at a request's state, says which
-pass it needs next (:class:`Pass`: tokens, positions, mask, whether the pass stages KV and uses
-the LoRA), and turns that pass's logits into emitted tokens and a number of staged KV entries
-to keep. The loop (``loop.py``) or the SGLang adapter does the forwards and the cache work.
+A strategy never touches the model, the KV cache or the logits. It looks at a request's state,
+says which pass it needs next (:class:`Pass`: tokens, positions, mask, whether the pass stages KV
+and uses the LoRA, and the :class:`~.decisions.Ask` to decide from its logits), and turns the
+small host :class:`~.decisions.Decision` into emitted tokens and a number of staged KV entries to
+keep. The loop (``loop.py``) or the SGLang adapter does the forwards, the decisions
+(``decide_batched``, where the logits are) and the cache work.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from ..attention import MaskSpec
+from .decisions import Ask, Decision, Kind
+from .processors import SamplingRule
 
 
 class DecodeError(ValueError):
@@ -23,7 +26,9 @@ class DecodeError(ValueError):
 
 @dataclass(frozen=True)
 class DecodeParams:
-    """Per-request knobs. ``block_length`` None = the checkpoint's block size."""
+    """Per-request knobs. ``block_length`` None = the checkpoint's block size. ``sampling``: the
+    whole sampling rule (penalties, top-k / top-p / min-p, logit bias, min_new_tokens;
+    ``processors.py``); without it the rule is plain ``temperature``."""
 
     max_new_tokens: int = 64
     block_length: int | None = None
@@ -31,6 +36,12 @@ class DecodeParams:
     temperature: float = 0.0
     seed: int = 0
     use_lora: bool = True
+    sampling: SamplingRule | None = None
+    logprobs: int | None = None     # each emitted token's logprob (and its top k); None: none
+
+    @property
+    def rule(self) -> SamplingRule:
+        return self.sampling if self.sampling is not None else SamplingRule(self.temperature)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -42,6 +53,9 @@ class DecodeParams:
             raise DecodeError(f"threshold must be >= 0, got {self.threshold}")
         if not self.temperature >= 0.0:
             raise DecodeError(f"temperature must be >= 0, got {self.temperature}")
+        if self.sampling is not None and self.temperature not in (0.0,
+                                                                  self.sampling.temperature):
+            raise DecodeError("temperature and sampling.temperature disagree")
 
 
 @dataclass(frozen=True)
@@ -53,21 +67,20 @@ class Pass:
     that re-encodes committed tokens itself (SGLang's separate context pass) skips such a pass
     and calls ``start`` with the re-encode's last logit instead; nothing else changes.
 
-    ``reads`` names the token offsets whose logits the strategy reads first (None: all), so a
-    forward computes the head for those rows only (``core/logits.py``); a strategy may read more
-    rows afterwards (quadratic_spec: the accepted row's masks), computed on demand.
+    ``ask`` says what is decided from the pass's logits; a forward computes the head only for
+    its rows (``core/logits.py``), plus, for a quadratic pass, the accepted row's masks.
     """
 
     token_ids: list[int]
     positions: list[int]
     mask: MaskSpec
+    ask: Ask
     write_kv: bool = False
     lora: bool = False
     refresh: bool = False
-    reads: tuple[int, ...] | None = None
 
-    def read_offsets(self) -> tuple[int, ...] | range:
-        return range(len(self.token_ids)) if self.reads is None else self.reads
+    def read_offsets(self) -> tuple[int, ...]:
+        return self.ask.rows
 
     @property
     def group(self) -> tuple:
@@ -94,8 +107,21 @@ class RequestState:
     cycle_tokens: int = 0          # tokens emitted by those cycles
     draft_hits: int = 0            # drafts accepted by verification (self-spec)
     draft_trials: int = 0          # drafts tried until each cycle's first rejection
-    generator: torch.Generator = field(default_factory=torch.Generator)
+    seed: int = 0                  # the uniforms of its sampled decisions (``uniforms.py``)
+    draws: int = 0                 # uniform pairs drawn so far
+    prior: list[int] = field(default_factory=list)  # output before this state (a re-prefill)
+    logprobs: list = field(default_factory=list)     # per output token (params.logprobs set)
     scratch: dict[str, Any] = field(default_factory=dict)
+
+    def ask(self, kind: Kind, rows, **kw) -> Ask:
+        """An :class:`Ask` under this request's sampling rule on its next draws (advances
+        them), with the output so far when the rule needs it (penalties, min_new_tokens)."""
+        rule = self.params.rule
+        history = tuple(self.prior + self.output) if rule.needs_history else ()
+        a = Ask(kind, tuple(rows), rule, (self.seed, self.draws), history=history,
+                logprobs=self.params.logprobs, **kw)
+        self.draws += a.draws
+        return a
 
     @property
     def finished(self) -> bool:
@@ -105,13 +131,16 @@ class RequestState:
     def remaining(self) -> int:
         return self.params.max_new_tokens - len(self.output)
 
-    def emit(self, tokens: list[int]) -> int:
-        """Append tokens, cutting after the first EOS or at max_new_tokens; returns how many."""
+    def emit(self, tokens: list[int], logprobs: list | None = None) -> int:
+        """Append tokens (with their logprob entries when requested), cutting after the first
+        EOS or at max_new_tokens; returns how many."""
         n = 0
-        for t in tokens:
+        for i, t in enumerate(tokens):
             if self.finished:
                 break
             self.output.append(int(t))
+            if self.params.logprobs is not None:
+                self.logprobs.append(logprobs[i] if logprobs else None)
             n += 1
             if t == self.eos_id:
                 self.finish_reason = "stop"
@@ -129,24 +158,29 @@ class RequestState:
         return self.cycle_tokens / self.cycles if self.cycles else None
 
 
+def seed_ask(req: RequestState) -> Ask:
+    """The pick of a prefill's last logit (row 0 of that one-row view)."""
+    return req.ask(Kind.PICK, (0,))
+
+
 class Strategy:
     """A decode mode. Subclasses implement the three hooks; the loop calls them per request."""
 
     name: str = ""
     uses_lora: bool = False
 
-    def start(self, req: RequestState, last_logits: torch.Tensor) -> None:
-        """After the causal prefill: ``last_logits`` [V] predicts the first new token."""
+    def start(self, req: RequestState, seed: int, logprob=None) -> None:
+        """After a causal prefill: ``seed`` is the token its last logit picked (the caller
+        decides ``seed_ask(req)`` on that logit), ``logprob`` its entry when requested."""
         raise NotImplementedError
 
     def next_pass(self, req: RequestState) -> Pass:
         """The pass this unfinished request needs next."""
         raise NotImplementedError
 
-    def on_logits(self, req: RequestState, p: Pass, logits) -> int:
-        """Consume the pass's logits [len(p.token_ids), V] (a tensor or a lazy
-        ``core.logits.PassLogitsView``, indexed alike); return how many staged KV entries to
-        commit (0 for passes that do not write KV)."""
+    def on_decision(self, req: RequestState, p: Pass, d: Decision) -> int:
+        """Consume the decision of the pass's ask; return how many staged KV entries to commit
+        (0 for passes that do not write KV)."""
         raise NotImplementedError
 
     def overshoot(self, block: int) -> int:

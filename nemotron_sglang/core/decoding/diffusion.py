@@ -11,32 +11,28 @@ the first ``max_new_tokens - emitted`` slots all committed (later slots cannot c
 
 from __future__ import annotations
 
-import torch
-
 from ..attention import BIDIRECTIONAL, CAUSAL
 from .base import Pass, RequestState, Strategy
-from .sampling import diffusion_candidates, pick
+from .decisions import Decision, Kind
 
 
 def masked_slots(block: list[int], mask_id: int) -> tuple[int, ...]:
     return tuple(i for i, t in enumerate(block) if t == mask_id)
 
 
-def commit_step(block: list[int], logits, mask_id: int, threshold: float,
-                temperature: float, generator: torch.Generator | None) -> list[int]:
-    """One denoise step on ``block`` [B] with its bidirectional logits [B, V] (only the masked
-    slots' rows are read); returns the new block. Commits the most confident masked slot plus
-    every masked slot with confidence >= threshold (threshold 0 commits all, > 1 exactly one)."""
-    slots = masked_slots(block, mask_id)
-    if not slots:
-        return list(block)
-    cand, conf = diffusion_candidates(logits[list(slots)], temperature, mask_id, generator)
-    commit = conf >= threshold
-    commit[int(conf.argmax())] = True
+def commit_step(block: list[int], slots: tuple[int, ...], d: Decision,
+                logprobs: list | None = None) -> list[int]:
+    """Apply a DENOISE decision on the masked ``slots`` of ``block`` [B]: each slot whose
+    ``commit`` is set takes its candidate (the rule, ``sampling.commit_mask``: the most
+    confident masked slot plus every one with confidence >= threshold; threshold 0 commits all,
+    > 1 exactly one). Returns the new block; ``logprobs`` (per slot) takes the committing
+    pass's entries when the decision carries them."""
     out = list(block)
-    for slot, c, m in zip(slots, cand.tolist(), commit.tolist()):
+    for j, (slot, c, m) in enumerate(zip(slots, d.tokens, d.commit)):
         if m:
             out[slot] = int(c)
+            if logprobs is not None and d.logprobs is not None:
+                logprobs[slot] = d.logprobs[j]
     return out
 
 
@@ -55,9 +51,9 @@ def decided_length(block: list[int], mask_id: int, eos_id: int, need: int) -> in
 class DiffusionStrategy(Strategy):
     name = "diffusion"
 
-    def start(self, req: RequestState, last_logits: torch.Tensor) -> None:
-        seed = int(pick(last_logits[None], req.params.temperature, req.mask_id, req.generator)[0])
+    def start(self, req: RequestState, seed: int, logprob=None) -> None:
         req.scratch["block"] = [seed] + [req.mask_id] * (req.block - 1)
+        req.scratch["lp"] = [logprob] + [None] * (req.block - 1)
         self._finish_if_decided(req)
 
     def _finish_if_decided(self, req: RequestState) -> None:
@@ -69,7 +65,7 @@ class DiffusionStrategy(Strategy):
             n = len(block)
         if n is not None:
             req.cycles += 1
-            req.cycle_tokens += req.emit(block[:n])
+            req.cycle_tokens += req.emit(block[:n], req.scratch["lp"][:n])
 
     def idle(self, req: RequestState) -> bool:
         block = req.scratch.get("block")
@@ -79,17 +75,17 @@ class DiffusionStrategy(Strategy):
         block = req.scratch["block"]
         pos = list(range(req.kv_len, req.kv_len + len(block)))
         if req.mask_id in block:
-            return Pass(list(block), pos, BIDIRECTIONAL, reads=masked_slots(block, req.mask_id))
-        return Pass(list(block), pos, CAUSAL, write_kv=True, refresh=True,
-                    reads=(len(block) - 1,))
+            ask = req.ask(Kind.DENOISE, masked_slots(block, req.mask_id),
+                          threshold=req.params.threshold)
+            return Pass(list(block), pos, BIDIRECTIONAL, ask)
+        return Pass(list(block), pos, CAUSAL, req.ask(Kind.PICK, (len(block) - 1,)),
+                    write_kv=True, refresh=True)
 
-    def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
+    def on_decision(self, req: RequestState, p: Pass, d: Decision) -> int:
         block = req.scratch["block"]
         if p.write_kv:        # refresh pass: KV of the emitted block, next seed
-            self.start(req, logits[-1])
+            self.start(req, d.tokens[0], d.logprobs[0] if d.logprobs else None)
             return len(block)
-        prm = req.params
-        req.scratch["block"] = commit_step(block, logits, req.mask_id, prm.threshold,
-                                           prm.temperature, req.generator)
+        req.scratch["block"] = commit_step(block, p.ask.rows, d, req.scratch["lp"])
         self._finish_if_decided(req)
         return 0

@@ -5,25 +5,22 @@ bidirectional attention (LoRA on when loaded and wanted), fills every mask, then
 block causally (LoRA off), staging B KV entries (B = 1 skips the draft pass: plain AR). The longest agreeing prefix of c drafts plus
 the verifier's next token are emitted; KV is kept for the seed and the c accepted drafts; the
 last emitted token is the next seed. At T = 0 the output equals greedy ``ar`` exactly; at T > 0
-:func:`speculative_accept` keeps AR's distribution.
+:func:`~.sampling.speculative_accept` keeps AR's distribution.
 """
 
 from __future__ import annotations
 
-import torch
-
 from ..attention import BIDIRECTIONAL, CAUSAL
 from .base import Pass, RequestState, Strategy
-from .sampling import draft_tokens, pick, speculative_accept
+from .decisions import Decision, Kind
 
 
 class LinearSpecStrategy(Strategy):
     name = "linear_spec"
     uses_lora = True
 
-    def start(self, req: RequestState, last_logits: torch.Tensor) -> None:
-        seed = int(pick(last_logits[None], req.params.temperature, req.mask_id, req.generator)[0])
-        req.emit([seed])
+    def start(self, req: RequestState, seed: int, logprob=None) -> None:
+        req.emit([seed], [logprob])
         req.scratch.update(drafts=None, q=None)
 
     def idle(self, req: RequestState) -> bool:
@@ -39,20 +36,18 @@ class LinearSpecStrategy(Strategy):
         drafts = req.scratch["drafts"]
         if drafts is None and b > 1:
             return Pass([seed] + [req.mask_id] * (b - 1), pos, BIDIRECTIONAL,
-                        lora=req.lora, reads=tuple(range(1, b)))
-        return Pass([seed] + (drafts or []), pos, CAUSAL, write_kv=True)
+                        req.ask(Kind.DRAFT, range(1, b)), lora=req.lora)
+        drafts = drafts or []
+        ask = req.ask(Kind.VERIFY, range(len(drafts) + 1), drafts=tuple(drafts),
+                      q=req.scratch["q"])
+        return Pass([seed] + drafts, pos, CAUSAL, ask, write_kv=True)
 
-    def on_logits(self, req: RequestState, p: Pass, logits: torch.Tensor) -> int:
-        prm = req.params
-        if not p.write_kv:        # draft pass: fill every mask
-            drafts, q = draft_tokens(logits[1:], prm.temperature, req.mask_id, req.generator)
-            req.scratch.update(drafts=drafts, q=q)
+    def on_decision(self, req: RequestState, p: Pass, d: Decision) -> int:
+        if not p.write_kv:        # draft pass: every mask filled
+            req.scratch.update(drafts=d.tokens, q=d.q)
             return 0
-        drafts, q = req.scratch["drafts"] or [], req.scratch["q"]
         req.scratch.update(drafts=None, q=None)
-        out = speculative_accept(drafts, q, logits[:], prm.temperature, req.mask_id,
-                                 req.generator)
-        req.note_verify(len(drafts), len(out) - 1)
+        req.note_verify(len(p.ask.drafts), d.accepted)
         req.cycles += 1
-        req.cycle_tokens += req.emit(out)
-        return len(out)           # seed + accepted drafts (the new seed is not cached)
+        req.cycle_tokens += req.emit(d.tokens, d.logprobs)
+        return len(d.tokens)      # seed + accepted drafts (the new seed is not cached)

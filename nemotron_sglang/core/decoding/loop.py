@@ -4,9 +4,9 @@ Lifecycle of a request: ``add`` a sequence to the paged cache → one causal pre
 new prompts (KV written and committed; not counted as a forward) → its strategy's ``start`` →
 steps. In each step every unfinished request asks its strategy for a :class:`Pass`; passes of
 the same kind (mask kind, KV write, LoRA) share one model forward — the same constraint SGLang
-has — and each request's logits (computed for the rows its pass reads, ``core/logits.py``) go
-back to its strategy, which says how many staged KV entries
-to commit. A finished request's KV is rolled back to at most ``prompt + output[:-1]`` (what AR
+has — whose asks are decided in one call (``decide_batched``, where the logits are: logits are
+computed only for the rows read, ``core/logits.py``, and one small result reaches the host); each
+request's decision goes back to its strategy, which says how many staged KV entries to commit. A finished request's KV is rolled back to at most ``prompt + output[:-1]`` (what AR
 would hold) and freed; an aborted one is freed at once.
 """
 
@@ -16,13 +16,13 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import torch
 
 from ..attention import CAUSAL
 from ..batch import ForwardBatch, PassRow
 from ..kv_cache import KVCacheFull, PagedKVCache
 from ..logits import PassLogits
-from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy
+from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy, seed_ask
+from .decide_batched import decide_batched
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,11 @@ class LoopStats:
 class Decoder:
     """Drives requests of any registered modes over one model and one paged cache."""
 
-    def __init__(self, model, cache: PagedKVCache, strategies: dict[str, Strategy]):
+    def __init__(self, model, cache: PagedKVCache, strategies: dict[str, Strategy],
+                 decide: Callable = decide_batched):
+        """``decide``: the decision layer, ``decide_batched`` or its twin ``decide_each``."""
         self.model, self.cache, self.strategies = model, cache, strategies
+        self.decide = decide
         self.cfg = model.config
         self.stats = LoopStats()
         self._seq_ids = itertools.count()
@@ -85,10 +88,9 @@ class Decoder:
                 f"prompt ({len(req.prompt_ids)}) + max_new_tokens ({req.params.max_new_tokens}) "
                 f"+ {strategy.overshoot(block)} lookahead positions exceed the context "
                 f"({cfg.max_position_embeddings})")
-        gen = torch.Generator().manual_seed(req.params.seed)
         st = RequestState(rid=next(self._seq_ids), prompt=list(req.prompt_ids), params=req.params,
                           block=block, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
-                          generator=gen)
+                          seed=req.params.seed)
         st.lora = strategy.uses_lora and req.params.use_lora and self.model.has_lora
         return st
 
@@ -145,11 +147,12 @@ class Decoder:
             rows.append(PassRow(s.rid, s.prompt, list(range(len(s.prompt))), 0, CAUSAL))
         logits = self._forward(ForwardBatch.from_rows(rows, write_kv=True))
         spans = ForwardBatch.from_rows(rows).spans()
-        logits.prefetch([end - 1 for _, end in spans])
-        for s, mode, (_, end) in zip(states, modes, spans):
+        seeds = self.decide(logits, [(end - 1, end, seed_ask(s)) for s, (_, end) in
+                                     zip(states, spans)], self.cfg.mask_token_id)
+        for s, mode, d in zip(states, modes, seeds):
             self.cache.commit(s.rid, len(s.prompt))
             s.kv_len = len(s.prompt)
-            self.strategies[mode].start(s, logits[end - 1])
+            self.strategies[mode].start(s, d.tokens[0], d.logprobs[0] if d.logprobs else None)
 
     def _step(self, active: list[RequestState], states: list[RequestState], modes: list[str]) -> None:
         mode_of = {s.rid: m for s, m in zip(states, modes)}
@@ -165,11 +168,11 @@ class Decoder:
             logits = self._forward(batch)
             self.stats.model_calls += 1
             spans = batch.spans()
-            logits.prefetch([start + o for (_, p), (start, _) in zip(members, spans)
-                             for o in p.read_offsets()])
-            for (s, p), (start, end) in zip(members, spans):
+            decisions = self.decide(logits, [(a, b, p.ask) for (_, p), (a, b) in
+                                             zip(members, spans)], self.cfg.mask_token_id)
+            for (s, p), d in zip(members, decisions):
                 s.forwards += 1
-                keep = self.strategies[mode_of[s.rid]].on_logits(s, p, logits.span(start, end))
+                keep = self.strategies[mode_of[s.rid]].on_decision(s, p, d)
                 if write_kv:
                     self.cache.commit(s.rid, keep)
                     s.kv_len += keep

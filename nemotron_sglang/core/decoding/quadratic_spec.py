@@ -9,8 +9,8 @@ is the causal next-token prediction after ``d_0..d_i``, so the drafts ``d_1..`` 
 are row c's mask predictions at slots 2..B (slot 1 is where the verifier's own token goes).
 The first cycle has only ``d_0`` (R = 1): it emits one token and drafts the first block.
 
-Of the pass's R·(B+1) logits only R + B - 1 are read: the row heads (``Pass.reads``), then the
-masks of the accepted row.
+Of the pass's R·(B+1) logits only R + B - 1 are computed: the row heads (the ask's rows), then
+the masks of the accepted row (a QUADRATIC ask: the accepted row is found where the logits are).
 
 Row budget (:func:`row_budget`): a row past the accepted one is computed and thrown away, so
 the pass carries ``R = min(1 + drafts, ⌈1.5·ā⌉ + 2)`` rows, ā the moving average (weight 1/2)
@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ..attention import quadratic
 from .base import Pass, RequestState, Strategy
-from .sampling import draft_tokens, pick, speculative_accept
+from .decisions import Decision, Kind
 
 
 def quadratic_layout(heads: list[int], block: int, kv_len: int, mask_id: int
@@ -50,9 +48,8 @@ def row_budget(accepted_avg: float | None, drafts: int) -> int:
 class QuadraticSpecStrategy(Strategy):
     name = "quadratic_spec"
 
-    def start(self, req: RequestState, last_logits: torch.Tensor) -> None:
-        seed = int(pick(last_logits[None], req.params.temperature, req.mask_id, req.generator)[0])
-        req.emit([seed])
+    def start(self, req: RequestState, seed: int, logprob=None) -> None:
+        req.emit([seed], [logprob])
         req.scratch.update(drafts=[], q=None, accepted_avg=None)
 
     def idle(self, req: RequestState) -> bool:
@@ -67,30 +64,27 @@ class QuadraticSpecStrategy(Strategy):
             q = req.scratch["q"]
             req.scratch.update(drafts=req.scratch["drafts"][:rows - 1],
                                q=None if q is None else q[:rows - 1])
-        heads = [req.output[-1]] + req.scratch["drafts"]
+        drafts = req.scratch["drafts"]
+        heads = [req.output[-1]] + drafts
         ids, pos = quadratic_layout(heads, req.block, req.kv_len, req.mask_id)
         w = req.block + 1
-        return Pass(ids, pos, quadratic(req.block), write_kv=True,
-                    reads=tuple(range(0, len(ids), w)))
+        ask = req.ask(Kind.QUADRATIC, range(0, len(ids), w), drafts=tuple(drafts),
+                      q=req.scratch["q"], width=w)
+        return Pass(ids, pos, quadratic(req.block), ask, write_kv=True)
 
-    def on_logits(self, req: RequestState, p: Pass, logits) -> int:
-        prm, w = req.params, req.block + 1
-        drafts, q = req.scratch["drafts"], req.scratch["q"]
-        out = speculative_accept(drafts, q, logits[0::w], prm.temperature, req.mask_id,
-                                 req.generator)
-        c = len(out) - 1                                          # accepted drafts
-        new_drafts, new_q = draft_tokens(logits[c * w + 2:(c + 1) * w], prm.temperature,
-                                         req.mask_id, req.generator)
+    def on_decision(self, req: RequestState, p: Pass, d: Decision) -> int:
+        c = d.accepted
+        drafted = bool(p.ask.drafts)
         avg = req.scratch["accepted_avg"]
-        if drafts:
+        if drafted:
             avg = c if avg is None else 0.5 * avg + 0.5 * c
-        req.scratch.update(drafts=new_drafts, q=new_q, accepted_avg=avg)
-        if drafts:
-            req.note_verify(len(drafts), c)
+        req.scratch.update(drafts=d.drafts, q=d.q, accepted_avg=avg)
+        if drafted:
+            req.note_verify(len(p.ask.drafts), c)
             req.cycles += 1
-            req.cycle_tokens += req.emit(out)
+            req.cycle_tokens += req.emit(d.tokens, d.logprobs)
         else:
-            req.emit(out)
+            req.emit(d.tokens, d.logprobs)
         return c + 1
 
     def overshoot(self, block: int) -> int:

@@ -1,14 +1,27 @@
-"""Token choice for every mode: greedy / tempered sampling with the mask id banned, diffusion
-candidates with confidence, and the speculative-sampling acceptance rule.
+"""The token rules of every mode, one request at a time: greedy / tempered picks with the mask id
+banned, diffusion candidates and confidences, the commit rule, the speculative accept rule.
 
-All functions take logits [..., V] and never modify them. The mask token is never a candidate:
-its logit is set to -inf before argmax or sampling, but it stays in the softmax that gives a
-diffusion slot its confidence.
+This is the readable twin of the batched decision layer (``decide_batched.py``): both take the
+same logits and the same explicit uniforms (``uniforms.py``) and give the same tokens; the
+primitives ``ban``, ``target_probs``, ``sample``, ``confidence`` and the processors
+(``processors.py``: penalties, logit bias, min_new_tokens, top-k / top-p / min-p) are shared.
+
+Conventions (every function, every device):
+- logits [..., V] are never modified; the processors of the request's ``SamplingRule`` shape
+  them first (``shape_logits``, with each row's preceding output ``ctx``);
+- the mask id is never a candidate (its logit is -inf before argmax or sampling) but stays in
+  the softmax that gives a diffusion slot its confidence;
+- a sampled row draws from its law (``law``: softmax(z / T), truncated, float64) by inverse CDF
+  with its ``u[0]`` (``u[1]``: the residual sample after a rejection);
+- a confidence is exp(z[cand] - logsumexp(z)) of the shaped logits, in their dtype (at least
+  float32).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .processors import RowContext, SamplingRule, shape_logits, truncate
 
 
 def ban(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -18,64 +31,105 @@ def ban(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
     return out
 
 
-def target_probs(logits: torch.Tensor, temperature: float, mask_id: int) -> torch.Tensor:
-    """softmax(logits / T) in float64 with the mask id banned; [..., V]. T must be > 0."""
+def target_probs(logits: torch.Tensor, temperature: float | torch.Tensor, mask_id: int
+                 ) -> torch.Tensor:
+    """softmax(logits / T) in float64 with the mask id banned; [..., V]. T must be > 0
+    (a tensor T broadcasts against logits [..., 1])."""
     return torch.softmax(ban(logits.to(torch.float64), mask_id) / temperature, dim=-1)
 
 
-def pick(logits: torch.Tensor, temperature: float, mask_id: int,
-         generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy (T == 0) or sampled (T > 0) tokens for logits [N, V] -> [N] int64."""
-    if temperature <= 0:
-        return ban(logits, mask_id).argmax(-1)
-    p = target_probs(logits, temperature, mask_id)
-    return torch.multinomial(p, 1, generator=generator).squeeze(-1)
+def sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from unnormalised probabilities [n, V] (float64) with uniforms [n] in
+    (0, 1) -> [n] int64. A zero-probability token is never drawn."""
+    cdf = probs.cumsum(-1)
+    target = (u * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
-def diffusion_candidates(logits: torch.Tensor, temperature: float, mask_id: int,
-                         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate token and confidence per block slot, logits [B, V] -> ([B] int64, [B] float64).
-
-    Candidate: argmax (T == 0) or Gumbel-max of logits / T (T > 0), mask id excluded.
-    Confidence: softmax of the untempered logits (mask id included) at the candidate.
-    """
-    lf = logits.to(torch.float64)
-    if temperature <= 0:
-        cand = ban(lf, mask_id).argmax(-1)
-    else:
-        u = torch.rand(lf.shape, dtype=torch.float64, generator=generator).clamp_min(1e-300)
-        cand = (ban(lf, mask_id) / temperature - torch.log(-torch.log(u))).argmax(-1)
-    conf = torch.softmax(lf, dim=-1).gather(-1, cand[:, None]).squeeze(-1)
-    return cand, conf
+def confidence(logits: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Untempered softmax probability (mask id included) of ``cand`` [n] under logits [n, V]."""
+    lf = logits if logits.dtype == torch.float64 else logits.float()
+    return (lf.gather(-1, cand[:, None]).squeeze(-1) - torch.logsumexp(lf, dim=-1)).exp()
 
 
-def draft_tokens(logits: torch.Tensor, temperature: float, mask_id: int,
-                 generator: torch.Generator | None) -> tuple[list[int], torch.Tensor | None]:
-    """Fill draft slots from logits [n, V]: (tokens, their proposal distributions q [n, V] or
-    None when greedy)."""
-    if temperature <= 0:
-        return ban(logits, mask_id).argmax(-1).tolist(), None
-    q = target_probs(logits, temperature, mask_id)
-    return torch.multinomial(q, 1, generator=generator).squeeze(-1).tolist(), q
+def law(z: torch.Tensor, rule: SamplingRule, mask_id: int) -> torch.Tensor:
+    """The sampled law [n, V] float64 of shaped logits z: softmax(z / T), mask id banned,
+    top-k / top-p / min-p applied (unnormalised when truncated)."""
+    p = target_probs(z, rule.temperature, mask_id)
+    if not rule.truncated:
+        return p
+    n = p.shape[0]
+    return truncate(p, torch.full((n,), rule.top_k, device=p.device),
+                    torch.full((n,), rule.top_p, dtype=p.dtype, device=p.device),
+                    torch.full((n,), rule.min_p, dtype=p.dtype, device=p.device))
+
+
+def normalised(p: torch.Tensor) -> torch.Tensor:
+    return p / p.sum(-1, keepdim=True)
+
+
+def choose(z: torch.Tensor, rule: SamplingRule, mask_id: int, u: torch.Tensor) -> torch.Tensor:
+    """Greedy (T == 0) or sampled (T > 0, with ``u[:, 0]``) tokens for shaped logits [n, V]."""
+    if not rule.sampled:
+        return ban(z, mask_id).argmax(-1)
+    return sample(law(z, rule, mask_id), u[:, 0])
+
+
+def pick(logits: torch.Tensor, rule: SamplingRule, mask_id: int, u: torch.Tensor,
+         ctx: RowContext | None = None) -> torch.Tensor:
+    """Tokens [n] for raw logits [n, V]: the rule's processors, then ``choose``."""
+    return choose(shape_logits(logits, rule, ctx), rule, mask_id, u)
+
+
+def diffusion_candidates(logits: torch.Tensor, rule: SamplingRule, mask_id: int,
+                         u: torch.Tensor, ctx: RowContext | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate token and confidence per block slot, logits [B, V] -> ([B] int64, [B])."""
+    z = shape_logits(logits, rule, ctx)
+    cand = choose(z, rule, mask_id, u)
+    return cand, confidence(z, cand)
+
+
+def commit_mask(conf: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Which slots commit [n] bool: confidence >= threshold, and always the most confident one
+    (the first of equals)."""
+    commit = conf >= threshold
+    commit[int(conf.argmax())] = True
+    return commit
+
+
+def draft_tokens(logits: torch.Tensor, rule: SamplingRule, mask_id: int, u: torch.Tensor,
+                 ctx: RowContext | None = None) -> tuple[list[int], torch.Tensor | None]:
+    """Fill draft slots from logits [n, V]: (tokens, their proposal distributions q [n, V]
+    (normalised) or None when greedy)."""
+    z = shape_logits(logits, rule, ctx)
+    if not rule.sampled:
+        return ban(z, mask_id).argmax(-1).tolist(), None
+    pl = law(z, rule, mask_id)
+    return sample(pl, u[:, 0]).tolist(), normalised(pl)
 
 
 def speculative_accept(drafts: list[int], draft_probs: torch.Tensor | None,
-                       target_logits: torch.Tensor, temperature: float, mask_id: int,
-                       generator: torch.Generator | None) -> list[int]:
-    """Verify ``n`` drafted tokens against target logits [n+1, V]; return the emitted tokens.
+                       target_logits: torch.Tensor, rule: SamplingRule, mask_id: int,
+                       u: torch.Tensor, ctx: RowContext | None = None) -> list[int]:
+    """Verify ``n`` drafted tokens against target logits [n+1, V] with uniforms [n+1, 2];
+    return the emitted tokens (1..n+1).
 
     ``target_logits[i]`` is the verifier's next-token distribution after the i-th verified
-    position, i.e. it judges ``drafts[i]``; the last row gives the bonus token. Greedy: keep the
-    longest prefix with ``argmax == draft``, then emit the verifier's own token. T > 0: accept
-    ``drafts[i]`` with probability min(1, p_i(x) / q_i(x)); on rejection emit a sample of the
-    normalised residual max(0, p_i - q_i) and stop (Leviathan et al.), so the emitted stream is
-    distributed exactly as AR sampling at temperature T. Returns 1..n+1 tokens.
+    position, i.e. it judges ``drafts[i]``; the last row gives the bonus token; ``ctx`` gives
+    row i the output before it (drafts[:i] included). Greedy: keep the longest prefix with
+    ``argmax == draft``, then emit the verifier's own token. T > 0: accept ``drafts[i]`` iff
+    ``u[i, 0] * q_i(x) < p_i(x)`` (probability min(1, p/q)), p the verifier's law (``law``,
+    normalised); on rejection emit a sample (``u[i, 1]``) of the normalised residual
+    max(0, p_i - q_i) and stop (Leviathan et al.), so the emitted stream is distributed exactly
+    as AR sampling with the same rule.
     """
     n = len(drafts)
     if target_logits.shape[0] != n + 1:
         raise ValueError(f"need {n + 1} target rows for {n} drafts, got {target_logits.shape[0]}")
-    if temperature <= 0:
-        verified = ban(target_logits, mask_id).argmax(-1).tolist()
+    z = shape_logits(target_logits, rule, ctx)
+    if not rule.sampled:
+        verified = ban(z, mask_id).argmax(-1).tolist()
         out = []
         for i in range(n):
             out.append(verified[i])
@@ -85,25 +139,17 @@ def speculative_accept(drafts: list[int], draft_probs: torch.Tensor | None,
         return out
     if draft_probs is None and n:
         raise ValueError("sampled verification needs the draft distributions")
-    p = target_probs(target_logits, temperature, mask_id)
+    pl = law(z, rule, mask_id)
+    p = normalised(pl)
     out = []
     for i, x in enumerate(drafts):
-        tok, accepted = _accept_sampled(x, draft_probs[i], p[i], generator)
-        out.append(tok)
-        if not accepted:
-            return out
-    out.append(int(torch.multinomial(p[n], 1, generator=generator)))
+        px, qx = float(p[i, x]), float(draft_probs[i, x])
+        if qx > 0 and float(u[i, 0]) * qx < px:
+            out.append(x)
+            continue
+        residual = (p[i] - draft_probs[i]).clamp_min(0.0)
+        dist = residual if float(residual.sum()) > 0 else p[i]
+        out.append(int(sample(dist[None], u[i, 1:2])[0]))
+        return out
+    out.append(int(sample(pl[n:], u[n:, 0])[0]))
     return out
-
-
-def _accept_sampled(x: int, q: torch.Tensor, p: torch.Tensor,
-                    generator: torch.Generator | None) -> tuple[int, bool]:
-    """One Leviathan step: keep draft ``x`` with probability min(1, p(x)/q(x)), else sample the
-    normalised residual max(0, p - q). Returns (token, accepted)."""
-    px, qx = p[x].item(), q[x].item()
-    u = torch.rand((), dtype=torch.float64, generator=generator).item()
-    if qx > 0 and u * qx < px:
-        return x, True
-    residual = (p - q).clamp_min(0.0)
-    dist = residual if residual.sum() > 0 else p
-    return int(torch.multinomial(dist / dist.sum(), 1, generator=generator)), False

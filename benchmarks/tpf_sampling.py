@@ -1,0 +1,54 @@
+"""Tokens per forward of every mode under SGLang's sampling features on the embedded default
+(core's decoders, 16 held-out corpus prompts, 64 new tokens, block 32): what a penalty or a
+truncated sampler costs self-speculation and diffusion (drafts are proposed before the penalty
+counts of the drafts beside them are known, so a strong penalty lowers acceptance; the output is
+AR's either way).
+
+    python benchmarks/tpf_sampling.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import hardware, print_table  # noqa: E402
+
+from nemotron_sglang.core.decoding import DecodeParams, Request, SamplingRule, generate  # noqa: E402
+from nemotron_sglang.core.tokenizer import encode, load_tokenizer  # noqa: E402
+from nemotron_sglang.core.weights import load_model  # noqa: E402
+from nemotron_sglang.serving.serve import embedded_model  # noqa: E402
+from nemotron_sglang.testing.corpus import examples  # noqa: E402
+
+MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
+RULES = [("greedy", SamplingRule()),
+         ("frequency_penalty 0.5", SamplingRule(frequency_penalty=0.5)),
+         ("presence_penalty 0.5", SamplingRule(presence_penalty=0.5)),
+         ("repetition_penalty 1.3", SamplingRule(repetition_penalty=1.3)),
+         ("T 0.7, top_p 0.9", SamplingRule(temperature=0.7, top_p=0.9)),
+         ("T 0.7, top_k 20, min_p 0.05", SamplingRule(temperature=0.7, top_k=20, min_p=0.05))]
+
+
+def main() -> None:
+    model = load_model(embedded_model(), dtype=torch.float32)
+    tok = load_tokenizer(embedded_model())
+    prompts = [encode(tok, e["prompt"]) for e in examples(1_000_000, 16)]
+    print(f"# {hardware(False)}; embedded default, 16 held-out prompts, 64 new tokens, block 32")
+    print("# command: python benchmarks/tpf_sampling.py")
+    rows = []
+    for name, rule in RULES:
+        row = [name]
+        for mode in MODES:
+            res = generate(model, [Request(p, mode, DecodeParams(
+                max_new_tokens=64, temperature=rule.temperature, sampling=rule, seed=i))
+                for i, p in enumerate(prompts)])
+            row.append(sum(len(r.output_ids) for r in res) / sum(r.forwards for r in res))
+        rows.append(row)
+    print_table(["rule", *MODES], rows, markdown=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""The batched decision layer: every ask of one forward decided on the device that holds the
+logits, with ONE device→host transfer of O(rows) integers (never O(vocab)).
+
+Same contract as ``decisions.decide_each`` (its readable twin; tests run both on the same
+logits and uniforms): ``decide_batched(logits, items, mask_id) -> list[Decision]``.
+
+Per forward, with N the rows all asks read (their logits computed in one head call):
+
+    L [N, V] -> each ask's processors (penalties, bias, min_new_tokens; processors.py) -> Z
+    Z -> ban mask id -> greedy argmax [N]
+    sampled rows: P = softmax(Z / T) float64 -> top-k / top-p / min-p -> inverse-CDF draw
+                  with u[:, 0]                                                       [N]
+    VERIFY / QUADRATIC rows with a draft x:    accept = argmax == x      (T == 0)
+                                               accept = u0·q(x) < p(x)   (T > 0)
+                                               stop   = argmax | residual draw with u[:, 1]
+    DENOISE rows: confidence, commit = conf >= threshold or first max of the ask
+    QUADRATIC: accepted count c (leading accepts, on the device) -> gather the masks of row c
+               (their logits computed now) -> DRAFT decisions on them
+    logprobs (asks that want them): log softmax(Z / T) at token, stop and draft, top k
+    pack [token, accept, stop, commit (, 3 logprobs)] per row (+ top k) + second-stage drafts
+         -> one .tolist()
+
+Everything the host needs to build the index tensors is known before the forward (rows,
+drafts, temperatures, streams); tensors go host→device only. Sampled drafts' proposals q stay
+on the device, as slices the strategies keep for their verify.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .decisions import Ask, Decision, Kind, logprob_rows, logprob_temperature
+from .processors import RowContext, SamplingRule, shape_logits, truncate
+from .sampling import confidence, normalised, sample
+from .uniforms import reduce_seed, uniforms
+
+
+def _long(values: list[int], dev) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=dev)
+
+
+def _rows(logits, index: list[int]) -> torch.Tensor:
+    """Rows [n, V] of a logits tensor or ``PassLogits`` (one head call)."""
+    if isinstance(logits, torch.Tensor):
+        return logits[index]
+    return logits.rows(index)
+
+
+def _gather(logits, index: torch.Tensor) -> torch.Tensor:
+    """Rows at a device index (no host read of ``index``)."""
+    if isinstance(logits, torch.Tensor):
+        return logits.index_select(0, index)
+    return logits.rows_at(index)
+
+
+def _draw(lb: torch.Tensor, rules: list[SamplingRule], u0: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """Tokens [n] for banned, shaped logits [n, V]: argmax, or a draw from the row's law
+    (``sampling.law``) for rows with T > 0. Returns (tokens, the sampled rows' laws [s, V]
+    float64, unnormalised when truncated, or None; their row numbers)."""
+    tokens = lb.argmax(-1)
+    hot = [i for i, r in enumerate(rules) if r.sampled]
+    if not hot:
+        return tokens, None, hot
+    dev = lb.device
+    hot_t = _long(hot, dev)
+    temp = torch.tensor([rules[i].temperature for i in hot], dtype=torch.float64, device=dev)
+    probs = torch.softmax(lb.index_select(0, hot_t).to(torch.float64) / temp[:, None], dim=-1)
+    cut = [k for k, i in enumerate(hot) if rules[i].truncated]
+    if cut:
+        ct = _long(cut, dev)
+        lim = [rules[hot[k]] for k in cut]
+        probs = probs.index_put((ct,), truncate(
+            probs.index_select(0, ct), _long([r.top_k for r in lim], dev),
+            torch.tensor([r.top_p for r in lim], dtype=torch.float64, device=dev),
+            torch.tensor([r.min_p for r in lim], dtype=torch.float64, device=dev)))
+    tokens = tokens.index_put((hot_t,), sample(probs, u0.index_select(0, hot_t)))
+    return tokens, probs, hot
+
+
+def _shaped(L: torch.Tensor, parts: list[tuple[list[int], SamplingRule, RowContext | None]]
+            ) -> torch.Tensor:
+    """L [n, V] with each part's processors applied to its rows (one request's rule each)."""
+    parts = [(rows, rule, ctx) for rows, rule, ctx in parts if rule.shapes_logits and rows]
+    if not parts:
+        return L
+    z = L.float() if L.dtype != torch.float64 else L.clone()
+    for rows, rule, ctx in parts:
+        idx = _long(rows, L.device)
+        z = z.index_put((idx,), shape_logits(L.index_select(0, idx), rule, ctx).to(z.dtype))
+    return z
+
+
+class _Plan:
+    """Host-side row tables of one forward (lists; shipped to the device once)."""
+
+    def __init__(self, items: Sequence[tuple[int, int, Ask]]):
+        self.abs, self.ask_of, self.rules, self.seeds, self.draws = [], [], [], [], []
+        self.first = []                                   # first row number of each ask
+        for a, (start, _, ask) in enumerate(items):
+            self.first.append(len(self.abs))
+            seed, d0 = ask.stream
+            for j, r in enumerate(ask.rows):
+                self.abs.append(start + r)
+                self.ask_of.append(a)
+                self.rules.append(ask.rule)
+                self.seeds.append(reduce_seed(seed))
+                self.draws.append(d0 + j)
+
+
+def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
+                   ) -> list[Decision]:
+    """Every ask of a forward; ``items``: (start, end, ask) per pass. See the module docstring."""
+    if not items:
+        return []
+    plan = _Plan(items)
+    L = _shaped(_rows(logits, plan.abs), [
+        (list(range(plan.first[a], plan.first[a] + len(ask.rows))), ask.rule, ask.context())
+        for a, (_, _, ask) in enumerate(items)])
+    dev = L.device
+    n = len(plan.abs)
+    lb = L.clone()
+    lb[:, mask_id] = float("-inf")
+    u = uniforms(_long(plan.seeds, dev), _long(plan.draws, dev))
+    token, probs, hot = _draw(lb, plan.rules, u[:, 0])
+    hot_pos = {r: k for k, r in enumerate(hot)}           # row -> row of probs
+    accept = torch.zeros(n, dtype=torch.long, device=dev)
+    stop = token.clone()
+    commit = torch.zeros(n, dtype=torch.long, device=dev)
+
+    # ---- verify rows: greedy and sampled accept tests, the residual draw ----
+    g_rows, g_x, s_rows, s_x, s_q = [], [], [], [], []
+    for a, (_, _, ask) in enumerate(items):
+        if ask.kind not in (Kind.VERIFY, Kind.QUADRATIC):
+            continue
+        for j, x in enumerate(ask.drafts):
+            r = plan.first[a] + j
+            if ask.sampled:
+                s_rows.append(r), s_x.append(x), s_q.append(ask.q[j])
+            else:
+                g_rows.append(r), g_x.append(x)
+    if g_rows:
+        gi = _long(g_rows, dev)
+        hit = token.index_select(0, gi) == _long(g_x, dev)
+        accept = accept.index_put((gi,), hit.long())
+    if s_rows:
+        si = _long(s_rows, dev)
+        x = _long(s_x, dev)[:, None]
+        p = normalised(probs.index_select(0, _long([hot_pos[r] for r in s_rows], dev)))
+        q = torch.stack(s_q)                               # float64, on the device already
+        px, qx = p.gather(1, x).squeeze(1), q.gather(1, x).squeeze(1)
+        hit = (qx > 0) & (u.index_select(0, si)[:, 0] * qx < px)
+        accept = accept.index_put((si,), hit.long())
+        residual = (p - q).clamp_min(0.0)
+        dist = torch.where((residual.sum(-1) > 0)[:, None], residual, p)
+        stop = stop.index_put((si,), sample(dist, u.index_select(0, si)[:, 1]))
+
+    # ---- denoise rows: confidence, commit = conf >= threshold or the ask's first max ----
+    d_rows, d_ask, d_thr, d_local = [], [], [], []
+    for a, (_, _, ask) in enumerate(items):
+        if ask.kind == Kind.DENOISE:
+            for j in range(len(ask.rows)):
+                d_rows.append(plan.first[a] + j), d_ask.append(a)
+                d_thr.append(ask.threshold), d_local.append(j)
+    if d_rows:
+        di = _long(d_rows, dev)
+        da = _long(d_ask, dev)
+        conf = confidence(L.index_select(0, di), token.index_select(0, di))
+        seg_max = torch.full((len(items),), float("-inf"), dtype=conf.dtype, device=dev)
+        seg_max = seg_max.scatter_reduce(0, da, conf, "amax")
+        local = _long(d_local, dev)
+        big = torch.full_like(local, 1 << 30)
+        first = torch.full((len(items),), 1 << 30, dtype=torch.long, device=dev).scatter_reduce(
+            0, da, torch.where(conf == seg_max[da], local, big), "amin")
+        hit = (conf >= torch.tensor(d_thr, dtype=conf.dtype, device=dev)) | (local == first[da])
+        commit = commit.index_put((di,), hit.long())
+
+    # ---- quadratic: draft from the accepted row's masks, chosen on the device ----
+    quad = [a for a, (_, _, ask) in enumerate(items) if ask.kind == Kind.QUADRATIC]
+    second, q2_parts = None, {}
+    if quad:
+        second, q2_parts = _quadratic_drafts(logits, items, quad, plan, accept, mask_id)
+
+    cols = [token, accept, stop, commit]
+    k = max((ask.logprobs for _, _, ask in items if ask.logprobs is not None), default=None)
+    top = None
+    if k is not None:
+        lp = _logprobs(L, plan.rules)
+        draft_x = torch.zeros(n, dtype=torch.long, device=dev)
+        if g_rows or s_rows:
+            draft_x = draft_x.index_put((_long(g_rows + s_rows, dev),), _long(g_x + s_x, dev))
+        cols = [c.to(lp.dtype) for c in cols] + [lp.gather(1, c[:, None]).squeeze(1)
+                                                 for c in (token, stop, draft_x)]
+        if k:
+            vals, ids = lp.topk(k, dim=-1)
+            top = torch.stack([ids.to(lp.dtype), vals], dim=-1).reshape(-1)
+    packed = [torch.stack(cols, dim=1).reshape(-1)]
+    if top is not None:
+        packed.append(top)
+    if second is not None:
+        packed.append(second.to(packed[0].dtype))
+    host = torch.cat(packed).tolist()                     # the one device→host transfer
+    return _unpack(items, plan, host, n, quad, q2_parts, probs, hot_pos, len(cols), k or 0)
+
+
+def _logprobs(L: torch.Tensor, rules: list[SamplingRule]) -> torch.Tensor:
+    """``decisions.logprob_rows`` for every row, each at its own temperature."""
+    dtype = torch.float64 if L.dtype == torch.float64 else torch.float32
+    temp = torch.tensor([logprob_temperature(r) for r in rules], dtype=dtype, device=L.device)
+    return logprob_rows(L, temp[:, None])
+
+
+def _quadratic_drafts(logits, items, quad: list[int], plan: _Plan, accept: torch.Tensor,
+                      mask_id: int) -> tuple[torch.Tensor, dict]:
+    """Accepted count c per quadratic ask (device), the masks of row c, their drafts.
+    Returns (packed [c per ask, then the drafts], {ask: q [B-1, V] or None})."""
+    dev = accept.device
+    widest = max(len(items[a][2].drafts) for a in quad)
+    pad = torch.zeros(len(quad), widest + 1, dtype=torch.long, device=dev)
+    for k, a in enumerate(quad):
+        nd = len(items[a][2].drafts)
+        if nd:
+            rows = torch.arange(plan.first[a], plan.first[a] + nd, device=dev)
+            pad[k, :nd] = accept.index_select(0, rows)
+    c = pad.cumprod(dim=1).sum(dim=1)                     # leading accepts [len(quad)]
+    base, width, local, ask_k, seeds, draws, rules, parts = [], [], [], [], [], [], [], []
+    for k, a in enumerate(quad):
+        start, _, ask = items[a]
+        seed, d0 = ask.stream
+        parts.append((list(range(len(base), len(base) + ask.width - 2)), ask.rule,
+                      ask.draft_context()))
+        for j in range(ask.width - 2):
+            base.append(start + 2 + j), width.append(ask.width), local.append(j)
+            ask_k.append(k), seeds.append(reduce_seed(seed)), draws.append(d0 + len(ask.rows) + j)
+            rules.append(ask.rule)
+    kt = _long(ask_k, dev)
+    idx = _long(base, dev) + c.index_select(0, kt) * _long(width, dev)
+    L2 = _shaped(_gather(logits, idx), parts)
+    lb = L2.clone()
+    lb[:, mask_id] = float("-inf")
+    u = uniforms(_long(seeds, dev), _long(draws, dev))
+    tokens, probs, hot = _draw(lb, rules, u[:, 0])
+    q2 = {}
+    if probs is not None:
+        at = {r: i for i, r in enumerate(hot)}
+        for k, a in enumerate(quad):
+            rows = [r for r in range(len(kt)) if ask_k[r] == k]
+            if rows and rows[0] in at:
+                q2[a] = normalised(probs[at[rows[0]]:at[rows[-1]] + 1])
+    return torch.cat([c, tokens]), q2
+
+
+def _unpack(items, plan: _Plan, host: list, n: int, quad: list[int], q2_parts: dict,
+            probs, hot_pos, width: int, k: int) -> list[Decision]:
+    col = lambda r, c: host[width * r + c]                # noqa: E731
+    tops = host[width * n:width * n + 2 * k * n]
+    second = [int(x) for x in host[width * n + 2 * k * n:]]
+
+    def entry(r, c, ask):
+        top = tops[2 * k * r:2 * k * (r + 1)]
+        return (col(r, c), [(int(top[2 * j]), top[2 * j + 1]) for j in range(ask.logprobs)])
+    c_of = {a: second[k] for k, a in enumerate(quad)}
+    drafts_at, pos = {}, len(quad)
+    for a in quad:
+        m = items[a][2].width - 2
+        drafts_at[a] = second[pos:pos + m]
+        pos += m
+    out = []
+    for a, (_, _, ask) in enumerate(items):
+        rows = range(plan.first[a], plan.first[a] + len(ask.rows))
+        want = ask.logprobs is not None
+        if ask.kind == Kind.PICK:
+            out.append(Decision([int(col(rows[0], 0))],
+                                logprobs=[entry(rows[0], 4, ask)] if want else None))
+        elif ask.kind == Kind.DRAFT:
+            q = None
+            if ask.sampled and len(rows):
+                q = normalised(probs[hot_pos[rows[0]]:hot_pos[rows[-1]] + 1])
+            out.append(Decision([int(col(r, 0)) for r in rows], q=q))
+        elif ask.kind == Kind.DENOISE:
+            out.append(Decision([int(col(r, 0)) for r in rows],
+                                commit=[bool(col(r, 3)) for r in rows],
+                                logprobs=[entry(r, 4, ask) for r in rows] if want else None))
+        else:
+            emitted, lps = [], []
+            for j, x in enumerate(ask.drafts):
+                if col(rows[j], 1):
+                    emitted.append(x)
+                    lps.append((rows[j], 6))
+                else:
+                    emitted.append(int(col(rows[j], 2)))
+                    lps.append((rows[j], 5))
+                    break
+            else:
+                emitted.append(int(col(rows[-1], 0)))
+                lps.append((rows[-1], 4))
+            c = len(emitted) - 1
+            lps = [entry(r, cc, ask) for r, cc in lps] if want else None
+            if ask.kind == Kind.VERIFY:
+                out.append(Decision(emitted, accepted=c, logprobs=lps))
+            else:
+                if c_of[a] != c:
+                    raise RuntimeError(f"quadratic accept count {c_of[a]} on the device, {c} here")
+                out.append(Decision(emitted, drafts=drafts_at[a], q=q2_parts.get(a), accepted=c,
+                                    logprobs=lps))
+    return out

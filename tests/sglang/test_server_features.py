@@ -1,0 +1,96 @@
+"""SGLang's sampling features through the real server, per feature × mode, against SGLang's plain
+AR server of the same checkpoint (no ``--dllm-algorithm``): greedy tokens of ``ar``,
+``linear_spec`` and ``quadratic_spec`` with a penalty, a logit bias, min_new_tokens or
+top-k / top-p / min-p equal the plain server's with the same feature; ``diffusion`` equals core's
+diffusion decoder under the same rule. The plain server runs first and alone (its outputs are
+the reference), then the tri-mode server.
+
+The plain server runs with ``--disable-overlap-schedule``: under SGLang's default overlap
+scheduler its penalty counts lag one token (the token just decoded is tallied after the next one
+is decided, so a greedy ``frequency_penalty`` request can repeat a token), and its outputs then
+depend on a scheduling flag. Without overlap it applies the rule as stated (output token t is
+penalised over output tokens 0..t-1), which is what every NLD mode applies.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sglang_server import PROMPTS, ckpt, core32, plain_ar_server, tri_mode_server  # noqa: F401
+from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+from nemotron_sglang.sglang_plugin.params import SamplingView, sampling_rule
+
+pytest.importorskip("sglang")
+
+EOS = 11
+FEATURES = {
+    "frequency": {"frequency_penalty": 1.5},
+    "presence": {"presence_penalty": 1.5},
+    "repetition>1": {"repetition_penalty": 1.8},
+    "repetition<1": {"repetition_penalty": 0.6},
+    "freq+presence": {"frequency_penalty": 0.7, "presence_penalty": 0.9},
+    "logit_bias": {"logit_bias": {"300": 6.0, "17": -100.0}},
+    "min_new_tokens": {"logit_bias": {str(EOS): 9.0}, "min_new_tokens": 6},
+    "truncation": {"top_k": 3, "top_p": 0.8, "min_p": 0.1},
+}
+MAX_NEW = 16
+
+
+def run(server, ids, feature: dict, **custom) -> list[int]:
+    params = {"max_new_tokens": MAX_NEW, "temperature": 0, **feature}
+    if custom:
+        params["custom_params"] = custom
+    status, body = server.post("/generate", {"input_ids": ids, "sampling_params": params})
+    assert status == 200, body
+    return json.loads(body)["output_ids"]
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, tmp_path_factory):
+    """The plain AR server's greedy outputs: (feature, prompt index) -> tokens."""
+    s = plain_ar_server(ckpt, tmp_path_factory.mktemp("logs") / "plain.log")
+    try:
+        out = {(f, i): run(s, ids, FEATURES.get(f, {})) for f in [None, *FEATURES]
+               for i, ids in enumerate(PROMPTS)}
+    finally:
+        s.stop()
+    return out
+
+
+@pytest.fixture(scope="module")
+def tri(ckpt, tmp_path_factory, reference):
+    s = tri_mode_server(ckpt, tmp_path_factory.mktemp("logs") / "tri.log")
+    yield s
+    s.stop()
+
+
+def test_the_features_change_greedy_outputs(reference):
+    """Else the equalities below prove nothing: every feature but the truncation (which never
+    moves an argmax) changes some greedy output; min_new_tokens stops exactly at its bound."""
+    for f in FEATURES:
+        changed = any(reference[(f, i)] != reference[(None, i)] for i in range(len(PROMPTS)))
+        assert changed == (f != "truncation"), f
+    for i in range(len(PROMPTS)):
+        out = reference[("min_new_tokens", i)]
+        assert EOS not in out[:6] and out[6:7] == [EOS], out
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+@pytest.mark.parametrize("mode", ["ar", "linear_spec", "quadratic_spec"])
+def test_each_mode_equals_the_plain_ar_server_with_the_feature(tri, reference, mode, feature):
+    for i, ids in enumerate(PROMPTS):
+        assert run(tri, ids, FEATURES[feature], decode_mode=mode) == reference[(feature, i)], \
+            (mode, feature, i)
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_diffusion_with_the_feature_equals_core(tri, core32, feature):
+    f = dict(FEATURES[feature])
+    bias = tuple(sorted((int(k), v) for k, v in f.pop("logit_bias", {}).items()))
+    rule = sampling_rule(SamplingView(logit_bias=bias, **f), stop_ids=(EOS,))
+    for ids in PROMPTS:
+        want = generate(core32, [Request(ids, "diffusion", DecodeParams(
+            max_new_tokens=MAX_NEW, sampling=rule))])[0].output_ids
+        assert run(tri, ids, FEATURES[feature], decode_mode="diffusion") == want, feature
