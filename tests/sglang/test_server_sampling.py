@@ -99,12 +99,12 @@ def test_top_k_top_p_min_p_draws_from_the_truncated_law(server, core32, mode):
 
 @pytest.mark.parametrize("mode", ["linear_spec", "quadratic_spec"])
 def test_self_spec_keeps_ar_law_through_the_server(server, mode):
-    n = 600
+    n = 900
     ar = [tuple(o[1:3]) for o in sample(server, "ar", n, 3)]
     sp = [tuple(o[1:3]) for o in sample(server, mode, n, 3)]
     ca, cs = Counter(ar), Counter(sp)
     big = [k for k in ca | cs if ca[k] + cs[k] >= 10]
-    assert len(big) >= 4, (ca.most_common(5), cs.most_common(5))
+    assert len(big) >= 3, (ca.most_common(5), cs.most_common(5))   # a table with some power
     table = [[ca[k] for k in big] + [n - sum(ca[k] for k in big)],
              [cs[k] for k in big] + [n - sum(cs[k] for k in big)]]
     assert stats.chi2_contingency(table).pvalue > 1e-3

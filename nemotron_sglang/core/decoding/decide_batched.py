@@ -97,14 +97,13 @@ class _Plan:
     """Host-side row tables of one forward (lists; shipped to the device once)."""
 
     def __init__(self, items: Sequence[tuple[int, int, Ask]]):
-        self.abs, self.ask_of, self.rules, self.seeds, self.draws = [], [], [], [], []
+        self.abs, self.rules, self.seeds, self.draws = [], [], [], []
         self.first = []                                   # first row number of each ask
-        for a, (start, _, ask) in enumerate(items):
+        for start, _, ask in items:
             self.first.append(len(self.abs))
             seed, d0 = ask.stream
             for j, r in enumerate(ask.rows):
                 self.abs.append(start + r)
-                self.ask_of.append(a)
                 self.rules.append(ask.rule)
                 self.seeds.append(reduce_seed(seed))
                 self.draws.append(d0 + j)
