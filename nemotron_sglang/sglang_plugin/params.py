@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule
+from ..core.decoding.processors import RuleError
 
 # every core mode, plus "auto": a serving policy (linear_spec at the block the load allows, or
 # ar; core/block_policy.py)
@@ -108,9 +109,8 @@ def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = ()) -> SamplingRu
             repetition_penalty=s.repetition_penalty, logit_bias=s.logit_bias,
             min_new_tokens=s.min_new_tokens,
             stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else ())
-    except ValueError as e:
-        field = str(e).split(":")[0]
-        raise ParamError(field, str(e).split(": ", 1)[-1]) from None
+    except RuleError as e:
+        raise ParamError(e.field, e.message) from None
 
 
 def check_fields(custom: Mapping[str, Any]) -> None:

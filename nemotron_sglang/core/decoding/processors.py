@@ -29,13 +29,21 @@ from dataclasses import dataclass
 
 import torch
 
-TOP_K_ALL = 0                        # top_k 0: the whole vocabulary
+TOP_K_OFF = 0                        # top_k 0: the whole vocabulary
+
+
+class RuleError(ValueError):
+    """A sampling parameter out of range; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
 
 
 @dataclass(frozen=True)
 class SamplingRule:
     temperature: float = 0.0         # 0 = greedy
-    top_k: int = TOP_K_ALL
+    top_k: int = TOP_K_OFF
     top_p: float = 1.0
     min_p: float = 0.0
     frequency_penalty: float = 0.0
@@ -52,7 +60,7 @@ class SamplingRule:
                   ("min_new_tokens", self.min_new_tokens >= 0)]
         for name, ok in checks:
             if not ok:      # NaN fails every comparison
-                raise ValueError(f"{name}: out of range ({getattr(self, name)!r})")
+                raise RuleError(name, f"out of range ({getattr(self, name)!r})")
 
     @property
     def sampled(self) -> bool:
@@ -74,7 +82,7 @@ class SamplingRule:
 
     @property
     def truncated(self) -> bool:
-        return self.sampled and (self.top_k != TOP_K_ALL or self.top_p < 1 or self.min_p > 0)
+        return self.sampled and (self.top_k != TOP_K_OFF or self.top_p < 1 or self.min_p > 0)
 
 
 @dataclass(frozen=True)
