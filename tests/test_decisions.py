@@ -14,6 +14,7 @@ from scipy import stats
 
 from host_reads import HostReads
 from nemotron_sglang.core.decoding import Ask, Kind, SamplingRule, decide_batched, decide_each
+from nemotron_sglang.core.decoding.grammar import unpack, words
 from nemotron_sglang.core.decoding.uniforms import stream_uniforms
 from nemotron_sglang.core.logits import PassLogits
 
@@ -40,6 +41,19 @@ def random_rule(rnd: random.Random, t: float, v: int, mask_id: int) -> SamplingR
         logit_bias=tuple((rnd.randrange(v), rnd.uniform(-5, 5)) for _ in range(rnd.randint(0, 3))),
         min_new_tokens=pick(0.4, rnd.randint(1, 12), 0),
         stop_ids=tuple(rnd.sample([t for t in range(v) if t != mask_id], 2)))
+
+
+def random_bits(rnd: random.Random, v: int, mask_id: int, want: list) -> torch.Tensor:
+    """Grammar bits [len(want), W]: a random third of the vocabulary (never only the mask id)
+    per row, with want[j] allowed when set."""
+    bits = torch.zeros(len(want), words(v), dtype=torch.int64)
+    for j, w in enumerate(want):
+        ok = set(rnd.sample([t for t in range(v) if t != mask_id], max(3, v // 3)))
+        ok |= {w} if w is not None else set()
+        ok |= {mask_id} if rnd.random() < 0.5 else set()
+        for t in ok:
+            bits[j, t // 32] |= 1 << (t % 32)
+    return torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32)
 
 
 def random_forward(seed: int, v: int = 37, passes: int = 12):
@@ -83,6 +97,12 @@ def random_forward(seed: int, v: int = 37, passes: int = 12):
             ask = dataclasses.replace(ask, history=tuple(tok() for _ in range(rnd.randint(0, 9))))
         if rnd.random() < 0.4:
             ask = dataclasses.replace(ask, logprobs=rnd.choice([0, 2, 5]))
+        if rnd.random() < 0.35:                 # a grammar: masks on the first m rows
+            m = rnd.randint(1, len(ask.rows)) if kind in (Kind.VERIFY, Kind.QUADRATIC) else 1
+            want = [ask.drafts[j] if j < len(ask.drafts) and rnd.random() < 0.8 else None
+                    for j in range(m)]
+            ask = dataclasses.replace(ask, allowed=random_bits(rnd, v, mask_id, want),
+                                      ordered=kind == Kind.DENOISE)
         items.append((start, start + n, ask))
         start += n
     logits = torch.randn(start, v, generator=g, dtype=torch.float64) * 2
@@ -122,12 +142,18 @@ def test_batched_decisions_equal_the_per_request_twin(case):
     assert lazy.rows_computed == lazy_twin.rows_computed            # same rows, head once each
     for (s, _, ask), d in zip(items, twin):
         assert mask_id not in d.tokens and mask_id not in (d.drafts or [])
+        if ask.allowed is not None and ask.kind != Kind.DENOISE:    # every emitted row obeys
+            ok = unpack(ask.allowed, logits.shape[1])
+            for j, t in enumerate(d.tokens[:len(ok)]):
+                assert ok[j, t], (seed, ask.kind, j, t)
+        if ask.ordered and d.commit:                 # commits are a prefix, slot 0 always
+            assert d.commit[0] and d.commit == sorted(d.commit, reverse=True)
         if ask.kind in (Kind.VERIFY, Kind.QUADRATIC):
             assert list(d.tokens[:-1]) == list(ask.drafts[:d.accepted])
         if ask.logprobs is not None and ask.kind in (Kind.PICK, Kind.VERIFY):
             for j, (t, (lp, top)) in enumerate(zip(d.tokens, d.logprobs)):   # the emitting row
                 z = logits[s + ask.rows[j]]
-                if not ask.rule.shapes_logits:
+                if not ask.rule.shapes_logits and ask.allowed is None:
                     t_ = ask.temperature if ask.sampled else 1.0
                     assert abs(lp - float(torch.log_softmax(z / t_, -1)[t])) < 1e-9
                 assert len(top) == ask.logprobs and all(v <= 0 for _, v in top)
@@ -144,6 +170,8 @@ def test_the_kinds_are_exercised():
             seen.add((ask.kind, hot))
             if ask.drafts:
                 seen.add(("full" if d.accepted == len(ask.drafts) else "cut", hot))
+            if ask.allowed is not None:
+                seen.add(("grammar", ask.kind))
             r = ask.rule
             seen |= {(name, hot) for name, on in [
                 ("penalty", r.penalized), ("bias", bool(r.logit_bias)),
@@ -151,7 +179,7 @@ def test_the_kinds_are_exercised():
     assert seen >= {(k, s) for k in Kind for s in (False, True)} | \
         {(c, s) for c in ("full", "cut") for s in (False, True)} | \
         {(c, s) for c in ("penalty", "bias", "min_new") for s in (False, True)} | \
-        {("truncated", True)}
+        {("truncated", True)} | {("grammar", k) for k in Kind}
 
 
 def test_one_small_host_read_per_forward():

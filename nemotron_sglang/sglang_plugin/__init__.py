@@ -66,6 +66,8 @@ def register() -> None:
     for target, fn, kind in plan:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
         HookRegistry.register(target, fn, kind)
+    for used in hooks.CALLED:                 # what the hooks call on SGLang's objects
+        pkgutil.resolve_name(used)
     surface.allow_usage_extras()
     if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:
         raise RuntimeError("NemotronTriMode did not register")

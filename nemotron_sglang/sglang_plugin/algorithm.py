@@ -35,11 +35,13 @@ from sglang.srt.dllm.config import DllmConfig
 
 from ..core.block_policy import CostTable
 from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
+from ..core.decoding.grammar import GrammarCursor
 from ..core.weights import LORA_DIR, load_lora
 from .model import ARCHITECTURE
 from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
 from .custom_pass import RowSpec, run_custom_pass
+from .grammar import SGLangGrammar
 from .params import ParamError, SamplingView, ServerDefaults, parse, sampling_rule
 from .request import NLDRequest, RequestStats
 
@@ -55,8 +57,6 @@ def sampling_view(req) -> SamplingView:
     T < 1e-6, which its SamplingParams turn into top_k = 1, or top_k = 1)."""
     sp = req.sampling_params
     greedy = sp.top_k == 1 or sp.temperature < 1e-6
-    grammar = next((n for n in ("json_schema", "regex", "ebnf", "structural_tag")
-                    if getattr(sp, n, None) is not None), None)
     lp = getattr(req, "logprob", None)
     bias = tuple(sorted((int(k), float(v)) for k, v in (sp.logit_bias or {}).items()))
     return SamplingView(
@@ -66,7 +66,6 @@ def sampling_view(req) -> SamplingView:
         presence_penalty=float(sp.presence_penalty),
         repetition_penalty=float(sp.repetition_penalty),
         min_new_tokens=int(sp.min_new_tokens or 0), logit_bias=bias,
-        grammar=grammar,
         logprobs=bool(req.return_logprob),
         top_logprobs=int(getattr(lp, "top_logprobs_num", 0) or 0) if req.return_logprob else 0,
         token_ids_logprob=bool(req.return_logprob and lp is not None and
@@ -120,6 +119,7 @@ class NemotronTriMode(DllmAlgorithm):
         parse({}, SamplingView(), defaults)
         type(self).defaults = defaults
         self.eos_id = None
+        self.vocab = 0
         self.lora_path = self._lora_path(yaml)
         # attention of the fused quadratic pass: the Triton kernel on CUDA, core's reference on CPU
         self.custom_attention = yaml.get("custom_attention",
@@ -161,6 +161,7 @@ class NemotronTriMode(DllmAlgorithm):
             return
         model = model_runner.model
         self.eos_id = model.nld_config.eos_token_id
+        self.vocab = model.nld_config.vocab_size
         if self.lora_path is not None:
             adapter = load_lora(self.lora_path, model.nld_config)
             from sglang.srt.distributed.parallel_state import (
@@ -232,6 +233,8 @@ class NemotronTriMode(DllmAlgorithm):
             nld = NLDRequest(params, seed, RequestStats(mode=params.mode),
                              rule=sampling_rule(view, self._stop_ids(req)),
                              logprobs=view.top_logprobs if view.logprobs else None)
+            if getattr(req, "grammar", None) is not None:     # compiled by SGLang's backend
+                nld.grammar = GrammarCursor(SGLangGrammar(req.grammar), self.vocab)
             nld.strategy = get_strategy("linear_spec" if params.mode == "auto" else params.mode)
             req.nld = nld
         return nld
@@ -272,6 +275,9 @@ class NemotronTriMode(DllmAlgorithm):
                                 sampling=nld.rule, logprobs=nld.logprobs),
             kv_len=committed, seed=nld.seed, draws=draws, prior=list(req.output_ids))
         st.lora = nld.strategy.uses_lora and self._has_lora
+        if nld.grammar is not None:     # back to what SGLang holds (drops unreturned tokens)
+            nld.grammar.seek(list(req.output_ids))
+            st.grammar = nld.grammar
         nld.replace_state(st)
         return st
 

@@ -125,6 +125,19 @@ class CanvasRound:
                 row.done = completed = True
         return completed
 
+    def _fail(self, row: Row, tokens: list[int]) -> torch.Tensor:
+        """The request cannot go on (core's ``error``): SGLang aborts it with a 400 once this
+        round's tokens are committed; a round must return a token for SGLang to finish it."""
+        from http import HTTPStatus
+
+        from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+        row.req.to_finish = FINISH_ABORT(
+            f"nemotron-sglang: {row.state.error} (decode_mode {row.nld.stats.mode})",
+            HTTPStatus.BAD_REQUEST, "BadRequestError")
+        row.nld.sync_stats()
+        return torch.tensor(tokens or [self.algo.eos_id], dtype=torch.long)
+
     def _finish(self, row: Row) -> torch.Tensor:
         """The tokens SGLang commits for ``row``; sets ``keep`` for the KV hook."""
         nld, st = row.nld, row.state
@@ -135,6 +148,8 @@ class CanvasRound:
             nld.round_logprobs = st.logprobs[nld.returned:nld.returned + n]
         nld.returned += n
         nld.keep = min(with_kv, n)
+        if st.finish_reason == "error":
+            return self._fail(row, pending[:n])
         if st.finished and not pending:
             # core finished the request but SGLang goes on (a stop rule only one side knows):
             # drop the last token's KV so that SGLang re-encodes it and a fresh state starts

@@ -23,7 +23,9 @@
   request (its KV freed, its committed output kept; SGLang's ``release_req``) and parks
   it until the pool has room for its re-prefill plus two canvases, or nothing else runs; it then
   re-enters as a prefill, and its next context pass starts a fresh core state from the AR-exact
-  seed. Parked requests are kept on the scheduler (``scheduler.nld_parked``).
+  seed. Parked requests are kept on the scheduler (``scheduler.nld_parked``). First it moves
+  the requests whose grammar is compiled from SGLang's grammar queue to the waiting queue
+  (``release_ready_grammars``: SGLang's dLLM path never does, and they would wait forever).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ TP_WORKER_TARGET = "sglang.srt.managers.tp_worker.TpModelWorker._forward_batch_g
 STASH_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin._stash_dllm_context"
 SCHEDULE_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.get_new_batch_dllm"
 ALGORITHM_NAME = "NemotronTriMode"
+# SGLang methods the hooks call (checked at registration, like the targets)
+CALLED = ("sglang.srt.constrained.grammar_manager.GrammarManager.get_ready_grammar_requests",
+          "sglang.srt.constrained.grammar_manager.GrammarManager.has_waiting_grammars",
+          "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue")
 DEFAULT_MAX_RUNNING_REQUESTS = 16
 
 
@@ -155,6 +161,7 @@ def _parked(scheduler) -> list:
 def schedule_with_retraction(original, self, running_batch):
     """SGLang's dLLM batch choice, plus decode-when-prefill-is-blocked and retraction when
     KV-starved (see the docstring)."""
+    release_ready_grammars(self)
     manager, parked = self.dllm_manager, _parked(self)
     block = self.dllm_config.block_size
     allocator = self.token_to_kv_pool_allocator
@@ -177,6 +184,16 @@ def schedule_with_retraction(original, self, running_batch):
         _retract(self, holders[-1])
         batch = _decode_batch(self, running_batch)
     return batch
+
+
+def release_ready_grammars(scheduler) -> None:
+    """Requests whose grammar SGLang's backend has compiled go to the waiting queue, as
+    SGLang's AR scheduler does first thing (``_get_new_batch_prefill_raw``); its dLLM path
+    never polls the grammar queue, so a grammar request would wait forever."""
+    grammars = scheduler.grammar_manager
+    if grammars.has_waiting_grammars():
+        for req in grammars.get_ready_grammar_requests():
+            scheduler._add_request_to_queue(req)
 
 
 def _holders(manager) -> list:

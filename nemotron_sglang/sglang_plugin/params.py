@@ -4,9 +4,9 @@ A request may set ``decode_mode``, ``threshold`` and ``block_length`` (in SGLang
 ``custom_params``); everything else comes from the server's YAML defaults. SGLang's sampling
 parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k / top-p /
 min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in
-every mode, and output logprobs (with top-k) are reported in every mode. What the NLD decoders
-do not implement yet (prompt logprobs, logprobs of chosen token ids, grammars, custom logit
-processors) is refused with a message naming the field and the mode, which SGLang turns into an
+every mode, as are grammars (SGLang's grammar object, ``grammar.py``), and output logprobs
+(with top-k) are reported in every mode. What the NLD decoders do not implement yet (prompt
+logprobs, logprobs of chosen token ids, custom logit processors) is refused with a message naming the field and the mode, which SGLang turns into an
 HTTP 400. No SGLang import, so it is tested directly.
 """
 
@@ -66,7 +66,6 @@ class SamplingView:
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
     logit_bias: tuple[tuple[int, float], ...] = ()
-    grammar: str | None = None      # name of a set grammar field (json_schema, regex, ...)
     logprobs: bool = False          # return_logprob: each output token's logprob
     top_logprobs: int = 0           # top_logprobs_num
     token_ids_logprob: bool = False
@@ -93,9 +92,6 @@ def _refuse_unsupported(s: SamplingView, mode: str) -> None:
             raise ParamError(field, f"{msg} (decode_mode {mode})")
     if s.top_logprobs < 0:
         raise ParamError("top_logprobs_num", f"must be >= 0 (decode_mode {mode})")
-    if s.grammar is not None:
-        raise ParamError(s.grammar, f"constrained decoding (grammars, response_format) is not "
-                                    f"supported by the NLD decoders yet (decode_mode {mode})")
 
 
 def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = ()) -> SamplingRule:

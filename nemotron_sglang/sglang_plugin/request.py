@@ -73,6 +73,7 @@ class NLDRequest:
     rule: Any = None                # core SamplingRule (params.sampling_rule)
     logprobs: int | None = None     # return_logprob: top-k per token (0: the token's alone)
     round_logprobs: list = field(default_factory=list)  # entries of the tokens just returned
+    grammar: Any = None             # core GrammarCursor over req.grammar, for the request's life
 
     @property
     def block(self) -> int:

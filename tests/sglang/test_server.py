@@ -135,14 +135,6 @@ def test_openai_completions_return_logprobs(dllm):
     assert all(len(top) == 2 for top in lp["top_logprobs"])
 
 
-def test_grammar_is_refused(dllm):
-    status, text = dllm.post("/v1/chat/completions", {
-        "model": "nld", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
-        "response_format": {"type": "json_schema", "json_schema": {
-            "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}})
-    assert status == 400 and "json_schema" in text
-
-
 def test_out_of_vocabulary_ids_are_refused_and_the_server_survives(dllm):
     status, text = dllm.post("/generate", {"input_ids": [5, 512], "sampling_params": {
         "max_new_tokens": 4, "custom_params": {"decode_mode": "ar"}}})

@@ -17,7 +17,12 @@ from typing import Any
 
 from ..attention import MaskSpec
 from .decisions import Ask, Decision, Kind
+from .grammar import GrammarCursor
 from .processors import SamplingRule
+
+
+GRAMMAR_CONFLICT = ("the grammar allows only tokens that the sampling rule forbids here "
+                    "(min_new_tokens bans the stop tokens the grammar needs, or logit_bias)")
 
 
 class DecodeError(ValueError):
@@ -111,13 +116,22 @@ class RequestState:
     draws: int = 0                 # uniform pairs drawn so far
     prior: list[int] = field(default_factory=list)  # output before this state (a re-prefill)
     logprobs: list = field(default_factory=list)     # per output token (params.logprobs set)
+    grammar: GrammarCursor | None = None   # constrained decoding; consumed = prior + output
+    error: str | None = None       # finish_reason "error": why the request cannot go on
     scratch: dict[str, Any] = field(default_factory=dict)
 
-    def ask(self, kind: Kind, rows, **kw) -> Ask:
+    def ask(self, kind: Kind, rows, pending: tuple[int, ...] = (), **kw) -> Ask:
         """An :class:`Ask` under this request's sampling rule on its next draws (advances
-        them), with the output so far when the rule needs it (penalties, min_new_tokens)."""
+        them), with the output so far when the rule needs it (penalties, min_new_tokens) and
+        the grammar's row masks when there is one (``grammar.py``; ``pending``: committed
+        tokens after the output before row 0, a diffusion block's prefix)."""
         rule = self.params.rule
         history = tuple(self.prior + self.output) if rule.needs_history else ()
+        if self.grammar is not None:
+            drafts = kw.get("drafts", ())
+            n = len(drafts) + 1 if kind in (Kind.VERIFY, Kind.QUADRATIC) else 1
+            kw.update(allowed=self.grammar.rows(pending, drafts, n),
+                      ordered=kind == Kind.DENOISE)
         a = Ask(kind, tuple(rows), rule, (self.seed, self.draws), history=history,
                 logprobs=self.params.logprobs, **kw)
         self.draws += a.draws
@@ -133,20 +147,33 @@ class RequestState:
 
     def emit(self, tokens: list[int], logprobs: list | None = None) -> int:
         """Append tokens (with their logprob entries when requested), cutting after the first
-        EOS or at max_new_tokens; returns how many."""
+        EOS, the token that completes the grammar, or at max_new_tokens; returns how many."""
         n = 0
         for i, t in enumerate(tokens):
             if self.finished:
                 break
+            complete = False
+            if self.grammar is not None:
+                try:
+                    complete = self.grammar.advance([int(t)])
+                except ValueError:
+                    self.fail(GRAMMAR_CONFLICT)
+                    break
             self.output.append(int(t))
             if self.params.logprobs is not None:
                 self.logprobs.append(logprobs[i] if logprobs else None)
             n += 1
-            if t == self.eos_id:
+            if complete:
+                self.finish_reason = "stop"          # a stop token completed the grammar
+            elif t == self.eos_id:
                 self.finish_reason = "stop"
             elif len(self.output) >= self.params.max_new_tokens:
                 self.finish_reason = "length"
         return n
+
+    def fail(self, message: str) -> None:
+        """End the request with finish reason "error" (its KV is rolled back as for any end)."""
+        self.finish_reason, self.error = "error", message
 
     def note_verify(self, drafts: int, accepted: int) -> None:
         """Count one verification: ``accepted`` of ``drafts`` drafts kept (block policy's α)."""

@@ -6,19 +6,21 @@ logits and uniforms): ``decide_batched(logits, items, mask_id) -> list[Decision]
 
 Per forward, with N the rows all asks read (their logits computed in one head call):
 
-    L [N, V] -> each ask's processors (penalties, bias, min_new_tokens; processors.py) -> Z
+    L [N, V] -> grammar asks' forbidden tokens at -inf (their bits, one host→device copy)
+             -> each ask's processors (penalties, bias, min_new_tokens; processors.py) -> Z
     Z -> ban mask id -> greedy argmax [N]
     sampled rows: P = softmax(Z / T) float64 -> top-k / top-p / min-p -> inverse-CDF draw
                   with u[:, 0]                                                       [N]
     VERIFY / QUADRATIC rows with a draft x:    accept = argmax == x      (T == 0)
                                                accept = u0·q(x) < p(x)   (T > 0)
                                                stop   = argmax | residual draw with u[:, 1]
-    DENOISE rows: confidence, commit = conf >= threshold or first max of the ask
+    DENOISE rows: confidence, commit = conf >= threshold or first max of the ask (an ordered
+                  ask: slot 0, then while every slot so far reaches the threshold)
     QUADRATIC: accepted count c (leading accepts, on the device) -> gather the masks of row c
                (their logits computed now) -> DRAFT decisions on them
     logprobs (asks that want them): log softmax(Z / T) at token, stop and draft, top k
     pack [token, accept, stop, commit (, 3 logprobs)] per row (+ top k) + second-stage drafts
-         -> one .tolist()
+         -> one .tolist() -> ``packed.unpack_decisions``
 
 Everything the host needs to build the index tensors is known before the forward (rows,
 drafts, temperatures, streams); tensors go host→device only. Sampled drafts' proposals q stay
@@ -32,6 +34,8 @@ from typing import Sequence
 import torch
 
 from .decisions import Ask, Decision, Kind, logprob_rows, logprob_temperature
+from .grammar import unpack
+from .packed import unpack_decisions
 from .processors import RowContext, SamplingRule, shape_logits, truncate
 from .sampling import confidence, normalised, sample
 from .uniforms import reduce_seed, uniforms
@@ -93,6 +97,21 @@ def _shaped(L: torch.Tensor, parts: list[tuple[list[int], SamplingRule, RowConte
     return z
 
 
+def _constrained(L: torch.Tensor, items, plan) -> torch.Tensor:
+    """L [n, V] with each grammar ask's forbidden tokens at -inf (its first m rows; the bits of
+    every such ask go host->device in one copy)."""
+    parts = [(plan.first[a], ask.allowed) for a, (_, _, ask) in enumerate(items)
+             if ask.allowed is not None and len(ask.allowed)]
+    if not parts:
+        return L
+    rows = _long([f + j for f, bits in parts for j in range(len(bits))], L.device)
+    bits = torch.cat([b for _, b in parts])
+    if bits.device != L.device:                           # host -> device, never back
+        bits = bits.to(L.device, non_blocking=True)
+    forbid = ~unpack(bits, L.shape[-1])
+    return L.index_put((rows,), L.index_select(0, rows).masked_fill(forbid, float("-inf")))
+
+
 class _Plan:
     """Host-side row tables of one forward (lists; shipped to the device once)."""
 
@@ -115,7 +134,7 @@ def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
     if not items:
         return []
     plan = _Plan(items)
-    L = _shaped(_rows(logits, plan.abs), [
+    L = _shaped(_constrained(_rows(logits, plan.abs), items, plan), [
         (list(range(plan.first[a], plan.first[a] + len(ask.rows))), ask.rule, ask.context())
         for a, (_, _, ask) in enumerate(items)])
     dev = L.device
@@ -157,12 +176,14 @@ def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
         stop = stop.index_put((si,), sample(dist, u.index_select(0, si)[:, 1]))
 
     # ---- denoise rows: confidence, commit = conf >= threshold or the ask's first max ----
-    d_rows, d_ask, d_thr, d_local = [], [], [], []
+    d_rows, d_ask, d_thr, d_local, d_ord, d_head = [], [], [], [], [], []
     for a, (_, _, ask) in enumerate(items):
         if ask.kind == Kind.DENOISE:
+            head = len(d_rows)
             for j in range(len(ask.rows)):
                 d_rows.append(plan.first[a] + j), d_ask.append(a)
                 d_thr.append(ask.threshold), d_local.append(j)
+                d_ord.append(ask.ordered), d_head.append(head)
     if d_rows:
         di = _long(d_rows, dev)
         da = _long(d_ask, dev)
@@ -173,7 +194,12 @@ def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
         big = torch.full_like(local, 1 << 30)
         first = torch.full((len(items),), 1 << 30, dtype=torch.long, device=dev).scatter_reduce(
             0, da, torch.where(conf == seg_max[da], local, big), "amin")
-        hit = (conf >= torch.tensor(d_thr, dtype=conf.dtype, device=dev)) | (local == first[da])
+        above = conf >= torch.tensor(d_thr, dtype=conf.dtype, device=dev)
+        hit = above | (local == first[da])
+        if any(d_ord):     # ordered asks: slot 0, then while every slot so far is above
+            short = (~above & (local > 0)).long().cumsum(0)
+            before = short.index_select(0, _long(d_head, dev))
+            hit = torch.where(torch.tensor(d_ord, device=dev), short == before, hit)
         commit = commit.index_put((di,), hit.long())
 
     # ---- quadratic: draft from the accepted row's masks, chosen on the device ----
@@ -201,7 +227,8 @@ def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
     if second is not None:
         packed.append(second.to(packed[0].dtype))
     host = torch.cat(packed).tolist()                     # the one device→host transfer
-    return _unpack(items, plan, host, n, quad, q2_parts, probs, hot_pos, len(cols), k or 0)
+    return unpack_decisions(items, plan.first, host, n, quad, q2_parts, probs, hot_pos,
+                            len(cols), k or 0)
 
 
 def _logprobs(L: torch.Tensor, rules: list[SamplingRule]) -> torch.Tensor:
@@ -249,59 +276,3 @@ def _quadratic_drafts(logits, items, quad: list[int], plan: _Plan, accept: torch
             if rows and rows[0] in at:
                 q2[a] = normalised(probs[at[rows[0]]:at[rows[-1]] + 1])
     return torch.cat([c, tokens]), q2
-
-
-def _unpack(items, plan: _Plan, host: list, n: int, quad: list[int], q2_parts: dict,
-            probs, hot_pos, width: int, k: int) -> list[Decision]:
-    col = lambda r, c: host[width * r + c]                # noqa: E731
-    tops = host[width * n:width * n + 2 * k * n]
-    second = [int(x) for x in host[width * n + 2 * k * n:]]
-
-    def entry(r, c, ask):
-        top = tops[2 * k * r:2 * k * (r + 1)]
-        return (col(r, c), [(int(top[2 * j]), top[2 * j + 1]) for j in range(ask.logprobs)])
-    c_of = {a: second[k] for k, a in enumerate(quad)}
-    drafts_at, pos = {}, len(quad)
-    for a in quad:
-        m = items[a][2].width - 2
-        drafts_at[a] = second[pos:pos + m]
-        pos += m
-    out = []
-    for a, (_, _, ask) in enumerate(items):
-        rows = range(plan.first[a], plan.first[a] + len(ask.rows))
-        want = ask.logprobs is not None
-        if ask.kind == Kind.PICK:
-            out.append(Decision([int(col(rows[0], 0))],
-                                logprobs=[entry(rows[0], 4, ask)] if want else None))
-        elif ask.kind == Kind.DRAFT:
-            q = None
-            if ask.sampled and len(rows):
-                q = normalised(probs[hot_pos[rows[0]]:hot_pos[rows[-1]] + 1])
-            out.append(Decision([int(col(r, 0)) for r in rows], q=q))
-        elif ask.kind == Kind.DENOISE:
-            out.append(Decision([int(col(r, 0)) for r in rows],
-                                commit=[bool(col(r, 3)) for r in rows],
-                                logprobs=[entry(r, 4, ask) for r in rows] if want else None))
-        else:
-            emitted, lps = [], []
-            for j, x in enumerate(ask.drafts):
-                if col(rows[j], 1):
-                    emitted.append(x)
-                    lps.append((rows[j], 6))
-                else:
-                    emitted.append(int(col(rows[j], 2)))
-                    lps.append((rows[j], 5))
-                    break
-            else:
-                emitted.append(int(col(rows[-1], 0)))
-                lps.append((rows[-1], 4))
-            c = len(emitted) - 1
-            lps = [entry(r, cc, ask) for r, cc in lps] if want else None
-            if ask.kind == Kind.VERIFY:
-                out.append(Decision(emitted, accepted=c, logprobs=lps))
-            else:
-                if c_of[a] != c:
-                    raise RuntimeError(f"quadratic accept count {c_of[a]} on the device, {c} here")
-                out.append(Decision(emitted, drafts=drafts_at[a], q=q2_parts.get(a), accepted=c,
-                                    logprobs=lps))
-    return out

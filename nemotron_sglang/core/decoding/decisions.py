@@ -15,7 +15,8 @@ its small host :class:`Decision`. Kinds (offsets are the pass's token offsets):
                (offsets c·w + 2 .. c·w + w - 1, w = B + 1)          -> drafts, q
 
 Every decided row j draws the uniform pair ``u(seed, start + j)`` (``uniforms.py``); a
-QUADRATIC ask's draft rows draw ``start + len(rows) + j``. Rows follow the request's
+QUADRATIC ask's draft rows draw ``start + len(rows) + j``. Rows follow the request's grammar
+(``allowed``, ``grammar.py``: forbidden tokens at -inf before anything else) and its
 ``SamplingRule`` (``processors.py``); a rule with penalties or min_new_tokens needs the output
 before the ask (``history``): a verifier row i also counts the drafts before it, a diffusion
 slot s sits at output index len(history) + s, draft rows count the history alone. ``q`` (the proposals of sampled
@@ -30,6 +31,7 @@ from typing import Sequence
 
 import torch
 
+from .grammar import constrain
 from .processors import RowContext, SamplingRule
 from .processors import shape_logits
 from .sampling import commit_mask, diffusion_candidates, draft_tokens, pick, speculative_accept
@@ -56,6 +58,8 @@ class Ask:
     width: int = 0                         # QUADRATIC: B + 1
     history: tuple[int, ...] = ()          # output before the ask (rules that need it)
     logprobs: int | None = None            # None: none; k >= 0: each emitted token's, top k
+    allowed: torch.Tensor | None = None    # grammar: bits [m, W] of rows[:m] (grammar.py)
+    ordered: bool = False                  # DENOISE under a grammar: commit left to right
 
     def __post_init__(self) -> None:
         if not isinstance(self.rule, SamplingRule):
@@ -137,7 +141,7 @@ def _u(ask: Ask, first: int, n: int, device) -> torch.Tensor:
 
 def decide_one(logits, ask: Ask, mask_id: int) -> Decision:
     """One ask on its pass's logits (a tensor [n, V] or a lazy ``PassLogitsView``)."""
-    rows = logits[list(ask.rows)]
+    rows = constrain(logits[list(ask.rows)], ask.allowed)
     u = _u(ask, 0, len(ask.rows), rows.device)
     rule, ctx = ask.rule, ask.context()
     k = ask.logprobs
@@ -158,7 +162,7 @@ def decide_one(logits, ask: Ask, mask_id: int) -> Decision:
     if ask.kind == Kind.DENOISE:
         cand, conf = diffusion_candidates(rows, rule, mask_id, u, ctx)
         tokens = cand.tolist()
-        return Decision(tokens, commit=commit_mask(conf, ask.threshold).tolist(),
+        return Decision(tokens, commit=commit_mask(conf, ask.threshold, ask.ordered).tolist(),
                         logprobs=entries(tokens))
     out = speculative_accept(list(ask.drafts), ask.q, rows, rule, mask_id, u, ctx)
     c = len(out) - 1

@@ -7,12 +7,18 @@ When no mask is left the block's tokens are emitted, and one causal pass over th
 ``refresh`` pass) writes its KV and picks the next seed from its last logit. A request stops
 early, without the refresh pass, once its output is decided: an EOS with no mask before it, or
 the first ``max_new_tokens - emitted`` slots all committed (later slots cannot change them).
+
+Under a grammar (``grammar.py``) a slot commits only once every slot to its left has: the
+leftmost masked slot's candidate is drawn under the grammar's mask and always commits, the
+slots after it commit while they reach the threshold and the grammar accepts them in order
+(their candidates are drawn unmasked, so a refused one waits for its own turn as the leftmost);
+the token that completes the grammar ends the output.
 """
 
 from __future__ import annotations
 
 from ..attention import BIDIRECTIONAL, CAUSAL
-from .base import Pass, RequestState, Strategy
+from .base import GRAMMAR_CONFLICT, Pass, RequestState, Strategy
 from .decisions import Decision, Kind
 
 
@@ -75,8 +81,9 @@ class DiffusionStrategy(Strategy):
         block = req.scratch["block"]
         pos = list(range(req.kv_len, req.kv_len + len(block)))
         if req.mask_id in block:
-            ask = req.ask(Kind.DENOISE, masked_slots(block, req.mask_id),
-                          threshold=req.params.threshold)
+            slots = masked_slots(block, req.mask_id)
+            ask = req.ask(Kind.DENOISE, slots, threshold=req.params.threshold,
+                          pending=tuple(block[:slots[0]]) if req.grammar is not None else ())
             return Pass(list(block), pos, BIDIRECTIONAL, ask)
         return Pass(list(block), pos, CAUSAL, req.ask(Kind.PICK, (len(block) - 1,)),
                     write_kv=True, refresh=True)
@@ -86,6 +93,26 @@ class DiffusionStrategy(Strategy):
         if p.write_kv:        # refresh pass: KV of the emitted block, next seed
             self.start(req, d.tokens[0], d.logprobs[0] if d.logprobs else None)
             return len(block)
+        if req.grammar is not None:
+            d = self._grammar_cut(req, p, d, block)
         req.scratch["block"] = commit_step(block, p.ask.rows, d, req.scratch["lp"])
         self._finish_if_decided(req)
         return 0
+
+    @staticmethod
+    def _grammar_cut(req: RequestState, p: Pass, d: Decision, block: list[int]) -> Decision:
+        """Under a grammar the commits are a prefix of the masked slots (an ``ordered`` ask);
+        keep them while the grammar accepts them in order, and none past the one that
+        completes it (its tokens end the output: the block is cut there)."""
+        s0 = p.ask.rows[0]
+        n = sum(d.commit)
+        keep, done = req.grammar.prefix(block[:s0], d.tokens[:n])
+        commit = [j < keep for j in range(len(d.commit))]
+        if keep == 0 and not done:     # even the masked leftmost candidate is refused
+            req.fail(GRAMMAR_CONFLICT)
+        if done:       # the output ends at the completing token: drop the block's tail
+            del block[s0 + keep:]
+            del req.scratch["lp"][s0 + keep:]
+            return Decision(d.tokens[:keep], commit=commit[:keep],
+                            logprobs=d.logprobs[:keep] if d.logprobs else None)
+        return Decision(d.tokens, commit=commit, logprobs=d.logprobs)

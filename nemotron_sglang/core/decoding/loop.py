@@ -23,6 +23,7 @@ from ..kv_cache import KVCacheFull, PagedKVCache
 from ..logits import PassLogits
 from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy, seed_ask
 from .decide_batched import decide_batched
+from .grammar import Grammar, GrammarCursor
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,19 @@ class Request:
     prompt_ids: list[int]
     mode: str = "ar"
     params: DecodeParams = field(default_factory=DecodeParams)
+    grammar: Grammar | None = None        # constrained decoding (grammar.py); stateful, own
 
 
 @dataclass(frozen=True)
 class Result:
     output_ids: list[int]
-    finish_reason: str            # "stop" | "length" | "abort"
+    finish_reason: str            # "stop" | "length" | "abort" | "error" (``error`` says why)
     forwards: int                 # model forwards this request took part in, prefill excluded
     mode: str
     cycles: int
     acceptance_length: float | None
     seq_id: int
+    error: str | None = None
 
     @property
     def tokens_per_forward(self) -> float:
@@ -91,6 +94,8 @@ class Decoder:
         st = RequestState(rid=next(self._seq_ids), prompt=list(req.prompt_ids), params=req.params,
                           block=block, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
                           seed=req.params.seed)
+        if req.grammar is not None:
+            st.grammar = GrammarCursor(req.grammar, cfg.vocab_size)
         st.lora = strategy.uses_lora and req.params.use_lora and self.model.has_lora
         return st
 
@@ -137,7 +142,7 @@ class Decoder:
                     self.cache.free(s.rid)
             self.stats.tokens += len(s.output)
             results.append(Result(s.output, s.finish_reason, s.forwards, mode, s.cycles,
-                                  s.acceptance_length, s.rid))
+                                  s.acceptance_length, s.rid, s.error))
         return results
 
     def _prefill(self, states: list[RequestState], modes: list[str]) -> None:

@@ -90,10 +90,14 @@ def diffusion_candidates(logits: torch.Tensor, rule: SamplingRule, mask_id: int,
     return cand, confidence(z, cand)
 
 
-def commit_mask(conf: torch.Tensor, threshold: float) -> torch.Tensor:
+def commit_mask(conf: torch.Tensor, threshold: float, ordered: bool = False) -> torch.Tensor:
     """Which slots commit [n] bool: confidence >= threshold, and always the most confident one
-    (the first of equals)."""
+    (the first of equals). ``ordered`` (a grammar): slot 0 (the leftmost masked one) always,
+    then each slot while it and every slot before it reach the threshold."""
     commit = conf >= threshold
+    if ordered:
+        commit[0] = True
+        return commit.long().cumprod(0).bool()
     commit[int(conf.argmax())] = True
     return commit
 
