@@ -46,8 +46,8 @@ from nemotron_sglang.core.config import preset  # noqa: E402
 from nemotron_sglang.core.kv_cache import PagedKVCache  # noqa: E402
 from nemotron_sglang.core.model import NLDModel  # noqa: E402
 from nemotron_sglang.core.weights import load_model  # noqa: E402
+from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
-FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
 ROWS = (1, 2, 4, 8, 16, 32, 64)
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
+from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
-FIXTURE = ROOT / "tests" / "fixtures" / "nld-tiny-rules"
 MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
 
 

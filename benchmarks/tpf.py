@@ -43,8 +43,8 @@ import torch
 from nemotron_sglang.core.decoding import (DecodeError, DecodeParams, Request, default_cache,
                                            make_decoder)
 from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
+from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "nld-tiny-rules"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 # (mode, use_lora) in table order; ar ignores the block length and runs once.

@@ -15,9 +15,9 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nld-tiny-rules"
 PROMPT = ["--prompt-ids", "5,6,7,8", "--max-new-tokens", "12"]
 CKPT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -145,8 +145,8 @@ def test_errors_exit_2_without_traceback(runs, name):
 
 
 def test_default_model_is_the_committed_fixture(runs):
-    """With no --model, generate uses the trained fixture (the generated fallback, used when the
-    fixture is absent, is covered in test_serve_args.py) and writes nothing to the cache."""
+    """With no --model, generate uses the trained fixture shipped in the package (its absence is
+    an error, test_serve_args.py) and writes nothing to the cache."""
     cache, first, second, stamp = runs["default"]
     a = last_json(first)
     assert a["output_ids"] and a["lora"] is True   # the fixture carries the LoRA drafter

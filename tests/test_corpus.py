@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nemotron_sglang.testing import corpus
+from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nld-tiny-rules"
 
 
 def test_documents_and_examples_are_deterministic_by_seed():

@@ -17,8 +17,8 @@ from nemotron_sglang.core.decoding import DecodeParams, Request, generate
 from nemotron_sglang.core.tokenizer import decode, encode, load_tokenizer
 from nemotron_sglang.core.weights import load_model
 from nemotron_sglang.testing import corpus
+from nemotron_sglang.data import EMBEDDED as FIXTURE
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nld-tiny-rules"
 EVAL_SEED = corpus.EVAL_SEED_BASE + 4242     # never a training seed
 AR_RULE_ACC_MIN = 0.85                       # measured 23/24 = 0.96 on this seed (README)
 MAX_NEW = 64

@@ -76,11 +76,16 @@ def test_nemotron_backend_on_cuda_turns_graphs_off(tmp_path, monkeypatch, ckpt_d
     assert "--disable-cuda-graph" not in cpu
 
 
-def test_default_model_is_generated_and_bad_input_refused(tmp_path, monkeypatch):
+def test_default_model_is_the_shipped_fixture_and_bad_input_refused(tmp_path, monkeypatch):
+    """No --model: the package's trained fixture; without it a clear error, never a random
+    checkpoint in its place."""
     monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
-    monkeypatch.setattr(serve, "FIXTURE", tmp_path / "absent")
     cmd, _ = serve.build_command(args(), [], cuda=False)
-    assert value(cmd, "--model-path") == str(tmp_path / "tiny-seed0")
+    assert value(cmd, "--model-path") == str(serve.FIXTURE)
+    assert (serve.FIXTURE / "linear_spec_lora" / "adapter_config.json").exists()
+    monkeypatch.setattr(serve, "FIXTURE", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="embedded default"):
+        serve.build_command(args(), [], cuda=False)
     with pytest.raises(ValueError, match="config.json"):
         serve.build_command(args(model=str(tmp_path / "nowhere")), [], cuda=False)
     with pytest.raises(ValueError, match="threshold"):

@@ -1,8 +1,8 @@
 """The ``nemotron-sglang`` command line: ``serve``, ``make-tiny-checkpoint`` and ``generate``.
 
 ``generate`` runs core's decoders in this process (no server): it is the reference path the
-SGLang plugin is compared against. With no ``--model`` it uses the embedded default, a tiny
-generated checkpoint cached under ``$NEMOTRON_SGLANG_CACHE`` (default ``~/.cache/nemotron-sglang``).
+SGLang plugin is compared against. With no ``--model`` it uses the embedded default, the trained
+fixture shipped in the package (``nemotron_sglang/data``).
 With ``--json`` the last line printed is one JSON object: ``output_ids`` (generated tokens only),
 ``text``, ``forwards``, ``tokens_per_forward``, ``finish_reason``, ``mode`` and, for
 self-speculation, ``acceptance_length``.
@@ -16,28 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
-
-
-def default_model_dir() -> Path:
-    """The embedded default checkpoint, generated once (deterministic, seed 0, with LoRA)."""
-    from ..core.weights import write_tiny_checkpoint
-
-    root = Path(os.environ.get("NEMOTRON_SGLANG_CACHE", Path.home() / ".cache" / "nemotron-sglang"))
-    d = root / "tiny-seed0"
-    if not d.exists():
-        tmp = root / f".tiny-seed0.{os.getpid()}"
-        write_tiny_checkpoint(tmp, seed=0, with_lora=True)
-        try:
-            tmp.rename(d)          # atomic: the directory is complete or absent
-        except OSError:            # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return d
 
 
 def _ids(text: str) -> list[int]:

@@ -2,8 +2,8 @@
 
 It only builds ``python -m sglang.launch_server`` arguments and environment, then replaces this
 process with SGLang's (no HTTP server of its own):
-- the model: ``--model`` or the embedded default (the committed trained fixture when the source
-  tree has it, else a generated tiny checkpoint cached under ``~/.cache/nemotron-sglang``);
+- the model: ``--model`` or the embedded default, the trained fixture shipped inside the package
+  (``nemotron_sglang/data/nld-tiny-rules``);
 - ``--dllm-algorithm NemotronTriMode`` with a YAML written from ``--default-mode`` / ``--threshold``
   / ``--auto-max-batch`` (default per device, ``AUTO_MAX_BATCH``) / ``--cost-model`` (the
   adaptive block's cost table, JSON from ``benchmarks/cost_model.py``; default: the table
@@ -27,7 +27,8 @@ import shlex
 import sys
 from pathlib import Path
 
-FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "nld-tiny-rules"
+from ..data import EMBEDDED as FIXTURE
+
 MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
 # decode_mode "auto" speculates while a round holds <= auto_max_batch requests, then runs ar.
 # CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
@@ -40,11 +41,13 @@ CPU_COST_TABLE = Path(__file__).with_name("cost_cpu.json")
 
 
 def embedded_model() -> Path:
-    if (FIXTURE / "config.json").exists():
-        return FIXTURE
-    from .cli import default_model_dir
-
-    return default_model_dir()
+    """The checkpoint served without ``--model``: the trained fixture shipped in the package
+    (``nemotron_sglang/data``). Its absence is a broken install, not a reason to serve another
+    model."""
+    if not (FIXTURE / "config.json").exists():
+        raise FileNotFoundError(f"the embedded default checkpoint is missing from the installed "
+                                f"package ({FIXTURE}); reinstall nemotron-sglang or pass --model")
+    return FIXTURE
 
 
 def _has_flag(passthrough: list[str], flag: str) -> bool:

@@ -18,8 +18,8 @@ from nemotron_sglang.core.tokenizer import encode, load_tokenizer
 from nemotron_sglang.core.weights import load_model
 from nemotron_sglang.testing.corpus import examples
 from sglang_server import used_tokens
+from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "nld-tiny-rules"
 MAX_NEW = 48
 
 

@@ -4,9 +4,11 @@ the modes that commit several tokens per round.
 
 One server (``--max-running-requests 8``), started through the CLI like a user would.
 - Burst: 24 concurrent ``/v1/completions`` from threads through the ``openai`` client, modes
-  ar / diffusion / linear_spec / auto in turn, 4 of the 18 finishing ones streamed. Six clients
-  disconnect early: three streams closed after their first chunk, three non-streaming requests
-  with a 0.5 s client timeout (running or still queued when they go). All 18 others must finish
+  ar / diffusion / linear_spec / auto in turn, 4 of the 18 finishing ones streamed. Six requests
+  end early: three streams closed by their client after the first chunk, three non-streaming
+  ``/generate`` requests cancelled through SGLang's ``/abort_request`` (sent every 0.3 s until the
+  request returns, running or still queued; 1500 ignore_eos tokens cannot finish first, so no
+  outcome depends on how fast the server is). All 18 others must finish
   with 200 and the plugin's usage fields; SGLang must count six aborts
   (``sglang:num_aborted_requests_total``) and ``GET /v1/loads`` must show ``num_used_tokens`` back
   at its idle value (0: the radix cache is off for NemotronTriMode and evictable tokens never count
@@ -20,6 +22,7 @@ One server (``--max-running-requests 8``), started through the CLI like a user w
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -38,7 +41,7 @@ PROMPTS = ("The number after 41 is", "Hello world", "Once upon a time", "List th
            "def f(x):", "A B C D")
 IDLE_USED_TOKENS = 0
 ABORT_STREAM = {1, 6, 11}          # closed after the first chunk
-ABORT_TIMEOUT = {3, 12, 18}        # non-stream, 0.5 s client timeout
+ABORT_RID = {3, 12, 18}            # non-stream, cancelled with /abort_request
 LONG = 1500                        # max_tokens (ignore_eos) of the requests that are cut off:
                                    # long enough that none can finish before its abort arrives
                                    # (200 did: linear_spec serves ~350 tok/s alone here)
@@ -49,18 +52,12 @@ SHORT = 16                         # max_tokens of the requests that finish
 def served(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     os.environ["NEMOTRON_SGLANG_CACHE"] = str(cache)
-    # SGLang notices a non-streaming client's disconnect only when its wait for the next output
-    # times out (SGLANG_REQUEST_STATE_WAIT_TIMEOUT, 4 s by default): a 200-token request of the
-    # tiny model can finish first (measured: 160 tokens in 2.4 s alone) and is then never aborted.
-    # 1 s makes the three timeouts real aborts.
-    os.environ["SGLANG_REQUEST_STATE_WAIT_TIMEOUT"] = "1"
     try:
         s = Server(None, tmp_path_factory.mktemp("logs") / "burst.log",
                    ["--max-running-requests", "8"],
                    command=[sys.executable, "-m", "nemotron_sglang", "serve"])
     finally:
         del os.environ["NEMOTRON_SGLANG_CACHE"]
-        del os.environ["SGLANG_REQUEST_STATE_WAIT_TIMEOUT"]
     yield s
     s.stop()
 
@@ -94,7 +91,28 @@ def _check_usage(usage, mode: str) -> None:
         assert extra["acceptance_length"] > 0, extra
 
 
-def _job(client, k: int, results: dict) -> None:
+def _cancelled(server, k: int, prompt: str, mode: str) -> tuple:
+    """A non-streaming request cancelled by its rid; (kind, finish reason or error text)."""
+    rid = f"burst-{k}-{os.getpid()}-{time.monotonic_ns()}"
+    done = threading.Event()
+
+    def abort():
+        while not done.wait(0.3):
+            server.post("/abort_request", {"rid": rid}, timeout=10)
+    threading.Thread(target=abort, daemon=True).start()
+    try:
+        status, body = server.post("/generate", {"text": prompt, "rid": rid, "sampling_params": {
+            "max_new_tokens": LONG, "ignore_eos": True, "temperature": 0,
+            "custom_params": {"decode_mode": mode}}}, timeout=120)
+    finally:
+        done.set()
+    if status == 200:
+        reason = json.loads(body)["meta_info"]["finish_reason"]
+        return ("aborted-rid" if reason["type"] == "abort" else "finished-despite-abort", reason)
+    return ("aborted-rid" if "abort" in body.lower() else "error", f"{status}: {body[:300]}")
+
+
+def _job(server, client, k: int, results: dict) -> None:
     mode = MODES[k % len(MODES)]
     prompt = PROMPTS[k % len(PROMPTS)]
     body = dict(model="nld", prompt=prompt, temperature=0)
@@ -107,13 +125,8 @@ def _job(client, k: int, results: dict) -> None:
             first = next(iter(stream))
             stream.close()                     # the client goes away mid-generation
             results[k] = ("aborted-stream", first is not None, time.monotonic() - t0)
-        elif k in ABORT_TIMEOUT:
-            try:
-                client.with_options(timeout=0.5).completions.create(
-                    **body, max_tokens=LONG, extra_body={"decode_mode": mode, "ignore_eos": True})
-                results[k] = ("finished-despite-timeout", None, time.monotonic() - t0)
-            except openai.APITimeoutError:
-                results[k] = ("aborted-timeout", True, time.monotonic() - t0)
+        elif k in ABORT_RID:
+            results[k] = (*_cancelled(server, k, prompt, mode), time.monotonic() - t0)
         elif k % 3 == 0:
             stream = client.completions.create(
                 **body, max_tokens=SHORT, stream=True, stream_options={"include_usage": True},
@@ -150,7 +163,7 @@ def test_burst_with_early_disconnects_frees_kv(served):
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     client = _client(served)          # one connection pool, shared by the threads
-    threads = [threading.Thread(target=_job, args=(client, k, results), daemon=True)
+    threads = [threading.Thread(target=_job, args=(served, client, k, results), daemon=True)
                for k in range(24)]
     t_start = time.monotonic()
     for t in threads:
@@ -167,25 +180,24 @@ def test_burst_with_early_disconnects_frees_kv(served):
     errors = {k: v for k, v in results.items() if v[0] == "error"}
     assert not errors, errors
     assert sorted(k for k, v in kinds.items() if v.startswith("aborted")) == \
-        sorted(ABORT_STREAM | ABORT_TIMEOUT), kinds
+        sorted(ABORT_STREAM | ABORT_RID), kinds
     done = [k for k, v in kinds.items() if v.startswith("ok")]
     assert len(done) == 18, kinds
     assert peak[0] > IDLE_USED_TOKENS                        # the poll saw the burst's KV
 
-    # The six disconnects reach the scheduler as aborts (streams within ~0.5 s, non-stream
-    # within ~4 s) and KV goes back to idle.
+    # The six aborts reach the scheduler and KV goes back to idle.
     t_idle = time.monotonic()
     used = aborts = None
     while time.monotonic() - t_idle < 60:
         used, aborts = used_tokens(served), _aborted_total(served) - aborted_before
-        if used == IDLE_USED_TOKENS and aborts >= len(ABORT_STREAM | ABORT_TIMEOUT):
+        if used == IDLE_USED_TOKENS and aborts >= len(ABORT_STREAM | ABORT_RID):
             break
         time.sleep(0.5)
     print(f"burst {t_burst:.1f} s, peak num_used_tokens {peak[0]}, idle and {aborts:g} aborts "
           f"{time.monotonic() - t_idle:.1f} s later; client times "
           f"{ {k: round(v[2], 1) for k, v in sorted(results.items())} }")
     assert used == IDLE_USED_TOKENS, f"num_used_tokens still {used} 60 s after the burst"
-    assert aborts == len(ABORT_STREAM | ABORT_TIMEOUT), f"{aborts} aborts sent to the scheduler"
+    assert aborts == len(ABORT_STREAM | ABORT_RID), f"{aborts} aborts sent to the scheduler"
     ranks = loads(served)["loads"]
     assert all(d["num_waiting_reqs"] == 0 for d in ranks), ranks
     with urllib.request.urlopen(served.url + "/health", timeout=10) as r:
