@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny NLD checkpoints generated once per session, models in float64."""
+"""Shared fixtures: tiny NLD checkpoints generated once per session, models in float64; the
+session's random seed (fresh per run, ``NLD_TEST_SEED`` pins it) seeds ``random`` and torch for
+every test from (seed, test id), and a failing test's report names the line that replays it."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import random
 
 import pytest
 import torch
@@ -15,6 +18,37 @@ torch.set_num_threads(1)
 
 # what the test modules import or skip without; CI installs all of them (scripts/install.sh)
 TEST_DEPENDENCIES = ("sglang", "triton", "openai", "jinja2", "scipy")
+
+
+# one seed per session; each test draws from random / torch seeded by (SEED, its node id), so a
+# test's draws do not depend on which tests ran before it and a failure replays alone
+SEED = int(os.environ.get("NLD_TEST_SEED") or random.SystemRandom().randrange(1 << 30))
+
+
+def seed_of(nodeid: str) -> int:
+    """The integer seed of one test: a stable function of (SEED, node id), not of ``hash()``."""
+    return random.Random(f"{SEED}:{nodeid}").randrange(1 << 62)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    s = seed_of(request.node.nodeid)
+    random.seed(s)
+    torch.manual_seed(s)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        rep.sections.append(("random seed", f"replay: NLD_TEST_SEED={SEED} python -m pytest "
+                                            f"'{item.nodeid}'"))
+
+
+def pytest_report_header(config):
+    return f"NLD_TEST_SEED={SEED} (fresh per run unless set)"
 
 
 def missing_modules(names) -> list[str]:

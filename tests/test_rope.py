@@ -172,7 +172,7 @@ def test_llama4_scale_uses_beta():
 
 # ------------------------------------------------------------------ Rotary.apply
 def _seed():
-    return random.SystemRandom().randrange(2**31)
+    return random.randrange(2**31)   # seeded per test by conftest
 
 
 def complex_rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:

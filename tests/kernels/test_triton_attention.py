@@ -36,7 +36,7 @@ from nemotron_sglang.kernels import (attention_for_forward, commit_lengths_, kv_
                                      staging_slots)
 
 DEV = torch.device("cuda" if CUDA else "cpu")
-SEED = int(os.environ.get("NLD_TEST_SEED", random.SystemRandom().randrange(1 << 30)))
+from conftest import SEED  # noqa: E402  (the session seed; NLD_TEST_SEED pins it)
 FLOOR = {torch.float32: 1e-7, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 RATIOS: list[tuple[str, float, float, float]] = []      # (case, kernel err, torch err, ratio)
 
