@@ -96,7 +96,8 @@ def random_forward(seed: int, v: int = 37, passes: int = 12):
         if ask.rule.needs_history:
             ask = dataclasses.replace(ask, history=tuple(tok() for _ in range(rnd.randint(0, 9))))
         if rnd.random() < 0.4:
-            ask = dataclasses.replace(ask, logprobs=rnd.choice([0, 2, 5]))
+            ids = tuple(rnd.randrange(v) for _ in range(rnd.choice([0, 0, 1, 3])))
+            ask = dataclasses.replace(ask, logprobs=rnd.choice([0, 2, 5]), logprob_ids=ids)
         if rnd.random() < 0.35:                 # a grammar: masks on the first m rows
             m = rnd.randint(1, len(ask.rows)) if kind in (Kind.VERIFY, Kind.QUADRATIC) else 1
             want = [ask.drafts[j] if j < len(ask.drafts) and rnd.random() < 0.8 else None
@@ -124,9 +125,11 @@ def _same(a, b, where):
     if a.q is not None:
         torch.testing.assert_close(a.q, b.q, rtol=0, atol=0)
     assert (a.logprobs is None) == (b.logprobs is None), where
-    for (x, tx), (y, ty) in zip(a.logprobs or [], b.logprobs or []):
+    for (x, tx, ix), (y, ty, iy) in zip(a.logprobs or [], b.logprobs or []):
         assert abs(x - y) <= 1e-12 and [t for t, _ in tx] == [t for t, _ in ty], where
         assert all(abs(p - r) <= 1e-12 for (_, p), (_, r) in zip(tx, ty)), where
+        assert len(ix) == len(iy) and all(p == r or abs(p - r) <= 1e-12                # -inf: masked
+                                          for p, r in zip(ix, iy)), where
 
 
 @pytest.mark.parametrize("case", range(6))
@@ -151,12 +154,16 @@ def test_batched_decisions_equal_the_per_request_twin(case):
         if ask.kind in (Kind.VERIFY, Kind.QUADRATIC):
             assert list(d.tokens[:-1]) == list(ask.drafts[:d.accepted])
         if ask.logprobs is not None and ask.kind in (Kind.PICK, Kind.VERIFY):
-            for j, (t, (lp, top)) in enumerate(zip(d.tokens, d.logprobs)):   # the emitting row
+            for j, (t, (lp, top, at_ids)) in enumerate(zip(d.tokens, d.logprobs)):  # emitting row
                 z = logits[s + ask.rows[j]]
                 if not ask.rule.shapes_logits and ask.allowed is None:
                     t_ = ask.temperature if ask.sampled else 1.0
-                    assert abs(lp - float(torch.log_softmax(z / t_, -1)[t])) < 1e-9
+                    ref = torch.log_softmax(z / t_, -1)
+                    assert abs(lp - float(ref[t])) < 1e-9
+                    assert [round(x, 9) for x in at_ids] == \
+                        [round(float(ref[i]), 9) for i in ask.logprob_ids]
                 assert len(top) == ask.logprobs and all(v <= 0 for _, v in top)
+                assert len(at_ids) == len(ask.logprob_ids)
 
 
 def test_the_kinds_are_exercised():
@@ -193,6 +200,8 @@ def test_one_small_host_read_per_forward():
     ks = [a.logprobs for _, _, a in items if a.logprobs is not None]
     width = 7 if ks else 4                            # + 3 logprob columns
     top = 2 * max(ks) * rows if ks else 0             # + top-k (id, value) per row
+    top += max((len(a.logprob_ids) for _, _, a in items if a.logprobs is not None),
+               default=0) * rows                      # + the requested ids' values per row
     assert len(out) == len(items)
     assert [c for c, _ in reads.calls] == ["tolist"], (seed, reads.calls)
     assert reads.elements == width * rows + top + sum(1 + a.width - 2 for a in quad), \

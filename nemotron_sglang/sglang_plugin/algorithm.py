@@ -68,8 +68,8 @@ def sampling_view(req) -> SamplingView:
         min_new_tokens=int(sp.min_new_tokens or 0), logit_bias=bias,
         logprobs=bool(req.return_logprob),
         top_logprobs=int(getattr(lp, "top_logprobs_num", 0) or 0) if req.return_logprob else 0,
-        token_ids_logprob=bool(req.return_logprob and lp is not None and
-                               lp.token_ids_logprob is not None),
+        token_ids_logprob=tuple(int(t) for t in (getattr(lp, "token_ids_logprob", None) or ()))
+        if req.return_logprob else (),
         # prompt logprobs are refused in the main process (surface.check_tokenized): here the
         # Req's logprob_start_len is not yet the request's
         custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
@@ -232,7 +232,8 @@ class NemotronTriMode(DllmAlgorithm):
             view = sampling_view(req)
             nld = NLDRequest(params, seed, RequestStats(mode=params.mode),
                              rule=sampling_rule(view, self._stop_ids(req)),
-                             logprobs=view.top_logprobs if view.logprobs else None)
+                             logprobs=view.top_logprobs if view.logprobs else None,
+                             logprob_ids=view.token_ids_logprob)
             if getattr(req, "grammar", None) is not None:     # compiled by SGLang's backend
                 nld.grammar = GrammarCursor(SGLangGrammar(req.grammar), self.vocab)
             nld.strategy = get_strategy("linear_spec" if params.mode == "auto" else params.mode)
@@ -272,7 +273,8 @@ class NemotronTriMode(DllmAlgorithm):
             rid=0, prompt=[], block=prm.block_length, mask_id=self.mask_id, eos_id=eos,
             params=DecodeParams(max_new_tokens=remaining, block_length=prm.block_length,
                                 threshold=prm.threshold, temperature=prm.temperature,
-                                sampling=nld.rule, logprobs=nld.logprobs),
+                                sampling=nld.rule, logprobs=nld.logprobs,
+                                logprob_ids=nld.logprob_ids),
             kv_len=committed, seed=nld.seed, draws=draws, prior=list(req.output_ids))
         st.lora = nld.strategy.uses_lora and self._has_lora
         if nld.grammar is not None:     # back to what SGLang holds (drops unreturned tokens)

@@ -72,6 +72,7 @@ class NLDRequest:
     tallied: tuple[int, int] = (0, 0)   # (draft hits, trials) already in the server's tally
     rule: Any = None                # core SamplingRule (params.sampling_rule)
     logprobs: int | None = None     # return_logprob: top-k per token (0: the token's alone)
+    logprob_ids: tuple[int, ...] = ()   # token_ids_logprob: these ids' logprobs per token
     round_logprobs: list = field(default_factory=list)  # entries of the tokens just returned
     grammar: Any = None             # core GrammarCursor over req.grammar, for the request's life
 

@@ -94,6 +94,9 @@ def check_tokenized(result, self, *args, **kwargs):
         if nld:
             check_token_ids(getattr(result, "input_ids", None),
                             getattr(getattr(self, "model_config", None), "vocab_size", None))
+            check_token_ids(getattr(result, "token_ids_logprob", None),
+                            getattr(getattr(self, "model_config", None), "vocab_size", None),
+                            "token_ids_logprob")
         if nld and algo is not None:
             check_prompt_logprobs(result)
     except ParamError as e:
@@ -112,13 +115,14 @@ def check_prompt_logprobs(tokenized) -> None:
                                               "decoders yet (every decode mode)")
 
 
-def check_token_ids(ids, vocab_size: int | None) -> None:
-    """Out-of-vocabulary prompt ids would crash SGLang's scheduler (IndexError): refuse them."""
+def check_token_ids(ids, vocab_size: int | None, field: str = "input_ids") -> None:
+    """Out-of-vocabulary ids (of the prompt, or of ``token_ids_logprob``) would crash SGLang's
+    scheduler (IndexError): refuse them."""
     if ids is None or vocab_size is None:
         return
     bad = [int(t) for t in ids if not 0 <= int(t) < vocab_size]
     if bad:
-        raise ParamError("input_ids", f"token ids outside the vocabulary [0, {vocab_size}): "
+        raise ParamError(field, f"token ids outside the vocabulary [0, {vocab_size}): "
                                       f"{bad[:5]}")
 
 
@@ -131,12 +135,15 @@ def attach_logprobs(req, nld) -> None:
             lp.output_token_logprobs_val is None:
         return
     tokens = req.output_ids[len(req.output_ids) - len(entries):]
-    for tok, (value, top) in zip(tokens, entries):
+    for tok, (value, top, at_ids) in zip(tokens, entries):
         lp.output_token_logprobs_val.append(value)
         lp.output_token_logprobs_idx.append(tok)
         if lp.top_logprobs_num > 0:
             lp.output_top_logprobs_val.append([v for _, v in top])
             lp.output_top_logprobs_idx.append([t for t, _ in top])
+        if lp.token_ids_logprob is not None:
+            lp.output_token_ids_logprobs_val.append(list(at_ids))
+            lp.output_token_ids_logprobs_idx.append(list(lp.token_ids_logprob))
 
 
 def export_stats(self, reqs, *args, **kwargs):

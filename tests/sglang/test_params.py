@@ -141,7 +141,6 @@ def test_out_of_range_sampling_values_are_refused(field, kw):
 
 UNSUPPORTED = [
     ("logprob_start_len", dict(logprobs=True, prompt_logprobs=True)),
-    ("token_ids_logprob", dict(logprobs=True, token_ids_logprob=True)),
     ("custom_logit_processor", dict(custom_logit_processor=True)),
 ]
 
@@ -265,8 +264,12 @@ def test_sampling_view_logprobs(sglang_bits):
                logprob=SimpleNamespace(top_logprobs_num=3, token_ids_logprob=None))
     assert top.top_logprobs == 3
     ids = _req(sglang_bits, return_logprob=True,
-               logprob=SimpleNamespace(top_logprobs_num=0, token_ids_logprob=[1, 2]))
-    refused({}, "token_ids_logprob", sampling=ids)
+               logprob=SimpleNamespace(top_logprobs_num=0, token_ids_logprob=[2, 1, 2]))
+    assert ids.token_ids_logprob == (2, 1, 2)                     # in order, duplicates kept
+    assert parse({}, ids, DEF).mode == DEF.default_mode           # honoured in every mode
+    no_lp = _req(sglang_bits, return_logprob=False,
+                 logprob=SimpleNamespace(top_logprobs_num=0, token_ids_logprob=[1]))
+    assert no_lp.token_ids_logprob == ()                          # only with return_logprob
     assert _req(sglang_bits).logprobs is False
 
 

@@ -2,8 +2,10 @@
 distribution it was emitted from, as SGLang reports it (``meta_info.output_token_logprobs``,
 ``output_top_logprobs``; log softmax(z / T) of the processed logits, T = 1 when greedy).
 
-- greedy, per mode (ar, linear_spec, quadratic_spec): tokens and logprobs (top 3 included) equal
-  SGLang's plain AR server of the same checkpoint within 1e-4 (fp32), with and without a penalty;
+- greedy, per mode (ar, linear_spec, quadratic_spec): tokens and logprobs (top 3 and the
+  ``token_ids_logprob`` ids included, duplicates kept) equal SGLang's plain AR server of the same
+  checkpoint within 1e-4 (fp32), with and without a penalty; an id outside the vocabulary in
+  ``token_ids_logprob`` is a 400 naming the field;
 - sampled (T = 0.7), ar and self-spec: each reported logprob equals core's AR law at that
   position (teacher-forced over the emitted text) within 1e-4 — self-spec reports the verifier's,
   i.e. AR's; diffusion reports its committing pass's, a valid log-probability per token.
@@ -28,26 +30,36 @@ MAX_NEW = 12
 CASES = {"plain": {}, "penalty": {"frequency_penalty": 1.2}}
 
 
-def run(server, ids, temperature=0.0, feature=None, mode=None, top=3) -> dict:
+CHOSEN = [7, 0, 7, 301]          # token_ids_logprob: in order, a duplicate kept
+
+
+def run(server, ids, temperature=0.0, feature=None, mode=None, top=3, chosen=None) -> dict:
     params = {"max_new_tokens": MAX_NEW, "temperature": temperature, **(feature or {})}
     if mode:
         params["custom_params"] = {"decode_mode": mode}
-    status, body = server.post("/generate", {"input_ids": ids, "sampling_params": params,
-                                             "return_logprob": True, "top_logprobs_num": top})
+    body = {"input_ids": ids, "sampling_params": params, "return_logprob": True,
+            "top_logprobs_num": top}
+    if chosen:
+        body["token_ids_logprob"] = chosen
+    status, body = server.post("/generate", body)
     assert status == 200, body
     out = json.loads(body)
     meta = out["meta_info"]
     lps = [(t, lp) for lp, t, _ in meta["output_token_logprobs"]]
     tops = [[(t, lp) for lp, t, _ in row] for row in meta.get("output_top_logprobs") or []]
+    at_ids = [[(t, lp) for lp, t, _ in row] for row in meta.get("output_token_ids_logprobs")
+              or []]
     assert [t for t, _ in lps] == out["output_ids"]
-    return {"ids": out["output_ids"], "lps": lps, "tops": tops}
+    if chosen:
+        assert len(at_ids) == len(lps) and all([t for t, _ in r] == chosen for r in at_ids)
+    return {"ids": out["output_ids"], "lps": lps, "tops": tops, "at_ids": at_ids}
 
 
 @pytest.fixture(scope="module")
 def reference(ckpt, tmp_path_factory):
     s = plain_ar_server(ckpt, tmp_path_factory.mktemp("logs") / "plain.log")
     try:
-        return {(c, i): run(s, ids, feature=f) for c, f in CASES.items()
+        return {(c, i): run(s, ids, feature=f, chosen=CHOSEN) for c, f in CASES.items()
                 for i, ids in enumerate(PROMPTS)}
     finally:
         s.stop()
@@ -70,12 +82,25 @@ def _close(a, b, where):
 @pytest.mark.parametrize("mode", ["ar", "linear_spec", "quadratic_spec"])
 def test_greedy_logprobs_equal_the_plain_ar_server(tri, reference, mode, case):
     for i, ids in enumerate(PROMPTS):
-        got, want = run(tri, ids, feature=CASES[case], mode=mode), reference[(case, i)]
+        got = run(tri, ids, feature=CASES[case], mode=mode, chosen=CHOSEN)
+        want = reference[(case, i)]
         assert got["ids"] == want["ids"], (mode, case, i)
         _close(got["lps"], want["lps"], (mode, case, i))
         assert len(got["tops"]) == len(want["tops"])
         for k, (g, w) in enumerate(zip(got["tops"], want["tops"])):
             _close(g, w, (mode, case, i, k))
+        assert len(got["at_ids"]) == len(want["at_ids"]) == len(want["ids"])
+        for k, (g, w) in enumerate(zip(got["at_ids"], want["at_ids"])):
+            _close(g, w, (mode, case, i, "token_ids_logprob", k))
+
+
+@pytest.mark.parametrize("mode", ["ar", "diffusion"])
+def test_out_of_vocabulary_chosen_ids_are_a_400_naming_the_field(tri, mode):
+    status, body = tri.post("/generate", {
+        "input_ids": PROMPTS[0], "return_logprob": True, "token_ids_logprob": [3, 10 ** 7],
+        "sampling_params": {"max_new_tokens": 4, "custom_params": {"decode_mode": mode}}})
+    assert status == 400 and "token_ids_logprob" in body, (status, body)
+    assert run(tri, PROMPTS[0], mode=mode, chosen=[3])["ids"]         # the server goes on
 
 
 def ar_logprobs(model, prompt, output, temperature) -> list[float]:

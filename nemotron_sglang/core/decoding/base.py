@@ -43,6 +43,7 @@ class DecodeParams:
     use_lora: bool = True
     sampling: SamplingRule | None = None
     logprobs: int | None = None     # each emitted token's logprob (and its top k); None: none
+    logprob_ids: tuple[int, ...] = ()   # with logprobs: these ids' logprobs at each token
 
     @property
     def rule(self) -> SamplingRule:
@@ -133,7 +134,7 @@ class RequestState:
             kw.update(allowed=self.grammar.rows(pending, drafts, n),
                       ordered=kind == Kind.DENOISE)
         a = Ask(kind, tuple(rows), rule, (self.seed, self.draws), history=history,
-                logprobs=self.params.logprobs, **kw)
+                logprobs=self.params.logprobs, logprob_ids=self.params.logprob_ids, **kw)
         self.draws += a.draws
         return a
 

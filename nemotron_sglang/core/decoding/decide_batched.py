@@ -221,14 +221,27 @@ def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
         if k:
             vals, ids = lp.topk(k, dim=-1)
             top = torch.stack([ids.to(lp.dtype), vals], dim=-1).reshape(-1)
+    m = max((len(ask.logprob_ids) for _, _, ask in items if ask.logprobs is not None), default=0)
     packed = [torch.stack(cols, dim=1).reshape(-1)]
     if top is not None:
         packed.append(top)
+    if m:                                                 # the requested ids, per row
+        packed.append(lp.gather(1, _id_table(items, plan.first, n, m, dev)).reshape(-1))
     if second is not None:
         packed.append(second.to(packed[0].dtype))
     host = torch.cat(packed).tolist()                     # the one device→host transfer
     return unpack_decisions(items, plan.first, host, n, quad, q2_parts, probs, hot_pos,
-                            len(cols), k or 0)
+                            len(cols), k or 0, m)
+
+
+def _id_table(items, first: list[int], n: int, m: int, dev) -> torch.Tensor:
+    """[n, m] long: each row's ask's ``logprob_ids`` (padded with id 0), one host→device copy."""
+    table = [[0] * m for _ in range(n)]
+    for a, (_, _, ask) in enumerate(items):
+        if ask.logprobs is not None and ask.logprob_ids:
+            for r in range(first[a], first[a] + len(ask.rows)):
+                table[r][:len(ask.logprob_ids)] = ask.logprob_ids
+    return torch.tensor(table, dtype=torch.long, device=dev)
 
 
 def _logprobs(L: torch.Tensor, rules: list[SamplingRule]) -> torch.Tensor:

@@ -58,6 +58,7 @@ class Ask:
     width: int = 0                         # QUADRATIC: B + 1
     history: tuple[int, ...] = ()          # output before the ask (rules that need it)
     logprobs: int | None = None            # None: none; k >= 0: each emitted token's, top k
+    logprob_ids: tuple[int, ...] = ()      # with logprobs: these ids' logprobs at each token
     allowed: torch.Tensor | None = None    # grammar: bits [m, W] of rows[:m] (grammar.py)
     ordered: bool = False                  # DENOISE under a grammar: commit left to right
 
@@ -107,7 +108,8 @@ class Decision:
     drafts: list[int] | None = None        # QUADRATIC: the next drafts
     q: torch.Tensor | None = None          # DRAFT / QUADRATIC at T > 0: proposals [n, V]
     accepted: int = field(default=0)       # VERIFY / QUADRATIC: drafts kept
-    logprobs: list[tuple] | None = None    # per token: (logprob, [(token, logprob)] top k)
+    logprobs: list[tuple] | None = None    # per token: (logprob, [(token, logprob)] top k,
+                                           #             [logprob of each ask.logprob_ids])
 
 
 def logprob_temperature(rule: SamplingRule) -> float:
@@ -122,15 +124,16 @@ def logprob_rows(z: torch.Tensor, temperature) -> torch.Tensor:
     return torch.log_softmax(lf / temperature, dim=-1)
 
 
-def _entries(lp: torch.Tensor, tokens: list[int], k: int) -> list[tuple]:
-    """(logprob of tokens[j] under row j, its top k) per row of lp [n, V]."""
+def _entries(lp: torch.Tensor, tokens: list[int], k: int, ids: tuple[int, ...]) -> list[tuple]:
+    """(logprob of tokens[j] under row j, its top k, the logprobs of ``ids``) per row of
+    lp [n, V]."""
     out = []
     for j, t in enumerate(tokens):
         top = []
         if k:
-            vals, ids = lp[j].topk(k)
-            top = list(zip(ids.tolist(), vals.tolist()))
-        out.append((float(lp[j, t]), top))
+            vals, top_ids = lp[j].topk(k)
+            top = list(zip(top_ids.tolist(), vals.tolist()))
+        out.append((float(lp[j, t]), top, [float(lp[j, i]) for i in ids]))
     return out
 
 
@@ -151,7 +154,7 @@ def decide_one(logits, ask: Ask, mask_id: int) -> Decision:
             return None
         lp = logprob_rows(shape_logits(rows[:len(tokens)], rule,
                                        _first(ctx, len(tokens))), logprob_temperature(rule))
-        return _entries(lp, tokens, k)
+        return _entries(lp, tokens, k, ask.logprob_ids)
 
     if ask.kind == Kind.PICK:
         tokens = pick(rows, rule, mask_id, u, ctx).tolist()

@@ -5,6 +5,7 @@ Layout of ``host`` (n decided rows, ``width`` columns, k = the widest top-k aske
 
     [n × width]   per row: token, accept, stop, commit (, logprob of token, stop, draft)
     [n × 2k]      per row: top-k (id, logprob) pairs, when any ask wants logprobs
+    [n × m]       per row: the logprobs of its ask's ``logprob_ids`` (m = the most asked)
     [len(quad)]   each quadratic ask's accepted count c (found on the device)
     [...]         then each quadratic ask's B - 1 next drafts (row c's masks)
 
@@ -19,21 +20,25 @@ from .sampling import normalised
 
 
 def unpack_decisions(items, first: list[int], host: list, n: int, quad: list[int],
-                     q2_parts: dict, probs, hot_pos, width: int, k: int) -> list[Decision]:
+                     q2_parts: dict, probs, hot_pos, width: int, k: int,
+                     m: int = 0) -> list[Decision]:
     """Decisions of every ask from the packed host list (layout in the module docstring)."""
     col = lambda r, c: host[width * r + c]                # noqa: E731
-    tops = host[width * n:width * n + 2 * k * n]
-    second = [int(x) for x in host[width * n + 2 * k * n:]]
+    at = width * n
+    tops, at = host[at:at + 2 * k * n], at + 2 * k * n
+    ids, at = host[at:at + m * n], at + m * n
+    second = [int(x) for x in host[at:]]
 
     def entry(r, c, ask):
         top = tops[2 * k * r:2 * k * (r + 1)]
-        return (col(r, c), [(int(top[2 * j]), top[2 * j + 1]) for j in range(ask.logprobs)])
+        return (col(r, c), [(int(top[2 * j]), top[2 * j + 1]) for j in range(ask.logprobs)],
+                ids[m * r:m * r + len(ask.logprob_ids)])
     c_of = {a: second[k] for k, a in enumerate(quad)}
     drafts_at, pos = {}, len(quad)
     for a in quad:
-        m = items[a][2].width - 2
-        drafts_at[a] = second[pos:pos + m]
-        pos += m
+        nd = items[a][2].width - 2
+        drafts_at[a] = second[pos:pos + nd]
+        pos += nd
     out = []
     for a, (_, _, ask) in enumerate(items):
         rows = range(first[a], first[a] + len(ask.rows))
