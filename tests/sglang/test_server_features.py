@@ -94,3 +94,30 @@ def test_diffusion_with_the_feature_equals_core(tri, core32, feature):
         want = generate(core32, [Request(ids, "diffusion", DecodeParams(
             max_new_tokens=MAX_NEW, sampling=rule))])[0].output_ids
         assert run(tri, ids, FEATURES[feature], decode_mode="diffusion") == want, feature
+
+
+@pytest.mark.parametrize("mode", ["ar", "linear_spec", "quadratic_spec", "diffusion"])
+def test_n_greedy_choices_each_equal_the_single_request(tri, reference, mode):
+    """n > 1 (SGLang's parallel sampling: a prefix pass, then n copies of the request) in every
+    mode: at T = 0 each of the n choices is the single request's output (the plain AR server's
+    for ar and self-spec), with a feature as without; ``/v1/completions`` gives n choices."""
+    for feature in (None, "frequency"):
+        f = FEATURES.get(feature, {})
+        for i, ids in enumerate(PROMPTS[:2]):
+            params = {"max_new_tokens": MAX_NEW, "temperature": 0, "n": 3, **f,
+                      "custom_params": {"decode_mode": mode}}
+            status, body = tri.post("/generate", {"input_ids": ids, "sampling_params": params})
+            assert status == 200, body
+            got = [r["output_ids"] for r in json.loads(body)]
+            want = reference[(feature, i)] if mode != "diffusion" else \
+                run(tri, ids, f, decode_mode=mode)
+            assert len(got) == 3 and all(g == want for g in got), (mode, feature, i, got, want)
+    status, body = tri.post("/v1/completions", {
+        "model": "default", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0, "n": 2,
+        "decode_mode": mode})
+    assert status == 200, body
+    out = json.loads(body)
+    choices = out["choices"]
+    assert out["usage"]["decode_mode"] == mode, out["usage"]
+    assert sorted(c["index"] for c in choices) == [0, 1]
+    assert choices[0]["text"] == choices[1]["text"]

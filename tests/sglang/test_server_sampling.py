@@ -116,3 +116,25 @@ def test_a_seed_reproduces_a_sampled_request(server):
         b = sample(server, mode, 1, 8, seed=1235)
         assert a[0] == a[1], mode
         assert a[0] != b[0], mode
+
+
+@pytest.mark.parametrize("mode", ["ar", "linear_spec", "quadratic_spec", "diffusion"])
+def test_n_sampled_choices_are_independent_draws(server, core32, mode):
+    """n > 1 at T > 0: the n choices of one request are separate draws (their first tokens
+    follow the tempered law, they are not copies of one another); with a ``sampling_seed`` they
+    share it and so the same tokens."""
+    def choices(n, **extra):
+        params = {"max_new_tokens": 6, "temperature": TEMP, "ignore_eos": True, "n": n,
+                  "custom_params": {"decode_mode": mode}, **extra}
+        status, body = server.post("/generate", {"input_ids": PROMPT, "sampling_params": params},
+                                   timeout=900)
+        assert status == 200, body
+        out = json.loads(body)
+        assert len(out) == n
+        return [r["output_ids"] for r in out]
+    got = choices(64)
+    assert len({tuple(o) for o in got}) > 16, got               # not one draw copied n times
+    if mode == "ar":
+        assert one_sample_p([o[0] for o in got], first_token_law(core32, TEMP)) > 1e-3
+    seeded = choices(3, sampling_seed=99)
+    assert seeded[0] == seeded[1] == seeded[2]
