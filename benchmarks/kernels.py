@@ -164,8 +164,7 @@ def flex_setup(q, ks, vs, batch):
     q_row = torch.cat([torch.full((n,), i) for i, n in enumerate(batch.q_lens)]).to(dev)
     q_i = torch.cat([torch.arange(n) for n in batch.q_lens]).to(dev)
     kv_row, kv_new, kv_j = (torch.cat(x).to(dev) for x in (kv_row, kv_new, kv_j))
-    codes = {MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}
-    kind = torch.tensor([codes[m.kind] for m in batch.masks], device=dev)
+    kind = torch.tensor([m.kind.code for m in batch.masks], device=dev)
     width = torch.tensor([m.block + 1 if m.kind == MaskKind.QUADRATIC else 1 for m in batch.masks],
                          device=dev)
 
@@ -175,7 +174,8 @@ def flex_setup(q, ks, vs, batch):
         w = width[r]
         kd = kind[r]
         quad = (((j % w) == 0) & ((j // w) <= (i // w))) | (((j // w) == (i // w)) & ((i % w) > 0))
-        new_ok = (kd == 1) | ((kd == 0) & (j <= i)) | ((kd == 2) & quad)
+        new_ok = (kd == MaskKind.BIDIRECTIONAL.code) | ((kd == MaskKind.CAUSAL.code) & (j <= i)) \
+            | ((kd == MaskKind.QUADRATIC.code) & quad)
         return (kv_row[kvi] == r) & (~kv_new[kvi] | new_ok)
 
     t, total = q.shape[0], kv_row.shape[0]

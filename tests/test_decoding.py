@@ -119,7 +119,7 @@ def test_diffusion_threshold_extremes_forward_counts(model64):
     b = model64.config.block_size
     prompts = random_prompts(30, seed=9, vocab=512)
     eos = model64.config.eos_token_id
-    for threshold, per_block in ((0.0, 1), (1.5, b - 1)):
+    for threshold, per_block in ((0.0, 1), (1.0, b - 1)):   # the rule's ends (core/modes.py)
         res = run(model64, prompts, "diffusion", [3 * b] * 30, threshold=threshold)
         full = [r for r in res if r.finish_reason == "length"]
         assert len(full) >= 25
@@ -218,8 +218,9 @@ def test_bad_requests_are_refused_and_leak_nothing(model64):
         DecodeParams(block_length=3)
     with pytest.raises(DecodeError, match="max_new_tokens"):
         DecodeParams(max_new_tokens=0)
-    with pytest.raises(DecodeError, match="threshold"):
-        DecodeParams(threshold=float("nan"))
+    for t in (float("nan"), -0.1, 1.5):                  # [0, 1], as the server's flag and API
+        with pytest.raises(DecodeError, match="threshold"):
+            DecodeParams(threshold=t)
 
 
 def test_kv_cache_full_is_a_clear_error_and_frees_everything(model64):

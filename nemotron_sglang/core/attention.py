@@ -51,6 +51,15 @@ class MaskKind(str, enum.Enum):
     BIDIRECTIONAL = "bidirectional"
     QUADRATIC = "quadratic"
 
+    @property
+    def code(self) -> int:
+        """The integer the attention kernels read for this kind (per-row ``ROW_KIND``); the one
+        table of them is ``KERNEL_CODES``."""
+        return KERNEL_CODES[self]
+
+
+KERNEL_CODES = {MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}
+
 
 @dataclass(frozen=True)
 class MaskSpec:

@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .modes import is_power_of_two
+
 ARCHITECTURE = "NemotronLabsDiffusionModel"
 MODEL_TYPE = "nemotron_labs_diffusion"
 AUTO_MAP = {
@@ -42,10 +44,6 @@ class RopeParameters:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _is_power_of_two(n: int) -> bool:
-    return n > 0 and (n & (n - 1)) == 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ class NLDConfig:
             need(isinstance(v, int) and 0 <= v < self.vocab_size,
                  f"{name}={v!r} must be a token id in [0, vocab_size={self.vocab_size})")
         need(self.mask_token_id != self.eos_token_id, "mask_token_id must differ from eos_token_id")
-        need(_is_power_of_two(self.block_size),
+        need(is_power_of_two(self.block_size),
              f"block_size must be a power of two, got {self.block_size}")
         need(self.hidden_act == "silu", f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
         need(not self.tie_word_embeddings,

@@ -32,9 +32,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MASK_CAUSAL = 0
-MASK_BIDIRECTIONAL = 1
-MASK_QUADRATIC = 2
+from ..core.attention import MaskKind
+
+# the row kinds' codes, from core's one table (constexpr: folded into the compiled kernel)
+MASK_CAUSAL = tl.constexpr(MaskKind.CAUSAL.code)
+MASK_BIDIRECTIONAL = tl.constexpr(MaskKind.BIDIRECTIONAL.code)
+MASK_QUADRATIC = tl.constexpr(MaskKind.QUADRATIC.code)
 
 
 @triton.jit
@@ -106,9 +109,9 @@ def paged_attention_kernel(
 
     # ---- new tokens (last split only) ---------------------------------------------------
     last = split == NUM_SPLITS - 1
-    is_causal = kind == 0
-    is_bidir = kind == 1
-    is_quad = kind == 2
+    is_causal = kind == MASK_CAUSAL
+    is_bidir = kind == MASK_BIDIRECTIONAL
+    is_quad = kind == MASK_QUADRATIC
     t_last = tl.minimum(tok0 + TOK, q_len) - 1
     row_i = tok // width
     slot_i = tok % width

@@ -36,7 +36,6 @@ __all__ = ["AttentionMetadata", "LaunchConfig", "attention_for_forward", "build_
            "choose_config", "paged_attention_triton", "paged_attention_with_metadata",
            "triton_available"]
 
-_KIND_CODE = {MaskKind.CAUSAL: 0, MaskKind.BIDIRECTIONAL: 1, MaskKind.QUADRATIC: 2}
 
 
 def triton_available() -> bool:
@@ -176,7 +175,7 @@ def build_metadata(batch, cache, group: int, head_dim: int, device: torch.device
         starts.append(starts[-1] + n)
     kinds, widths = [], []
     for m, n in zip(batch.masks, q_lens):
-        kinds.append(_KIND_CODE[m.kind])
+        kinds.append(m.kind.code)
         if m.kind == MaskKind.QUADRATIC:
             m.rows(n)                       # validates q_len = rows·(B+1)
             widths.append(m.block + 1)

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec")
+from ..core.modes import DECODE_MODES as MODES
 
 
 def _ids(text: str) -> list[int]:

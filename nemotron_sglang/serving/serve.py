@@ -29,7 +29,9 @@ from pathlib import Path
 
 from ..data import EMBEDDED as FIXTURE
 
-MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
+from ..core.modes import SERVING_MODES as MODES
+from ..core.modes import ParamRuleError, check_threshold
+
 # decode_mode "auto" speculates while a round holds <= auto_max_batch requests, then runs ar.
 # CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
 # out-served ar at every concurrency tried, 1..64, so there is no crossover below 64.
@@ -183,8 +185,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, passthrough: list[str]) -> int:
-    if not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    try:
+        check_threshold(args.threshold)
+    except ParamRuleError as e:
+        raise ValueError(f"--{e}") from None
     if args.auto_max_batch is not None and args.auto_max_batch < 1:
         raise ValueError(f"--auto-max-batch must be >= 1, got {args.auto_max_batch}")
     cuda = _cuda()

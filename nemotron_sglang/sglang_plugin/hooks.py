@@ -36,6 +36,7 @@ import logging
 from pathlib import Path
 
 from ..core.config import NLDConfig
+from ..core.modes import ParamRuleError, check_block_length
 from .canvas_round import RESEED
 from .model import ARCHITECTURE
 
@@ -96,10 +97,11 @@ def dllm_config_from_server_args(original, server_args):
                          f"not {cfg.dllm_algorithm!r}")
     algorithm_config = dict(_yaml(cfg.dllm_algorithm_config))
     block = algorithm_config.get("block_size", nld.block_size)
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1 or \
-            block & (block - 1) or block > nld.block_size:
-        raise ValueError(f"block_size {block!r} must be a power of two <= the checkpoint's "
-                         f"block_size {nld.block_size}")
+    try:
+        check_block_length(block, nld.block_size, of="the checkpoint's block_size",
+                           field="block_size")
+    except ParamRuleError as e:
+        raise ValueError(f"algorithm config {e}") from None
     algorithm_config["model_path"] = str(cfg.model_path)
     return DllmConfig(
         algorithm=ALGORITHM_NAME, algorithm_config=algorithm_config, block_size=block,

@@ -18,10 +18,8 @@ from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule
 from ..core.decoding.processors import RuleError
-
-# every core mode, plus "auto": a serving policy (linear_spec at the block the load allows, or
-# ar; core/block_policy.py)
-MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
+from ..core.modes import SERVING_MODES as MODES
+from ..core.modes import ParamRuleError, check_block_length, check_mode, check_threshold
 PARAM_KEYS = ("decode_mode", "threshold", "block_length")
 
 
@@ -108,22 +106,18 @@ def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = ()) -> SamplingRu
 
 
 def check_fields(custom: Mapping[str, Any]) -> None:
-    """The checks that need no server state: known mode, threshold in [0, 1],
-    block length a power of two (each only if present). Shared with the main-process hook."""
-    if "decode_mode" in custom:
-        mode = custom["decode_mode"]
-        if not isinstance(mode, str) or mode not in MODES:
-            raise ParamError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
-                                            f"{', '.join(MODES)}")
-    if "threshold" in custom:
-        t = custom["threshold"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or \
-                not 0.0 <= t <= 1.0:
-            raise ParamError("threshold", f"must be a number in [0, 1], got {t!r}")
-    if "block_length" in custom:
-        b = custom["block_length"]
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1 or b & (b - 1):
-            raise ParamError("block_length", f"must be a power of two, got {b!r}")
+    """The checks that need no server state (core/modes.py's rules: known mode, threshold in
+    [0, 1], block length a power of two; each only if present). Shared with the main-process
+    hook."""
+    try:
+        if "decode_mode" in custom:
+            check_mode(custom["decode_mode"])
+        if "threshold" in custom:
+            check_threshold(custom["threshold"])
+        if "block_length" in custom:
+            check_block_length(custom["block_length"])
+    except ParamRuleError as e:
+        raise ParamError(e.field, e.message) from None
 
 
 def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
@@ -133,9 +127,10 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
               "block_length": defaults.block_size, **dict(custom or {})}
     check_fields(merged)
     mode, threshold, block = merged["decode_mode"], merged["threshold"], merged["block_length"]
-    if block > defaults.block_size:
-        raise ParamError("block_length", f"{block} exceeds the server's block size "
-                                         f"{defaults.block_size}")
+    try:
+        check_block_length(block, defaults.block_size, of="the server's block size")
+    except ParamRuleError as e:
+        raise ParamError(e.field, e.message) from None
     _refuse_unsupported(sampling, mode)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")

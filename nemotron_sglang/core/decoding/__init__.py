@@ -6,6 +6,7 @@ classes over one step loop (:class:`Decoder`). Unknown mode names fail loudly.
 
 from __future__ import annotations
 
+from ..modes import DECODE_MODES
 from .ar import ARStrategy
 from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy, seed_ask
 from .decide_batched import decide_batched
@@ -20,7 +21,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (ARStrategy, DiffusionStrategy, LinearSpecStrategy,
                               QuadraticSpecStrategy)
 }
-MODES: tuple[str, ...] = tuple(STRATEGIES)
+if tuple(STRATEGIES) != DECODE_MODES:                # the registry is core/modes.py's list
+    raise ImportError(f"strategies {tuple(STRATEGIES)} differ from the modes {DECODE_MODES}")
+MODES: tuple[str, ...] = DECODE_MODES
 
 
 def get_strategy(mode: str) -> Strategy:

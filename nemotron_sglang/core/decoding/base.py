@@ -16,6 +16,7 @@ from typing import Any
 
 
 from ..attention import MaskSpec
+from ..modes import ParamRuleError, check_block_length, check_threshold
 from .decisions import Ask, Decision, Kind
 from .grammar import GrammarCursor
 from .processors import SamplingRule
@@ -52,11 +53,12 @@ class DecodeParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise DecodeError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        b = self.block_length
-        if b is not None and (b < 1 or b & (b - 1)):
-            raise DecodeError(f"block_length must be a power of two, got {b}")
-        if not self.threshold >= 0.0:  # also refuses NaN
-            raise DecodeError(f"threshold must be >= 0, got {self.threshold}")
+        try:
+            if self.block_length is not None:
+                check_block_length(self.block_length)
+            check_threshold(self.threshold)
+        except ParamRuleError as e:
+            raise DecodeError(str(e)) from None
         if not self.temperature >= 0.0:
             raise DecodeError(f"temperature must be >= 0, got {self.temperature}")
         if self.sampling is not None and self.temperature not in (0.0,

@@ -31,8 +31,9 @@ def commit_step(block: list[int], slots: tuple[int, ...], d: Decision,
     """Apply a DENOISE decision on the masked ``slots`` of ``block`` [B]: each slot whose
     ``commit`` is set takes its candidate (the rule, ``sampling.commit_mask``: the most
     confident masked slot plus every one with confidence >= threshold; threshold 0 commits all,
-    > 1 exactly one). Returns the new block; ``logprobs`` (per slot) takes the committing
-    pass's entries when the decision carries them."""
+    1 one, bar exact ties at confidence 1; its range is ``core/modes.check_threshold``).
+    Returns the new block; ``logprobs`` (per slot) takes the committing pass's entries when the
+    decision carries them."""
     out = list(block)
     for j, (slot, c, m) in enumerate(zip(slots, d.tokens, d.commit)):
         if m:

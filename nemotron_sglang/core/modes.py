@@ -1,0 +1,59 @@
+"""The decode modes and the rules on a request's decode parameters: the one place of both.
+
+- ``DECODE_MODES``: what core decodes; ``core.decoding`` registers one strategy per name and
+  fails at import if the two lists differ.
+- ``AUTO``: the serving policy over them (linear_spec at the block the load allows, or ar;
+  ``block_policy.py``); ``SERVING_MODES`` = what a request (or a server default) may name.
+- ``check_mode`` / ``check_threshold`` / ``check_block_length``: each parameter's rule, raising
+  :class:`ParamRuleError` that names the field. The CLI, ``DecodeParams``, the server's flags and
+  the SGLang adapter all call these; none restates a rule.
+
+Pure Python (no torch), so the command-line tools import it cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+
+DECODE_MODES: tuple[str, ...] = ("ar", "diffusion", "linear_spec", "quadratic_spec")
+AUTO = "auto"
+SERVING_MODES: tuple[str, ...] = DECODE_MODES + (AUTO,)
+
+
+class ParamRuleError(ValueError):
+    """A decode parameter that breaks its rule; ``field`` names it, ``message`` says why."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def is_power_of_two(n) -> bool:
+    """True for the ints 1, 2, 4, ... (bools and non-ints are not)."""
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1 and n & (n - 1) == 0
+
+
+def check_mode(mode, modes: tuple[str, ...] = SERVING_MODES) -> str:
+    if not isinstance(mode, str) or mode not in modes:
+        raise ParamRuleError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
+                                            f"{', '.join(modes)}")
+    return mode
+
+
+def check_threshold(t) -> float:
+    """A confidence in [0, 1]: 0 commits the whole block in one pass, 1 one slot per pass (the
+    most confident; a slot at confidence exactly 1 also commits)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or \
+            not 0.0 <= t <= 1.0:
+        raise ParamRuleError("threshold", f"must be a number in [0, 1], got {t!r}")
+    return float(t)
+
+
+def check_block_length(b, limit: int | None = None, of: str = "the block size",
+                       field: str = "block_length") -> int:
+    """A power of two, at most ``limit`` (``of``: whose block that is) when given."""
+    if not is_power_of_two(b):
+        raise ParamRuleError(field, f"must be a power of two, got {b!r}")
+    if limit is not None and b > limit:
+        raise ParamRuleError(field, f"{b} exceeds {of} {limit}")
+    return b
