@@ -5,7 +5,7 @@
 - ``AUTO``: the serving policy over them (linear_spec at the block the load allows, or ar;
   ``block_policy.py``); ``SERVING_MODES`` = what a request (or a server default) may name.
 - ``check_mode`` / ``check_threshold`` / ``check_block_length``: each parameter's rule, raising
-  :class:`ParamRuleError` that names the field. The CLI, ``DecodeParams``, the server's flags and
+  :class:`RuleError` that names the field. The CLI, ``DecodeParams``, the server's flags and
   the SGLang adapter all call these; none restates a rule.
 
 Pure Python (no torch), so the command-line tools import it cheaply.
@@ -20,8 +20,10 @@ AUTO = "auto"
 SERVING_MODES: tuple[str, ...] = DECODE_MODES + (AUTO,)
 
 
-class ParamRuleError(ValueError):
-    """A decode parameter that breaks its rule; ``field`` names it, ``message`` says why."""
+class RuleError(ValueError):
+    """A parameter that breaks its rule (a decode parameter here, a sampling one in
+    ``decoding/processors.py``); ``field`` names it, ``message`` says why. The one such error:
+    the SGLang adapter's ``ParamError`` is this class."""
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
@@ -35,7 +37,7 @@ def is_power_of_two(n) -> bool:
 
 def check_mode(mode, modes: tuple[str, ...] = SERVING_MODES) -> str:
     if not isinstance(mode, str) or mode not in modes:
-        raise ParamRuleError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
+        raise RuleError("decode_mode", f"unknown decode mode {mode!r}; choose one of "
                                             f"{', '.join(modes)}")
     return mode
 
@@ -45,7 +47,7 @@ def check_threshold(t) -> float:
     most confident; a slot at confidence exactly 1 also commits)."""
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or \
             not 0.0 <= t <= 1.0:
-        raise ParamRuleError("threshold", f"must be a number in [0, 1], got {t!r}")
+        raise RuleError("threshold", f"must be a number in [0, 1], got {t!r}")
     return float(t)
 
 
@@ -53,7 +55,7 @@ def check_block_length(b, limit: int | None = None, of: str = "the block size",
                        field: str = "block_length") -> int:
     """A power of two, at most ``limit`` (``of``: whose block that is) when given."""
     if not is_power_of_two(b):
-        raise ParamRuleError(field, f"must be a power of two, got {b!r}")
+        raise RuleError(field, f"must be a power of two, got {b!r}")
     if limit is not None and b > limit:
-        raise ParamRuleError(field, f"{b} exceeds {of} {limit}")
+        raise RuleError(field, f"{b} exceeds {of} {limit}")
     return b

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..data import EMBEDDED as FIXTURE
 
 from ..core.modes import SERVING_MODES as MODES
-from ..core.modes import ParamRuleError, check_threshold
+from ..core.modes import RuleError, check_threshold
 
 # decode_mode "auto" speculates while a round holds <= auto_max_batch requests, then runs ar.
 # CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
@@ -187,7 +187,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, passthrough: list[str]) -> int:
     try:
         check_threshold(args.threshold)
-    except ParamRuleError as e:
+    except RuleError as e:
         raise ValueError(f"--{e}") from None
     if args.auto_max_batch is not None and args.auto_max_batch < 1:
         raise ValueError(f"--auto-max-batch must be >= 1, got {args.auto_max_batch}")

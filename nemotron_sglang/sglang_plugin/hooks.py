@@ -36,7 +36,7 @@ import logging
 from pathlib import Path
 
 from ..core.config import NLDConfig
-from ..core.modes import ParamRuleError, check_block_length
+from ..core.modes import RuleError, check_block_length
 from .canvas_round import RESEED
 from .model import ARCHITECTURE
 
@@ -100,7 +100,7 @@ def dllm_config_from_server_args(original, server_args):
     try:
         check_block_length(block, nld.block_size, of="the checkpoint's block_size",
                            field="block_size")
-    except ParamRuleError as e:
+    except RuleError as e:
         raise ValueError(f"algorithm config {e}") from None
     algorithm_config["model_path"] = str(cfg.model_path)
     return DllmConfig(

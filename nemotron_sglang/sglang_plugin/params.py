@@ -17,18 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule
-from ..core.decoding.processors import RuleError
 from ..core.modes import SERVING_MODES as MODES
-from ..core.modes import ParamRuleError, check_block_length, check_mode, check_threshold
+from ..core.modes import RuleError, check_block_length, check_mode, check_threshold
 PARAM_KEYS = ("decode_mode", "threshold", "block_length")
 
 
-class ParamError(ValueError):
-    """A request parameter the server refuses; ``field`` names it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+# a request parameter the server refuses (``field`` names it): core's one such error, so core's
+# rules (core/modes.py, SamplingRule's ranges) reach SGLang's 400 without a translation
+ParamError = RuleError
 
 
 @dataclass(frozen=True)
@@ -94,30 +90,24 @@ def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = ()) -> SamplingRu
     """Core's rule for a request (``stop_ids``: what min_new_tokens bans, SGLang's set: stop
     token ids, EOS ids, the tokenizer's stop and EOS ids). Greedy keeps its processors:
     SGLang's greedy path is the argmax of the penalised, biased logits."""
-    try:
-        return SamplingRule(
-            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-            frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
-            repetition_penalty=s.repetition_penalty, logit_bias=s.logit_bias,
-            min_new_tokens=s.min_new_tokens,
-            stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else ())
-    except RuleError as e:
-        raise ParamError(e.field, e.message) from None
+    return SamplingRule(
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+        frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
+        repetition_penalty=s.repetition_penalty, logit_bias=s.logit_bias,
+        min_new_tokens=s.min_new_tokens,
+        stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else ())
 
 
 def check_fields(custom: Mapping[str, Any]) -> None:
     """The checks that need no server state (core/modes.py's rules: known mode, threshold in
     [0, 1], block length a power of two; each only if present). Shared with the main-process
     hook."""
-    try:
-        if "decode_mode" in custom:
-            check_mode(custom["decode_mode"])
-        if "threshold" in custom:
-            check_threshold(custom["threshold"])
-        if "block_length" in custom:
-            check_block_length(custom["block_length"])
-    except ParamRuleError as e:
-        raise ParamError(e.field, e.message) from None
+    if "decode_mode" in custom:
+        check_mode(custom["decode_mode"])
+    if "threshold" in custom:
+        check_threshold(custom["threshold"])
+    if "block_length" in custom:
+        check_block_length(custom["block_length"])
 
 
 def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
@@ -127,10 +117,7 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
               "block_length": defaults.block_size, **dict(custom or {})}
     check_fields(merged)
     mode, threshold, block = merged["decode_mode"], merged["threshold"], merged["block_length"]
-    try:
-        check_block_length(block, defaults.block_size, of="the server's block size")
-    except ParamRuleError as e:
-        raise ParamError(e.field, e.message) from None
+    check_block_length(block, defaults.block_size, of="the server's block size")
     _refuse_unsupported(sampling, mode)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")

@@ -16,7 +16,7 @@ from typing import Any
 
 
 from ..attention import MaskSpec
-from ..modes import ParamRuleError, check_block_length, check_threshold
+from ..modes import RuleError, check_block_length, check_threshold
 from .decisions import Ask, Decision, Kind
 from .grammar import GrammarCursor
 from .processors import SamplingRule
@@ -57,7 +57,7 @@ class DecodeParams:
             if self.block_length is not None:
                 check_block_length(self.block_length)
             check_threshold(self.threshold)
-        except ParamRuleError as e:
+        except RuleError as e:
             raise DecodeError(str(e)) from None
         if not self.temperature >= 0.0:
             raise DecodeError(f"temperature must be >= 0, got {self.temperature}")

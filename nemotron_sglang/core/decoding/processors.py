@@ -29,15 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..modes import RuleError
+
 TOP_K_OFF = 0                        # top_k 0: the whole vocabulary
 
-
-class RuleError(ValueError):
-    """A sampling parameter out of range; ``field`` names it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 @dataclass(frozen=True)
