@@ -33,6 +33,7 @@ from _common import hardware, print_table  # noqa: E402
 
 from nemotron_sglang.core.decoding import Ask, Kind, decide_batched, decide_each  # noqa: E402
 from nemotron_sglang.core.logits import PassLogits  # noqa: E402
+from nemotron_sglang.core.modes import DECODE_MODES  # noqa: E402
 
 MASK_ID = 100
 
@@ -122,7 +123,7 @@ def fixture_tpf(block: int) -> dict[str, float]:
     tok = load_tokenizer(embedded_model())
     prompts = [encode(tok, e["prompt"]) for e in examples(1_000_000, 16)]
     out = {}
-    for mode in ("ar", "linear_spec", "quadratic_spec", "diffusion"):
+    for mode in DECODE_MODES:
         res = generate(model, [Request(p, mode, DecodeParams(max_new_tokens=64,
                                                              block_length=block))
                                for p in prompts])

@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
-MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
+from nemotron_sglang.core.modes import DECODE_MODES as MODES  # noqa: E402
+from nemotron_sglang.core.modes import SELF_SPEC_MODES  # noqa: E402
 
 
 def generate(url: str, ids, mode: str, max_new: int, **extra) -> dict:
@@ -81,7 +82,7 @@ def latency(url: str, ids, mode: str, max_new: int, repeats: int) -> float:
 
 def mixed_table(url: str, prompts, max_new: int, neighbours: int, repeats: int) -> list[list]:
     rows = []
-    for mode in ("ar", "linear_spec", "quadratic_spec"):
+    for mode in ("ar", *SELF_SPEC_MODES):
         alone = latency(url, prompts[0], mode, max_new, repeats)
         stop = threading.Event()
 

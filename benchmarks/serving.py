@@ -45,7 +45,8 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
-MODES = ("ar", "diffusion", "linear_spec", "quadratic_spec", "auto")
+from nemotron_sglang.core.modes import SERVING_MODES as MODES
+
 PROMPTS = (
     "The number after 41 is",
     "Hello world",

@@ -42,6 +42,7 @@ import torch
 
 from nemotron_sglang.core.decoding import (DecodeError, DecodeParams, Request, default_cache,
                                            make_decoder)
+from nemotron_sglang.core.modes import SELF_SPEC_MODES
 from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
@@ -50,7 +51,7 @@ THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 # (mode, use_lora) in table order; ar ignores the block length and runs once.
 VARIANTS = (("diffusion", False), ("linear_spec", True), ("linear_spec", False),
             ("quadratic_spec", False))
-LOSSLESS = ("linear_spec", "quadratic_spec")
+LOSSLESS = SELF_SPEC_MODES
 
 
 @dataclass
@@ -93,7 +94,8 @@ def _block_lengths(text: str) -> list[int]:
     try:
         out = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"comma-separated integers expected, got {text!r}")
+        raise argparse.ArgumentTypeError(f"comma-separated integers expected, got {text!r}") \
+            from None
     if not out:
         raise argparse.ArgumentTypeError("at least one block length is needed")
     return out

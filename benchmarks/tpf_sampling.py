@@ -25,7 +25,7 @@ from nemotron_sglang.core.weights import load_model  # noqa: E402
 from nemotron_sglang.serving.serve import embedded_model  # noqa: E402
 from nemotron_sglang.testing.corpus import examples  # noqa: E402
 
-MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
+from nemotron_sglang.core.modes import DECODE_MODES as MODES  # noqa: E402
 RULES = [("greedy", SamplingRule()),
          ("frequency_penalty 0.5", SamplingRule(frequency_penalty=0.5)),
          ("presence_penalty 0.5", SamplingRule(presence_penalty=0.5)),

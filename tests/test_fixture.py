@@ -8,7 +8,6 @@ a tiny geometry and checks that the loss falls. Skipped only where the fixture i
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

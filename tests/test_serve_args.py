@@ -115,3 +115,29 @@ def test_cost_table_ships_for_the_embedded_default_on_cpu(tmp_path, monkeypatch,
     mine.write_text(json.dumps({"rows": [1], "blocks": [1]}))
     with pytest.raises(ValueError, match="--cost-model .*missing key 'ms'"):
         serve.build_command(args(model=other, cost_model=str(mine)), [], cuda=True)
+
+
+def test_launch_script_is_serve(tmp_path):
+    """``launch/serve_cpu.sh`` runs ``nemotron-sglang serve``: the same SGLang line, flags and
+    KV pool (no second set of launch defaults)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NEMOTRON_SGLANG_CACHE=str(tmp_path), PYTHON=sys.executable)
+
+    def exec_line(argv, **extra):
+        out = subprocess.run(argv, env=dict(env, **extra), capture_output=True, text=True,
+                             check=True, cwd=tmp_path).stdout
+        return [ln for ln in out.splitlines() if ln.strip().startswith("exec:")]
+
+    want = exec_line([sys.executable, "-m", "nemotron_sglang", "serve", "--port", "30123",
+                      "--dry-run"])
+    assert len(want) == 1
+    assert exec_line(["bash", str(root / "launch" / "serve_cpu.sh"), "", "30123"],
+                     SGLANG_ARGS="--dry-run") == want
+    got = exec_line(["bash", str(root / "launch" / "serve_cpu.sh"), str(serve.FIXTURE), "30123"],
+                    SGLANG_ARGS="--dry-run --max-running-requests 3")
+    assert "--max-running-requests 3" in got[0] and "--max-running-requests 16" not in got[0]

@@ -2,6 +2,9 @@
 
 - ``DECODE_MODES``: what core decodes; ``core.decoding`` registers one strategy per name and
   fails at import if the two lists differ.
+- ``SELF_SPEC_MODES``: the self-speculative ones (at T = 0 they emit greedy ``ar``'s tokens);
+  ``DEFAULT_MODE``: what a server decodes a request in that names none; ``DEFAULT_THRESHOLD``:
+  the confidence threshold when none is set.
 - ``AUTO``: the serving policy over them (linear_spec at the block the load allows, or ar;
   ``block_policy.py``); ``SERVING_MODES`` = what a request (or a server default) may name.
 - ``check_mode`` / ``check_threshold`` / ``check_block_length``: each parameter's rule, raising
@@ -16,8 +19,11 @@ from __future__ import annotations
 import math
 
 DECODE_MODES: tuple[str, ...] = ("ar", "diffusion", "linear_spec", "quadratic_spec")
+SELF_SPEC_MODES: tuple[str, ...] = ("linear_spec", "quadratic_spec")   # emit greedy AR's tokens
 AUTO = "auto"
 SERVING_MODES: tuple[str, ...] = DECODE_MODES + (AUTO,)
+DEFAULT_MODE = "linear_spec"       # a server's default_mode unless configured
+DEFAULT_THRESHOLD = 0.9            # diffusion's confidence threshold unless a request sets one
 
 
 class RuleError(ValueError):

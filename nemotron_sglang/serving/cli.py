@@ -1,4 +1,5 @@
-"""The ``nemotron-sglang`` command line: ``serve``, ``make-tiny-checkpoint`` and ``generate``.
+"""The ``nemotron-sglang`` command line: ``serve``, ``generate``, ``make-tiny-checkpoint``,
+``corpus`` and ``train-tiny``.
 
 ``generate`` runs core's decoders in this process (no server): it is the reference path the
 SGLang plugin is compared against. With no ``--model`` it uses the embedded default, the trained
@@ -20,13 +21,15 @@ import sys
 from pathlib import Path
 
 from ..core.modes import DECODE_MODES as MODES
+from ..core.modes import DEFAULT_THRESHOLD
 
 
 def _ids(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--prompt-ids must be comma-separated integers: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--prompt-ids must be comma-separated integers: {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-ids", type=_ids)
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--block-length", type=int, default=None)
-    g.add_argument("--threshold", type=float, default=0.9)
+    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
     lora = g.add_mutually_exclusive_group()

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..data import EMBEDDED as FIXTURE
 
 from ..core.modes import SERVING_MODES as MODES
-from ..core.modes import RuleError, check_threshold
+from ..core.modes import DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_threshold
 
 # decode_mode "auto" speculates while a round holds <= auto_max_batch requests, then runs ar.
 # CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
@@ -172,8 +172,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="NLD checkpoint dir (default: embedded tiny model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
-    p.add_argument("--default-mode", choices=MODES, default="linear_spec")
-    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--default-mode", choices=MODES, default=DEFAULT_MODE)
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     p.add_argument("--auto-max-batch", type=int, default=None,
                    help="decode_mode auto: speculate up to this many requests per round "
                         f"(default {AUTO_MAX_BATCH['cpu']} on CPU, {AUTO_MAX_BATCH['cuda']} on CUDA)")

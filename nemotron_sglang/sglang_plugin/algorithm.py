@@ -111,10 +111,11 @@ class NemotronTriMode(DllmAlgorithm):
                              f"known: {sorted(YAML_KEYS - {'model_path'})}")
         if self.fdfo:
             raise ValueError("NemotronTriMode needs --no-dllm-fdfo (variable-length commits)")
-        defaults = ServerDefaults(default_mode=yaml.get("default_mode", "linear_spec"),
-                                  threshold=float(yaml.get("threshold", 0.9)),
+        base = ServerDefaults()
+        defaults = ServerDefaults(default_mode=yaml.get("default_mode", base.default_mode),
+                                  threshold=float(yaml.get("threshold", base.threshold)),
                                   block_size=self.block_size,
-                                  auto_max_batch=int(yaml.get("auto_max_batch", 8)))
+                                  auto_max_batch=int(yaml.get("auto_max_batch", base.auto_max_batch)))
         # a bad default must fail at startup, not on the first request
         parse({}, SamplingView(), defaults)
         type(self).defaults = defaults

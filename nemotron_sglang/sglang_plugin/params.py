@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule
-from ..core.modes import SERVING_MODES as MODES
-from ..core.modes import RuleError, check_block_length, check_mode, check_threshold
+from ..core.modes import DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_block_length, check_mode, \
+    check_threshold
 PARAM_KEYS = ("decode_mode", "threshold", "block_length")
 
 
@@ -31,8 +31,8 @@ ParamError = RuleError
 class ServerDefaults:
     """What a request falls back to; from the algorithm YAML and the checkpoint."""
 
-    default_mode: str = "linear_spec"
-    threshold: float = 0.9
+    default_mode: str = DEFAULT_MODE
+    threshold: float = DEFAULT_THRESHOLD
     block_size: int = 32            # the server's canvas: the largest block a request may ask for
     auto_max_batch: int = 8         # "auto" speculates while a round holds at most this many
 

@@ -9,7 +9,6 @@ text is the same."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 

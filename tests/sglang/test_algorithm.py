@@ -18,7 +18,7 @@ import torch
 
 from conftest import random_prompts
 from host_reads import HostReads
-from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL, MaskKind
+from nemotron_sglang.core.attention import CAUSAL, MaskKind
 from nemotron_sglang.core.batch import ForwardBatch, PassRow
 from nemotron_sglang.core.decoding import DecodeParams, Request, generate
 from nemotron_sglang.core.kv_cache import PagedKVCache
@@ -77,7 +77,7 @@ class FakeRunner:
                 for r, toks, start in fb.extend_rows]
         batch = ForwardBatch.from_rows(rows, write_kv=True)
         logits = core(batch, self.cache)
-        for (r, toks, _), (_, end) in zip(fb.extend_rows, batch.spans()):
+        for (r, toks, _), _span in zip(fb.extend_rows, batch.spans()):
             self.cache.commit(r.rid_int, len(toks))
         last = torch.stack([logits[end - 1] for _, end in batch.spans()])
         return SimpleNamespace(logits_output=SimpleNamespace(next_token_logits=last),

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from nemotron_sglang.core.modes import SERVING_MODES as MODES
 from nemotron_sglang.sglang_plugin.params import (
-    MODES,
     ParamError,
     RequestParams,
     SamplingView,

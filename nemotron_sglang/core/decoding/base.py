@@ -16,7 +16,7 @@ from typing import Any
 
 
 from ..attention import MaskSpec
-from ..modes import RuleError, check_block_length, check_threshold
+from ..modes import DEFAULT_THRESHOLD, RuleError, check_block_length, check_threshold
 from .decisions import Ask, Decision, Kind
 from .grammar import GrammarCursor
 from .processors import SamplingRule
@@ -38,7 +38,7 @@ class DecodeParams:
 
     max_new_tokens: int = 64
     block_length: int | None = None
-    threshold: float = 0.9
+    threshold: float = DEFAULT_THRESHOLD
     temperature: float = 0.0
     seed: int = 0
     use_lora: bool = True
