@@ -45,7 +45,8 @@ def register() -> None:
     from . import attention_backend, hooks, surface
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
-    from .model import ARCHITECTURE, NemotronLabsDiffusionForSGLang
+    from ..core.config import ARCHITECTURE
+    from .model import NemotronLabsDiffusionForSGLang
 
     AutoConfig.register(NemotronLabsDiffusionConfig.model_type, NemotronLabsDiffusionConfig,
                         exist_ok=True)

@@ -32,12 +32,13 @@ import torch
 from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 from sglang.srt.dllm.config import DllmConfig
+from sglang.srt.sampling.sampling_params import TOP_K_ALL
 
 from ..core.block_policy import CostTable
+from ..core.config import ARCHITECTURE
 from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
 from ..core.decoding.grammar import GrammarCursor
 from ..core.weights import LORA_DIR, load_lora
-from .model import ARCHITECTURE
 from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
 from .custom_pass import RowSpec, run_custom_pass
@@ -49,14 +50,14 @@ logger = logging.getLogger(__name__)
 
 YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
              "auto_max_batch", "custom_attention", "cost_model"}
-TOP_K_ALL = 1 << 30
 
 
 def sampling_view(req) -> SamplingView:
-    """The sampling features of an SGLang ``Req`` as plain values (greedy as SGLang decides it:
-    T < 1e-6, which its SamplingParams turn into top_k = 1, or top_k = 1)."""
+    """The sampling features of an SGLang ``Req`` as plain values. Greedy is what SGLang calls
+    greedy: ``top_k == 1`` (its ``SamplingParams`` turn T < ``_SAMPLING_EPS`` into top_k 1, T 1
+    on construction); core's greedy is T = 0."""
     sp = req.sampling_params
-    greedy = sp.top_k == 1 or sp.temperature < 1e-6
+    greedy = sp.top_k == 1
     lp = getattr(req, "logprob", None)
     bias = tuple(sorted((int(k), float(v)) for k, v in (sp.logit_bias or {}).items()))
     return SamplingView(

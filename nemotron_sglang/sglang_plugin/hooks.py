@@ -35,10 +35,9 @@ import json
 import logging
 from pathlib import Path
 
-from ..core.config import NLDConfig
+from ..core.config import ARCHITECTURE, NLDConfig
 from ..core.modes import RuleError, check_block_length
 from .canvas_round import RESEED
-from .model import ARCHITECTURE
 
 logger = logging.getLogger(__name__)
 

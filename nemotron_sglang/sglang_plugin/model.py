@@ -26,20 +26,21 @@ from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessor
 from sglang.srt.layers.radix_attention import AttentionType, RadixAttention
 from sglang.srt.models.ministral3 import Ministral3ForCausalLM
 
-from ..core.config import NLDConfig
+from ..core.config import ARCHITECTURE, NLDConfig
 from ..core.weights import WeightsError, hf_weight_shapes
 
 logger = logging.getLogger(__name__)
-ARCHITECTURE = "NemotronLabsDiffusionModel"
 
 
-def normalise_hf_config(config) -> None:
-    """Give SGLang's Ministral3 layers the attributes they read, from NLD's config keys."""
-    rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-    if not isinstance(rp, dict):
-        raise ValueError("NLD config has no rope_parameters dict")
-    config.rope_parameters = dict(rp)
-    config.original_max_position_embeddings = int(rp["original_max_position_embeddings"])
+def normalise_hf_config(config) -> NLDConfig:
+    """Core's validated config of ``config``, whose RoPE attributes are then set to core's
+    reading of them (``rope_parameters`` or ``rope_scaling``, ``rope_theta`` fallback:
+    ``NLDConfig.from_hf_dict``) in the form SGLang's Ministral3 layers read: the whole
+    ``rope_parameters`` dict and a top-level ``original_max_position_embeddings``."""
+    nld = nld_config_of(config)
+    config.rope_parameters = nld.rope_parameters.to_dict()
+    config.original_max_position_embeddings = nld.rope_parameters.original_max_position_embeddings
+    return nld
 
 
 def nld_config_of(config) -> NLDConfig:
@@ -59,8 +60,7 @@ def checkpoint_to_sglang_name(name: str) -> str:
 
 class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
     def __init__(self, config, quant_config=None, prefix: str = ""):
-        normalise_hf_config(config)
-        self.nld_config = nld_config_of(config)
+        self.nld_config = normalise_hf_config(config)
         super().__init__(config, quant_config=quant_config, prefix=prefix)
         self.logits_processor = LogitsProcessor(config, return_full_logits=True)
         self.lora_active = False

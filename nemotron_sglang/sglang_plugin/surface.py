@@ -29,6 +29,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+from ..core.config import ARCHITECTURE
 from . import metrics
 from .params import PARAM_KEYS, ParamError, check_fields
 
@@ -88,7 +89,7 @@ def check_tokenized(result, self, *args, **kwargs):
     algo = getattr(server_args, "dllm_algorithm", None)
     archs = getattr(getattr(getattr(self, "model_config", None), "hf_config", None),
                     "architectures", None) or []
-    nld = "NemotronLabsDiffusionModel" in archs
+    nld = ARCHITECTURE in archs
     try:
         check_request_fields(getattr(sp, "custom_params", None), algo, nld)
         if nld:
