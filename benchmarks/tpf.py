@@ -22,7 +22,10 @@ block: ``agree`` (share of output tokens equal to ``ar``'s at the same index, ov
 tokens) and ``rule acc`` (share of outputs whose text begins with the rule's continuation; an
 output cut by ``max_new_tokens`` before the continuation ends counts when it is a prefix of it).
 A second table sweeps the diffusion threshold (``--thresholds``, default 0.5..0.99) per block:
-TPF vs agreement with ``ar``; ``--plot PNG`` draws it when matplotlib is installed.
+TPF vs agreement with ``ar``; ``--plot PNG`` draws it when matplotlib is installed. A third
+sweeps diffusion's step budget (``--max-steps``, default 1,2,3,4,6,8,16: at most k denoise passes
+per block, the last committing every slot left) at ``--threshold``: TPF vs agreement against k;
+``--plot-steps PNG`` draws it.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Row:
     agree: float | None = None
     rule_acc: float | None = None
     threshold: float | None = None
+    max_steps: int | None = None
 
     @property
     def tpf(self) -> float:
@@ -122,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--thresholds", type=str, default=",".join(map(str, THRESHOLDS)),
                     help="diffusion thresholds of the trade-off sweep (with --corpus-seed)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep")
+    ap.add_argument("--max-steps", type=_block_lengths, default=[1, 2, 3, 4, 6, 8, 16],
+                    help="diffusion step budgets of the step sweep (with --corpus-seed); each "
+                         "below the block length it runs at")
+    ap.add_argument("--no-steps", action="store_true", help="skip the step-budget sweep")
+    ap.add_argument("--plot-steps", default=None,
+                    help="PNG path for the step budget's TPF / agreement (needs matplotlib)")
     ap.add_argument("--plot", default=None,
                     help="PNG path for the TPF / agreement trade-off (needs matplotlib)")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -185,12 +195,14 @@ def score(row: Row, tok, continuations: list[str], ar_outputs: list[list[int]] |
 
 
 def run_variant(model, prompts, mode: str, block: int, use_lora: bool, args,
-                max_new_tokens: int | None = None, threshold: float | None = None) -> Row:
+                max_new_tokens: int | None = None, threshold: float | None = None,
+                max_steps: int | None = None) -> Row:
     """All ``prompts`` as one batch through a fresh decoder; figures summed over requests."""
     params = DecodeParams(max_new_tokens=max_new_tokens or args.max_new_tokens,
                           block_length=block,
                           threshold=args.threshold if threshold is None else threshold,
-                          temperature=0.0, seed=args.seed, use_lora=use_lora)
+                          temperature=0.0, seed=args.seed, use_lora=use_lora,
+                          max_steps=max_steps)
     requests = [Request(p, mode, params) for p in prompts]
     decoder = make_decoder(model, default_cache(model, requests))
     t0 = time.perf_counter()
@@ -208,7 +220,7 @@ def run_variant(model, prompts, mode: str, block: int, use_lora: bool, args,
                model_calls=decoder.stats.model_calls, wall_s=wall,
                outputs=[r.output_ids for r in results],
                threshold=(args.threshold if threshold is None else threshold)
-               if mode == "diffusion" else None)
+               if mode == "diffusion" else None, max_steps=max_steps)
 
 
 def format_table(rows: list[Row], markdown: bool) -> str:
@@ -224,7 +236,16 @@ def sweep_table(rows: list[Row], markdown: bool) -> str:
     return _table(headers, cells, markdown, text_cols=1)
 
 
-def plot_sweep(rows: list[Row], path: str) -> str:
+def steps_table(rows: list[Row], markdown: bool) -> str:
+    headers = ["block", "max_steps", "threshold", "forwards", "TPF", "agree", "rule acc"]
+    cells = [[r.block, "-" if r.max_steps is None else str(r.max_steps), f"{r.threshold:g}",
+              str(r.forwards), f"{r.tpf:.3f}", f"{r.agree:.3f}", f"{r.rule_acc:.3f}"]
+             for r in rows]
+    return _table(headers, cells, markdown, text_cols=1)
+
+
+def plot_sweep(rows: list[Row], path: str, label=lambda r: f"{r.threshold:g}",
+               title: str = "Diffusion threshold trade-off (labels: threshold)") -> str:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -236,11 +257,11 @@ def plot_sweep(rows: list[Row], path: str) -> str:
         pts = [r for r in rows if r.block == block]
         ax.plot([r.tpf for r in pts], [r.agree for r in pts], marker="o", label=f"block {block}")
         for r in pts:
-            ax.annotate(f"{r.threshold:g}", (r.tpf, r.agree), fontsize=7,
+            ax.annotate(label(r), (r.tpf, r.agree), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
     ax.set_xlabel("diffusion tokens per forward")
     ax.set_ylabel("token agreement with greedy AR")
-    ax.set_title("Diffusion threshold trade-off (labels: threshold)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -329,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             ar = run_variant(model, prompts, "ar", args.block_lengths[0], False, args)
             rows = [ar] + [run_variant(model, prompts, mode, block, lora, args)
                            for block in args.block_lengths for mode, lora in variants]
-            sweep = []
+            sweep, steps = [], []
             if continuations is not None:
                 for row in rows:
                     score(row, tok, continuations, None if row is ar else ar.outputs,
@@ -341,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
                                                            False, args, threshold=th),
                                                tok, continuations, ar.outputs,
                                                args.max_new_tokens))
+                steps = [] if args.no_steps else [
+                    score(run_variant(model, prompts, "diffusion", block, False, args,
+                                      max_steps=k), tok, continuations, ar.outputs,
+                          args.max_new_tokens)
+                    for block in args.block_lengths for k in [*args.max_steps, None]
+                    if k is None or k < block]
         except DecodeError as e:
             print(f"tpf: error: {e}", file=sys.stderr)
             return 2
@@ -353,6 +380,15 @@ def main(argv: list[str] | None = None) -> int:
         print()
         if args.plot:
             print(plot_sweep(sweep, args.plot))
+            print()
+    if steps:
+        print(f"diffusion step budget (max_steps k; '-': none) at threshold {args.threshold:g}:")
+        print(steps_table(steps, args.markdown))
+        print()
+        if args.plot_steps:
+            print(plot_sweep(steps, args.plot_steps,
+                             label=lambda r: "-" if r.max_steps is None else str(r.max_steps),
+                             title="Diffusion step budget (labels: max_steps per block)"))
             print()
     ok = True
     for row in rows:

@@ -129,6 +129,49 @@ def test_diffusion_threshold_extremes_forward_counts(model64):
             assert r.forwards == 3 * per_block + 2
 
 
+def test_diffusion_step_budget_caps_the_denoise_passes_of_every_block(model64):
+    """max_steps = k: at most k denoise passes per block, the k-th committing every slot left.
+    At threshold 1 (one slot per pass otherwise) the count is exact: min(k, B - 1) per block;
+    k = 1 is threshold 0's decode, and a budget that is never reached changes nothing."""
+    b = model64.config.block_size
+    n = 12
+    prompts = random_prompts(n, seed=random.randrange(1 << 20), vocab=512)
+    eos = model64.config.eos_token_id
+    free = run(model64, prompts, "diffusion", [3 * b] * n, threshold=1.0)
+    assert run(model64, prompts, "diffusion", [3 * b] * n, threshold=1.0,
+               max_steps=b - 1) == free
+    assert [r.output_ids for r in run(model64, prompts, "diffusion", [3 * b] * n, max_steps=1)] \
+        == [r.output_ids for r in run(model64, prompts, "diffusion", [3 * b] * n, threshold=0.0)]
+    for k in (1, 2, 3, b // 2):
+        res = run(model64, prompts, "diffusion", [3 * b] * n, threshold=1.0, max_steps=k)
+        full = [r for r in res if r.finish_reason == "length" and eos not in r.output_ids]
+        assert len(full) >= n - 2
+        for r in full:
+            assert len(r.output_ids) == 3 * b and r.mode == "diffusion"
+            assert r.forwards == 3 * min(k, b - 1) + 2      # + the refresh after blocks 1, 2
+    for r in run(model64, prompts, "diffusion", [3 * b] * n, threshold=0.9, max_steps=2):
+        assert r.forwards <= 3 * 2 + 2
+
+
+def test_step_budget_is_refused_where_it_has_no_meaning(model64):
+    from nemotron_sglang.testing.token_grammar import random_dfa
+
+    cache = default_cache(model64, [Request([1, 2, 3])])
+    dec = make_decoder(model64, cache)
+    for mode in ("ar", "linear_spec", "quadratic_spec"):
+        with pytest.raises(DecodeError, match=f"max_steps: only decode_mode diffusion.*{mode}"):
+            dec.run([Request([4, 5, 6], mode, DecodeParams(max_steps=2))])
+    g = random_dfa(random.Random(random.randrange(1 << 20)), model64.config.vocab_size, states=3,
+                   fanout=(2, 8), stop_ids=(model64.config.eos_token_id,),
+                   avoid=(model64.config.mask_token_id,))
+    with pytest.raises(DecodeError, match="max_steps: a step budget cannot be kept under a grammar"):
+        dec.run([Request([4, 5, 6], "diffusion", DecodeParams(max_steps=2), grammar=g)])
+    assert cache.num_free_pages == cache.num_pages and not cache.seq_ids()
+    for k in (0, -1, 1.5, True, "2"):
+        with pytest.raises(DecodeError, match="max_steps"):
+            DecodeParams(max_steps=k)
+
+
 def test_diffusion_block_seeds_are_greedy_ar(model64):
     b = model64.config.block_size
     prompts = random_prompts(10, seed=13, vocab=512)

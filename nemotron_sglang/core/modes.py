@@ -7,7 +7,10 @@
   the confidence threshold when none is set.
 - ``AUTO``: the serving policy over them (linear_spec at the block the load allows, or ar;
   ``block_policy.py``); ``SERVING_MODES`` = what a request (or a server default) may name.
-- ``check_mode`` / ``check_threshold`` / ``check_block_length``: each parameter's rule, raising
+- ``MODE_ONLY`` / ``check_applies``: the per-request fields only some modes can honour
+  (``max_steps``: diffusion's step budget) and the check that a request's mode is one of them.
+- ``check_mode`` / ``check_threshold`` / ``check_block_length`` / ``check_max_steps``: each
+  parameter's rule, raising
   :class:`RuleError` that names the field. The CLI, ``DecodeParams``, the server's flags and
   the SGLang adapter all call these; none restates a rule.
 
@@ -24,6 +27,9 @@ AUTO = "auto"
 SERVING_MODES: tuple[str, ...] = DECODE_MODES + (AUTO,)
 DEFAULT_MODE = "linear_spec"       # a server's default_mode unless configured
 DEFAULT_THRESHOLD = 0.9            # diffusion's confidence threshold unless a request sets one
+# a request field -> the modes that honour it (any other mode refuses it; ``auto`` picks ar or
+# linear_spec, so it refuses these too)
+MODE_ONLY: dict[str, tuple[str, ...]] = {"max_steps": ("diffusion",)}
 
 
 class RuleError(ValueError):
@@ -65,3 +71,18 @@ def check_block_length(b, limit: int | None = None, of: str = "the block size",
     if limit is not None and b > limit:
         raise RuleError(field, f"{b} exceeds {of} {limit}")
     return b
+
+
+def check_max_steps(k) -> int:
+    """Diffusion's step budget: at most ``k`` >= 1 denoise passes per block, the last of them
+    committing every slot still masked (``diffusion.py``)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise RuleError("max_steps", f"must be an integer >= 1, got {k!r}")
+    return k
+
+
+def check_applies(field: str, mode: str) -> None:
+    """``field`` (a key of ``MODE_ONLY``) is set on a request decoded in ``mode``."""
+    modes = MODE_ONLY[field]
+    if mode not in modes:
+        raise RuleError(field, f"only decode_mode {' / '.join(modes)} has it, not {mode}")

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--block-length", type=int, default=None)
     g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="diffusion: at most this many denoise passes per block")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
     lora = g.add_mutually_exclusive_group()
@@ -120,7 +122,7 @@ def _generate(args) -> int:
         prompt = args.prompt_ids
     params = DecodeParams(max_new_tokens=args.max_new_tokens, block_length=args.block_length,
                           threshold=args.threshold, temperature=args.temperature, seed=args.seed,
-                          use_lora=args.lora is not False)
+                          use_lora=args.lora is not False, max_steps=args.max_steps)
     (res,) = generate(model, [Request(prompt, args.mode, params)])
     text = decode(tok, res.output_ids, skip_special=True) if tok is not None else None
     out = {"mode": res.mode, "output_ids": res.output_ids, "text": text,

@@ -74,7 +74,8 @@ def sampling_view(req) -> SamplingView:
         # prompt logprobs are refused in the main process (surface.check_tokenized): here the
         # Req's logprob_start_len is not yet the request's
         custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
-        seed=getattr(sp, "sampling_seed", None))
+        seed=getattr(sp, "sampling_seed", None),
+        grammar=any(getattr(sp, f, None) for f in ("regex", "json_schema", "ebnf", "structural_tag")))
 
 
 class NemotronTriMode(DllmAlgorithm):
@@ -276,7 +277,7 @@ class NemotronTriMode(DllmAlgorithm):
             params=DecodeParams(max_new_tokens=remaining, block_length=prm.block_length,
                                 threshold=prm.threshold, temperature=prm.temperature,
                                 sampling=nld.rule, logprobs=nld.logprobs,
-                                logprob_ids=nld.logprob_ids),
+                                logprob_ids=nld.logprob_ids, max_steps=prm.max_steps),
             kv_len=committed, seed=nld.seed, draws=draws, prior=list(req.output_ids))
         st.lora = nld.strategy.uses_lora and self._has_lora
         if nld.grammar is not None:     # back to what SGLang holds (drops unreturned tokens)

@@ -1,7 +1,7 @@
 """Per-request decode parameters: parse and validate, refusing what a mode cannot honour.
 
-A request may set ``decode_mode``, ``threshold`` and ``block_length`` (in SGLang's
-``custom_params``); everything else comes from the server's YAML defaults. SGLang's sampling
+A request may set ``decode_mode``, ``threshold``, ``block_length`` and ``max_steps`` (diffusion's
+step budget; in SGLang's ``custom_params``); everything else comes from the server's YAML defaults. SGLang's sampling
 parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k / top-p /
 min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in
 every mode, as are grammars (SGLang's grammar object, ``grammar.py``), and output logprobs
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule
-from ..core.modes import DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_block_length, check_mode, \
-    check_threshold
-PARAM_KEYS = ("decode_mode", "threshold", "block_length")
+from ..core.decoding.diffusion import STEP_BUDGET_GRAMMAR
+from ..core.modes import (DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_applies,
+                          check_block_length, check_max_steps, check_mode, check_threshold)
+PARAM_KEYS = ("decode_mode", "threshold", "block_length", "max_steps")
 
 
 # a request parameter the server refuses (``field`` names it): core's one such error, so core's
@@ -45,6 +46,7 @@ class RequestParams:
     temperature: float              # 0 = greedy
     seed: int | None
     block_set: bool = False         # the request chose block_length (auto keeps it)
+    max_steps: int | None = None    # diffusion: denoise passes per block at most
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class SamplingView:
     prompt_logprobs: bool = False   # logprob_start_len inside the prompt
     custom_logit_processor: bool = False
     seed: int | None = None
+    grammar: bool = False           # a regex / JSON schema / EBNF / structural tag is set
 
     @property
     def top_k_limited(self) -> bool:
@@ -108,6 +111,10 @@ def check_fields(custom: Mapping[str, Any]) -> None:
         check_threshold(custom["threshold"])
     if "block_length" in custom:
         check_block_length(custom["block_length"])
+    if custom.get("max_steps") is not None:        # null: no budget
+        check_max_steps(custom["max_steps"])
+        if "decode_mode" in custom:
+            check_applies("max_steps", custom["decode_mode"])
 
 
 def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
@@ -118,9 +125,14 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
     check_fields(merged)
     mode, threshold, block = merged["decode_mode"], merged["threshold"], merged["block_length"]
     check_block_length(block, defaults.block_size, of="the server's block size")
+    steps = merged.get("max_steps")
+    if steps is not None:
+        check_applies("max_steps", mode)
+        if sampling.grammar:
+            raise ParamError("max_steps", f"{STEP_BUDGET_GRAMMAR} (decode_mode {mode})")
     _refuse_unsupported(sampling, mode)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")
     sampling_rule(sampling)                      # ranges (SGLang checks them first, too)
     return RequestParams(mode, float(threshold), block, float(sampling.temperature), sampling.seed,
-                         block_set="block_length" in (custom or {}))
+                         block_set="block_length" in (custom or {}), max_steps=steps)

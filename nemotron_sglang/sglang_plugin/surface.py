@@ -2,7 +2,7 @@
 
 Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
 - AFTER ``OpenAIServing{Completion,Chat}._convert_to_internal_request`` (main process): copies the
-  top-level ``decode_mode`` / ``threshold`` / ``block_length`` of the JSON body (the OpenAI
+  top-level ``decode_mode`` / ``threshold`` / ``block_length`` / ``max_steps`` of the JSON body (the OpenAI
   client's ``extra_body``) into ``custom_params``; an explicit ``custom_params`` value wins.
 - AFTER ``TokenizerManager._create_tokenized_object`` (main process): checks those fields before
   the request is queued, so streaming requests also get a real HTTP 400. On a plain AR server of

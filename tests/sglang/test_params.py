@@ -14,6 +14,7 @@ from nemotron_sglang.sglang_plugin.params import (
     RequestParams,
     SamplingView,
     ServerDefaults,
+    check_fields,
     parse,
     sampling_rule,
 )
@@ -278,3 +279,37 @@ def test_sampling_view_custom_logit_processor(sglang_bits):
     v = _req(sglang_bits, custom_logit_processor="serialized-processor")
     assert v.custom_logit_processor is True
     refused({}, "custom_logit_processor", sampling=v)
+
+
+# ---- diffusion's step budget (max_steps) ---------------------------------------------------
+@pytest.mark.parametrize("k", [1, 2, 7, 31])
+def test_step_budget_is_a_diffusion_parameter(k):
+    p = parse({"decode_mode": "diffusion", "max_steps": k}, SamplingView(), DEF)
+    assert p.max_steps == k
+    assert parse({"decode_mode": "diffusion"}, SamplingView(), DEF).max_steps is None
+    assert parse({"decode_mode": "diffusion", "max_steps": None}, SamplingView(), DEF).max_steps \
+        is None
+    # the server's default mode counts when the request names none
+    assert parse({"max_steps": k}, SamplingView(), B16).max_steps == k
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "diffusion"])
+def test_step_budget_refused_in_the_other_modes(mode):
+    e = refused({"decode_mode": mode, "max_steps": 2}, "max_steps")
+    assert mode in str(e) and "diffusion" in str(e)
+    with pytest.raises(ParamError, match="max_steps"):
+        check_fields({"decode_mode": mode, "max_steps": 2})     # main process, early
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True, "4"])
+def test_step_budget_must_be_a_positive_integer(k):
+    refused({"decode_mode": "diffusion", "max_steps": k}, "max_steps")
+    with pytest.raises(ParamError, match="max_steps"):
+        check_fields({"max_steps": k})
+
+
+def test_step_budget_refused_with_a_grammar():
+    e = refused({"decode_mode": "diffusion", "max_steps": 2}, "max_steps",
+                sampling=SamplingView(grammar=True))
+    assert "grammar" in str(e) and "diffusion" in str(e)
+    assert parse({"decode_mode": "diffusion"}, SamplingView(grammar=True), DEF).mode == "diffusion"

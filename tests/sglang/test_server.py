@@ -98,6 +98,10 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     ({"threshold": 1.5}, "threshold"),
     ({"block_length": 3}, "block_length"),
     ({"decode_mode": "linear_spec", "block_length": 8}, "block_length"),   # above the server's 4
+    ({"decode_mode": "ar", "max_steps": 2}, "max_steps"),      # diffusion's step budget only
+    ({"max_steps": 2}, "max_steps"),                           # the default mode: linear_spec
+    ({"decode_mode": "diffusion", "max_steps": 0}, "max_steps"),
+    ({"decode_mode": "diffusion", "max_steps": 2, "regex": "[a-z]+"}, "max_steps"),
     ({"logprobs": 2, "echo": True}, "logprob_start_len"),     # prompt logprobs
     ({"top_p": 0.0}, "top_p"),                        # supported, but out of range
     ({"frequency_penalty": 5.0}, "frequency_penalty"),
@@ -181,3 +185,30 @@ def test_invalid_json_is_a_client_error(dllm):
         status = e.code
     assert 400 <= status < 500
     assert dllm.post("/v1/completions", {"model": "nld", "prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_step_budget_equals_core_and_caps_the_passes(dllm, core32, k):
+    """max_steps = k through /generate and the OpenAI route: the tokens are core's with the same
+    budget, and no block takes more than k denoise passes (at threshold 1, without a budget a
+    block of the server's 4 takes 3: k = 2 is then the exact count, k = 1 one fewer)."""
+    from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+
+    for ids in PROMPTS:
+        (want,) = generate(core32, [Request(ids, "diffusion", DecodeParams(
+            max_new_tokens=16, threshold=1.0, max_steps=k))])
+        got = dllm.generate_ids(ids, 16, decode_mode="diffusion", threshold=1.0, max_steps=k)
+        assert got["output_ids"] == want.output_ids
+        meta = got["meta_info"]
+        forwards, cycles = meta["nld_forwards"][-1], meta["nld_cycles"][-1]
+        # k denoise passes per block at most, plus the KV refresh between blocks (core's count)
+        assert cycles >= 4 and forwards <= k * cycles + cycles - 1, (forwards, cycles)
+        assert forwards == want.forwards
+    client = openai.OpenAI(base_url=dllm.url + "/v1", api_key="none")
+    r = client.completions.create(model="nld", prompt="Hello", max_tokens=8, temperature=0,
+                                  extra_body={"decode_mode": "diffusion", "max_steps": k,
+                                              "threshold": 1.0})
+    assert r.usage.model_extra["decode_mode"] == "diffusion"
+    cycles = r.usage.model_extra["cycles"]
+    assert r.usage.model_extra["forwards"] <= k * cycles + cycles - 1
+

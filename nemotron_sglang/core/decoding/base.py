@@ -16,7 +16,8 @@ from typing import Any
 
 
 from ..attention import MaskSpec
-from ..modes import DEFAULT_THRESHOLD, RuleError, check_block_length, check_threshold
+from ..modes import (DEFAULT_THRESHOLD, RuleError, check_block_length, check_max_steps,
+                     check_threshold)
 from .decisions import Ask, Decision, Kind
 from .grammar import GrammarCursor
 from .processors import SamplingRule
@@ -45,6 +46,7 @@ class DecodeParams:
     sampling: SamplingRule | None = None
     logprobs: int | None = None     # each emitted token's logprob (and its top k); None: none
     logprob_ids: tuple[int, ...] = ()   # with logprobs: these ids' logprobs at each token
+    max_steps: int | None = None    # diffusion: at most this many denoise passes per block
 
     @property
     def rule(self) -> SamplingRule:
@@ -57,6 +59,8 @@ class DecodeParams:
             if self.block_length is not None:
                 check_block_length(self.block_length)
             check_threshold(self.threshold)
+            if self.max_steps is not None:
+                check_max_steps(self.max_steps)
         except RuleError as e:
             raise DecodeError(str(e)) from None
         if not self.temperature >= 0.0:

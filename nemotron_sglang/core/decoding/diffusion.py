@@ -13,6 +13,10 @@ leftmost masked slot's candidate is drawn under the grammar's mask and always co
 slots after it commit while they reach the threshold and the grammar accepts them in order
 (their candidates are drawn unmasked, so a refused one waits for its own turn as the leftmost);
 the token that completes the grammar ends the output.
+
+A step budget (``DecodeParams.max_steps`` = k) caps the denoise passes of a block at k: the k-th
+runs at threshold 0, so it commits every slot still masked. A budget cannot be kept under a
+grammar (a slot the grammar refuses must wait for a later pass), so the two are refused together.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from __future__ import annotations
 from ..attention import BIDIRECTIONAL, CAUSAL
 from .base import GRAMMAR_CONFLICT, Pass, RequestState, Strategy
 from .decisions import Decision, Kind
+
+STEP_BUDGET_GRAMMAR = ("a step budget cannot be kept under a grammar (a refused slot waits for a "
+                       "later pass); drop max_steps or the grammar")
 
 
 def masked_slots(block: list[int], mask_id: int) -> tuple[int, ...]:
@@ -61,6 +68,7 @@ class DiffusionStrategy(Strategy):
     def start(self, req: RequestState, seed: int, logprob=None) -> None:
         req.scratch["block"] = [seed] + [req.mask_id] * (req.block - 1)
         req.scratch["lp"] = [logprob] + [None] * (req.block - 1)
+        req.scratch["steps"] = 0          # denoise passes of this block so far
         self._finish_if_decided(req)
 
     def _finish_if_decided(self, req: RequestState) -> None:
@@ -83,17 +91,25 @@ class DiffusionStrategy(Strategy):
         pos = list(range(req.kv_len, req.kv_len + len(block)))
         if req.mask_id in block:
             slots = masked_slots(block, req.mask_id)
-            ask = req.ask(Kind.DENOISE, slots, threshold=req.params.threshold,
+            ask = req.ask(Kind.DENOISE, slots, threshold=self.threshold(req),
                           pending=tuple(block[:slots[0]]) if req.grammar is not None else ())
             return Pass(list(block), pos, BIDIRECTIONAL, ask)
         return Pass(list(block), pos, CAUSAL, req.ask(Kind.PICK, (len(block) - 1,)),
                     write_kv=True, refresh=True)
+
+    @staticmethod
+    def threshold(req: RequestState) -> float:
+        """The next denoise pass's threshold: the request's, or 0 (commit all) on the last pass
+        its step budget allows."""
+        k = req.params.max_steps
+        return 0.0 if k is not None and req.scratch["steps"] + 1 >= k else req.params.threshold
 
     def on_decision(self, req: RequestState, p: Pass, d: Decision) -> int:
         block = req.scratch["block"]
         if p.write_kv:        # refresh pass: KV of the emitted block, next seed
             self.start(req, d.tokens[0], d.logprobs[0] if d.logprobs else None)
             return len(block)
+        req.scratch["steps"] += 1
         if req.grammar is not None:
             d = self._grammar_cut(req, p, d, block)
         req.scratch["block"] = commit_step(block, p.ask.rows, d, req.scratch["lp"])
