@@ -141,3 +141,18 @@ def test_launch_script_is_serve(tmp_path):
     got = exec_line(["bash", str(root / "launch" / "serve_cpu.sh"), str(serve.FIXTURE), "30123"],
                     SGLANG_ARGS="--dry-run --max-running-requests 3")
     assert "--max-running-requests 3" in got[0] and "--max-running-requests 16" not in got[0]
+
+
+def test_strict_thinking_turns_the_budget_filter_on(tmp_path, monkeypatch, ckpt_dirs):
+    """SGLang enforces a request's thinking budget only with a server default >= 0: serve sets
+    one no request reaches, unless the caller set their own."""
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    monkeypatch.delenv("SGLANG_MAX_THINK_TOKENS", raising=False)
+    _, env = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), [], cuda=False)
+    assert "SGLANG_MAX_THINK_TOKENS" not in env
+    flags = ["--reasoning-parser", "nemotron_3", "--enable-strict-thinking"]
+    cmd, env = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), flags, cuda=False)
+    assert env["SGLANG_MAX_THINK_TOKENS"] == str(serve.NO_THINK_LIMIT) and cmd[-3:] == flags
+    monkeypatch.setenv("SGLANG_MAX_THINK_TOKENS", "256")
+    _, env = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), flags, cuda=False)
+    assert env["SGLANG_MAX_THINK_TOKENS"] == "256"

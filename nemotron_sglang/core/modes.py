@@ -9,8 +9,8 @@
   ``block_policy.py``); ``SERVING_MODES`` = what a request (or a server default) may name.
 - ``MODE_ONLY`` / ``check_applies``: the per-request fields only some modes can honour
   (``max_steps``: diffusion's step budget) and the check that a request's mode is one of them.
-- ``check_mode`` / ``check_threshold`` / ``check_block_length`` / ``check_max_steps``: each
-  parameter's rule, raising
+- ``check_mode`` / ``check_threshold`` / ``check_block_length`` / ``check_max_steps`` /
+  ``check_thinking_budget``: each parameter's rule, raising
   :class:`RuleError` that names the field. The CLI, ``DecodeParams``, the server's flags and
   the SGLang adapter all call these; none restates a rule.
 
@@ -86,3 +86,12 @@ def check_applies(field: str, mode: str) -> None:
     modes = MODE_ONLY[field]
     if mode not in modes:
         raise RuleError(field, f"only decode_mode {' / '.join(modes)} has it, not {mode}")
+
+
+def check_thinking_budget(n) -> int:
+    """A thinking budget: after ``n`` >= 0 tokens inside the reasoning section the next token
+    is its end (``</think>``)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise RuleError("thinking_budget", f"must be an integer >= 0, got {n!r}")
+    return n
+

@@ -19,7 +19,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 NUM_RESERVED = 128
 UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 11, 100
-_NAMED = {0: "<unk>", 1: "<s>", 2: "</s>", 10: "<|im_start|>", 11: "<|im_end|>", 100: "<|mask|>"}
+_NAMED = {0: "<unk>", 1: "<s>", 2: "</s>", 10: "<|im_start|>", 11: "<|im_end|>",
+          12: "<think>", 13: "</think>", 100: "<|mask|>"}
+THINK_START_ID, THINK_END_ID = 12, 13      # the reasoning section (SGLang's nemotron_3 parser)
 SPECIAL_TOKENS: dict[int, str] = {i: _NAMED.get(i, f"<SPECIAL_{i}>") for i in range(NUM_RESERVED)}
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = NUM_RESERVED + BYTE_ALPHABET_SIZE + 1  # 385: at least one learned merge
@@ -30,7 +32,9 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}"
+    "{% endif %}"
 )
 
 _CORPUS = """\

@@ -13,7 +13,10 @@ process with SGLang's (no HTTP server of its own):
   processes share the cores; 1 thread measured ~7× faster than torch's default on 2 cores) and a
   KV pool sized for a small machine; on CUDA: the triton attention backend (with
   ``--attention-backend nemotron``, the plugin's own kernels: ``--disable-cuda-graph`` added);
-- ``--enable-metrics`` and ``--max-running-requests 16`` unless given.
+- ``--enable-metrics`` and ``--max-running-requests 16`` unless given;
+- with ``--enable-strict-thinking`` (per-request thinking budgets: ``thinking_budget``),
+  ``SGLANG_MAX_THINK_TOKENS`` set to ``NO_THINK_LIMIT`` unless set: SGLang's reasoning wrapper
+  only filters tokens (and so enforces a request's budget) when a server default is >= 0.
 Every other flag goes to ``sglang.launch_server`` unchanged and wins over these defaults.
 """
 
@@ -40,6 +43,8 @@ from ..core.modes import DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_thres
 AUTO_MAX_BATCH = {"cpu": 64, "cuda": 8}
 # the adaptive block's cost table of the embedded default on a 2-core CPU (benchmarks/cost_model.py)
 CPU_COST_TABLE = Path(__file__).with_name("cost_cpu.json")
+# SGLANG_MAX_THINK_TOKENS under --enable-strict-thinking: a default budget no request reaches
+NO_THINK_LIMIT = 1 << 30
 
 
 def embedded_model() -> Path:
@@ -132,6 +137,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
            "--host", args.host, "--port", str(args.port),
            "--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml)]
     env = dict(os.environ)
+    if _has_flag(passthrough, "--enable-strict-thinking"):
+        env.setdefault("SGLANG_MAX_THINK_TOKENS", str(NO_THINK_LIMIT))
     defaults: list[tuple[str, str | None]] = [("--max-running-requests", "16"),
                                               ("--enable-metrics", None)]
     if cuda:

@@ -8,7 +8,7 @@ to run if the hooks are not active. It registers
 - the model class for architecture ``NemotronLabsDiffusionModel`` (overriding any in-tree one);
 - the dLLM algorithm ``NemotronTriMode``;
 - the attention backend ``nemotron`` (``--attention-backend nemotron``: the plugin's kernels);
-- the hooks of ``hooks.py`` and ``surface.py``.
+- the hooks of ``hooks.py`` and ``surface.py``, and on the CPU platform ``platform.CPU_HOOKS``.
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def register() -> None:
             (surface.USAGE_TARGET, surface.add_usage, HookType.AFTER),
             (surface.STREAM_USAGE_TARGET, surface.add_streaming_usage, HookType.AFTER),
             (surface.GENERATE_TARGET, surface.track_stream_meta, HookType.AROUND)]
+    from . import platform
+
+    if platform.activate() is not None:        # the CPU platform: fill SGLang's CPU gaps
+        plan += [(target, fn, HookType.AROUND) for target, fn in platform.CPU_HOOKS]
     for target, fn, kind in plan:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
         HookRegistry.register(target, fn, kind)

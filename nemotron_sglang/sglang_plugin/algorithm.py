@@ -42,7 +42,7 @@ from ..core.weights import LORA_DIR, load_lora
 from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
 from .custom_pass import RowSpec, run_custom_pass
-from .grammar import SGLangGrammar
+from .grammar import SGLangGrammar, constrains
 from .params import ParamError, SamplingView, ServerDefaults, parse, sampling_rule
 from .request import NLDRequest, RequestStats
 
@@ -75,7 +75,8 @@ def sampling_view(req) -> SamplingView:
         # Req's logprob_start_len is not yet the request's
         custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
         seed=getattr(sp, "sampling_seed", None),
-        grammar=any(getattr(sp, f, None) for f in ("regex", "json_schema", "ebnf", "structural_tag")))
+        grammar=any(getattr(sp, f, None) for f in ("regex", "json_schema", "ebnf", "structural_tag"))
+        or (sp.custom_params or {}).get("thinking_budget") is not None)
 
 
 class NemotronTriMode(DllmAlgorithm):
@@ -237,8 +238,9 @@ class NemotronTriMode(DllmAlgorithm):
                              rule=sampling_rule(view, self._stop_ids(req)),
                              logprobs=view.top_logprobs if view.logprobs else None,
                              logprob_ids=view.token_ids_logprob)
-            if getattr(req, "grammar", None) is not None:     # compiled by SGLang's backend
-                nld.grammar = GrammarCursor(SGLangGrammar(req.grammar), self.vocab)
+            obj = getattr(req, "grammar", None)      # compiled by SGLang's backend
+            if obj is not None and constrains(obj, req.sampling_params.max_new_tokens):
+                nld.grammar = GrammarCursor(SGLangGrammar(obj, self.vocab), self.vocab)
             nld.strategy = get_strategy("linear_spec" if params.mode == "auto" else params.mode)
             req.nld = nld
         return nld

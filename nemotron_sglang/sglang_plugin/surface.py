@@ -26,12 +26,20 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from typing import Any
 
 from ..core.config import ARCHITECTURE
 from . import metrics
+from ..core.modes import check_thinking_budget
 from .params import PARAM_KEYS, ParamError, check_fields
+
+# top-level fields of an OpenAI body copied into custom_params: NLD's, and SGLang's own thinking
+# budget (its grammar manager reads custom_params["thinking_budget"]; /generate has
+# max_thinking_tokens for it, the OpenAI routes nothing)
+TOP_LEVEL_KEYS = PARAM_KEYS + ("thinking_budget",)
+THINK_ENV = "SGLANG_MAX_THINK_TOKENS"
 
 CONVERT_TARGETS = (
     "sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion."
@@ -52,7 +60,7 @@ ALGORITHM_NAME = "NemotronTriMode"
 
 def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwargs):
     body = getattr(raw_request, "_json", None)
-    if not isinstance(body, dict) or not any(k in body for k in PARAM_KEYS):
+    if not isinstance(body, dict) or not any(k in body for k in TOP_LEVEL_KEYS):
         return None
     adapted = result[0] if isinstance(result, tuple) else result
     sp = adapted.sampling_params
@@ -61,7 +69,7 @@ def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwar
         if params is None:
             continue
         custom = dict(params.get("custom_params") or {})
-        for key in PARAM_KEYS:
+        for key in TOP_LEVEL_KEYS:
             if key in body:
                 custom.setdefault(key, body[key])
         params["custom_params"] = custom
@@ -98,11 +106,33 @@ def check_tokenized(result, self, *args, **kwargs):
             check_token_ids(getattr(result, "token_ids_logprob", None),
                             getattr(getattr(self, "model_config", None), "vocab_size", None),
                             "token_ids_logprob")
+        if nld:
+            check_thinking(getattr(sp, "custom_params", None), server_args)
         if nld and algo is not None:
             check_prompt_logprobs(result)
     except ParamError as e:
         raise ValueError(f"nemotron-sglang: {e}") from None
     return None
+
+
+def check_thinking(custom, server_args) -> None:
+    """A thinking budget is enforced by SGLang's reasoning wrapper, which needs
+    ``--reasoning-parser``, ``--enable-strict-thinking`` and its token filter on
+    (``SGLANG_MAX_THINK_TOKENS`` >= 0; ``nemotron-sglang serve`` sets it); without them SGLang
+    would ignore the budget silently: refuse it instead."""
+    budget = (custom or {}).get("thinking_budget")
+    if budget is None:
+        return
+    check_thinking_budget(budget)
+    missing = [flag for flag, on in (
+        ("--reasoning-parser", getattr(server_args, "reasoning_parser", None)),
+        ("--enable-strict-thinking", getattr(server_args, "enable_strict_thinking", False)))
+        if not on]
+    if not missing and int(os.environ.get(THINK_ENV, "-1")) < 0:
+        missing.append(f"{THINK_ENV} >= 0 (the filter's default budget)")
+    if missing:
+        raise ParamError("thinking_budget", "this server does not enforce a thinking budget; "
+                                            f"launch it with {', '.join(missing)}")
 
 
 def check_prompt_logprobs(tokenized) -> None:

@@ -34,11 +34,12 @@ def _free_port() -> int:
 
 class Server:
     def __init__(self, model: Path | None, log: Path, extra: list[str],
-                 command: list[str] | None = None):
-        """Start ``sglang.launch_server`` for ``model`` (or ``command`` + ``--port``)."""
+                 command: list[str] | None = None, env: dict[str, str] | None = None):
+        """Start ``sglang.launch_server`` for ``model`` (or ``command`` + ``--port``), with
+        ``env`` added to the environment."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1")
+        env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **(env or {}))
         if command is None:
             command = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
                        "--device", "cpu", "--host", "127.0.0.1",

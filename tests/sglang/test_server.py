@@ -102,6 +102,7 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     ({"max_steps": 2}, "max_steps"),                           # the default mode: linear_spec
     ({"decode_mode": "diffusion", "max_steps": 0}, "max_steps"),
     ({"decode_mode": "diffusion", "max_steps": 2, "regex": "[a-z]+"}, "max_steps"),
+    ({"thinking_budget": 4}, "thinking_budget"),              # no --enable-strict-thinking
     ({"logprobs": 2, "echo": True}, "logprob_start_len"),     # prompt logprobs
     ({"top_p": 0.0}, "top_p"),                        # supported, but out of range
     ({"frequency_penalty": 5.0}, "frequency_penalty"),
