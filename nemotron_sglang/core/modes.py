@@ -8,7 +8,8 @@
 - ``AUTO``: the serving policy over them (linear_spec at the block the load allows, or ar;
   ``block_policy.py``); ``SERVING_MODES`` = what a request (or a server default) may name.
 - ``MODE_ONLY`` / ``check_applies``: the per-request fields only some modes can honour
-  (``max_steps``: diffusion's step budget) and the check that a request's mode is one of them.
+  (``max_steps``: diffusion's step budget; ``canvas`` / ``suffix``: infill, which only a mode
+  that sees the right side can do) and the check that a request's mode is one of them.
 - ``check_mode`` / ``check_threshold`` / ``check_block_length`` / ``check_max_steps`` /
   ``check_thinking_budget``: each parameter's rule, raising
   :class:`RuleError` that names the field. The CLI, ``DecodeParams``, the server's flags and
@@ -29,7 +30,8 @@ DEFAULT_MODE = "linear_spec"       # a server's default_mode unless configured
 DEFAULT_THRESHOLD = 0.9            # diffusion's confidence threshold unless a request sets one
 # a request field -> the modes that honour it (any other mode refuses it; ``auto`` picks ar or
 # linear_spec, so it refuses these too)
-MODE_ONLY: dict[str, tuple[str, ...]] = {"max_steps": ("diffusion",)}
+MODE_ONLY: dict[str, tuple[str, ...]] = {"max_steps": ("diffusion",), "canvas": ("diffusion",),
+                                         "suffix": ("diffusion",)}
 
 
 class RuleError(ValueError):
@@ -94,4 +96,30 @@ def check_thinking_budget(n) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise RuleError("thinking_budget", f"must be an integer >= 0, got {n!r}")
     return n
+
+
+def check_canvas(canvas, block: int, vocab: int | None = None, field: str = "canvas") -> tuple:
+    """An infill region: 1..``block`` token ids (the mask id where the model fills, any other id
+    kept as given), each in the vocabulary when ``vocab`` is known. ``field`` names it (a
+    ``suffix`` is a canvas of masks followed by the suffix)."""
+    if not isinstance(canvas, (list, tuple)) or not canvas or \
+            not all(isinstance(t, int) and not isinstance(t, bool) for t in canvas):
+        raise RuleError(field, "must be a non-empty list of token ids")
+    if len(canvas) > block:
+        raise RuleError(field, f"{len(canvas)} tokens do not fit the block of {block} "
+                               f"(block_length); at most {block}")
+    if vocab is not None and not all(0 <= t < vocab for t in canvas):
+        raise RuleError(field, f"token ids outside the vocabulary [0, {vocab})")
+    return tuple(canvas)
+
+
+def infill_canvas(suffix, block: int, max_new_tokens: int, mask_id: int) -> tuple[tuple, int]:
+    """The canvas of a ``suffix`` request and how many of its tokens are output: a gap of masks
+    as long as the block leaves (at most ``max_new_tokens``), then the suffix, kept as given."""
+    suffix = tuple(suffix)
+    if len(suffix) >= block:
+        raise RuleError("suffix", f"{len(suffix)} tokens leave no gap in the block of {block} "
+                                  f"(block_length); at most {block - 1}")
+    gap = max(1, min(max_new_tokens, block - len(suffix)))
+    return (mask_id,) * gap + suffix, gap
 

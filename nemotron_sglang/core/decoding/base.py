@@ -16,8 +16,8 @@ from typing import Any
 
 
 from ..attention import MaskSpec
-from ..modes import (DEFAULT_THRESHOLD, RuleError, check_block_length, check_max_steps,
-                     check_threshold)
+from ..modes import (DEFAULT_THRESHOLD, RuleError, check_block_length, check_canvas,
+                     check_max_steps, check_threshold)
 from .decisions import Ask, Decision, Kind
 from .grammar import GrammarCursor
 from .processors import SamplingRule
@@ -47,6 +47,10 @@ class DecodeParams:
     logprobs: int | None = None     # each emitted token's logprob (and its top k); None: none
     logprob_ids: tuple[int, ...] = ()   # with logprobs: these ids' logprobs at each token
     max_steps: int | None = None    # diffusion: at most this many denoise passes per block
+    # diffusion infill: the first block is this canvas (the mask id where the model fills, other
+    # ids kept); its first ``canvas_emit`` tokens (None: all) are the output, then it ends
+    canvas: tuple[int, ...] = ()
+    canvas_emit: int | None = None
 
     @property
     def rule(self) -> SamplingRule:
@@ -61,6 +65,11 @@ class DecodeParams:
             check_threshold(self.threshold)
             if self.max_steps is not None:
                 check_max_steps(self.max_steps)
+            if self.canvas:
+                check_canvas(self.canvas, len(self.canvas))
+                if self.canvas_emit is not None and not 1 <= self.canvas_emit <= len(self.canvas):
+                    raise RuleError("canvas", f"canvas_emit {self.canvas_emit} outside "
+                                              f"[1, {len(self.canvas)}]")
         except RuleError as e:
             raise DecodeError(str(e)) from None
         if not self.temperature >= 0.0:

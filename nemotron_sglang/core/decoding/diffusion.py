@@ -17,6 +17,16 @@ the token that completes the grammar ends the output.
 A step budget (``DecodeParams.max_steps`` = k) caps the denoise passes of a block at k: the k-th
 runs at threshold 0, so it commits every slot still masked. A budget cannot be kept under a
 grammar (a slot the grammar refuses must wait for a later pass), so the two are refused together.
+
+Infill (``DecodeParams.canvas``): the first block is the request's canvas instead of
+``[seed, mask × (B-1)]``: given tokens stay as they are and are seen bidirectionally, masks are
+denoised as above (slot 0, when masked, takes the seed). Once no mask is left the first
+``canvas_emit`` tokens are the output (a ``suffix`` request: the gap before the suffix) and the
+request ends (finish "stop", or "length"/"stop" at max_new_tokens / an EOS in the region)::
+
+    canvas   [ m  m  m  m  s1 s2 ]      m: mask, s: given (a suffix)
+    pass 1   [ a  m  c  m  s1 s2 ]      committed: a, c
+    pass 2   [ a  b  c  d  s1 s2 ]      -> output a b c d
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from ..attention import BIDIRECTIONAL, CAUSAL
 from .base import GRAMMAR_CONFLICT, Pass, RequestState, Strategy
 from .decisions import Decision, Kind
 
+INFILL_GRAMMAR = ("infill cannot be constrained by a grammar (it describes left-to-right text); "
+                  "drop the canvas / suffix or the grammar")
 STEP_BUDGET_GRAMMAR = ("a step budget cannot be kept under a grammar (a refused slot waits for a "
                        "later pass); drop max_steps or the grammar")
 
@@ -66,15 +78,32 @@ class DiffusionStrategy(Strategy):
     name = "diffusion"
 
     def start(self, req: RequestState, seed: int, logprob=None) -> None:
-        req.scratch["block"] = [seed] + [req.mask_id] * (req.block - 1)
-        req.scratch["lp"] = [logprob] + [None] * (req.block - 1)
+        canvas = req.params.canvas
+        if canvas and not req.prior and not req.output:       # the infill block
+            block, lp = list(canvas), [None] * len(canvas)
+            if block[0] == req.mask_id:
+                block[0], lp[0] = seed, logprob
+            req.scratch["emit"] = req.params.canvas_emit or len(block)
+        else:
+            block = [seed] + [req.mask_id] * (req.block - 1)
+            lp = [logprob] + [None] * (req.block - 1)
+            req.scratch["emit"] = None
+        req.scratch["block"], req.scratch["lp"] = block, lp
         req.scratch["steps"] = 0          # denoise passes of this block so far
         self._finish_if_decided(req)
 
     def _finish_if_decided(self, req: RequestState) -> None:
         """Emit once the block is settled: all of it (the refresh pass follows), or the decided
-        prefix that finishes the request."""
+        prefix that finishes the request; an infill block emits its region and ends."""
         block = req.scratch["block"]
+        region = req.scratch["emit"]
+        if region is not None:
+            if req.mask_id not in block:
+                req.cycles += 1
+                req.cycle_tokens += req.emit(block[:region], req.scratch["lp"][:region])
+                if not req.finished:
+                    req.finish_reason = "stop"
+            return
         n = decided_length(block, req.mask_id, req.eos_id, req.remaining)
         if n is None and req.mask_id not in block:
             n = len(block)
