@@ -36,6 +36,7 @@ from sglang.srt.sampling.sampling_params import TOP_K_ALL
 
 from ..core.block_policy import CostTable
 from ..core.config import ARCHITECTURE
+from ..core.modes import infill_canvas
 from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
 from ..core.decoding.grammar import GrammarCursor
 from ..core.weights import LORA_DIR, load_lora
@@ -279,7 +280,8 @@ class NemotronTriMode(DllmAlgorithm):
             params=DecodeParams(max_new_tokens=remaining, block_length=prm.block_length,
                                 threshold=prm.threshold, temperature=prm.temperature,
                                 sampling=nld.rule, logprobs=nld.logprobs,
-                                logprob_ids=nld.logprob_ids, max_steps=prm.max_steps),
+                                logprob_ids=nld.logprob_ids, max_steps=prm.max_steps,
+                                **self._infill(prm, remaining)),
             kv_len=committed, seed=nld.seed, draws=draws, prior=list(req.output_ids))
         st.lora = nld.strategy.uses_lora and self._has_lora
         if nld.grammar is not None:     # back to what SGLang holds (drops unreturned tokens)
@@ -287,6 +289,13 @@ class NemotronTriMode(DllmAlgorithm):
             st.grammar = nld.grammar
         nld.replace_state(st)
         return st
+
+    def _infill(self, prm, remaining: int) -> dict:
+        """Core's canvas of an infill request (``canvas``, or the gap a ``suffix`` leaves)."""
+        if prm.suffix:
+            canvas, gap = infill_canvas(prm.suffix, prm.block_length, remaining, self.mask_id)
+            return {"canvas": canvas, "canvas_emit": gap}
+        return {"canvas": prm.canvas} if prm.canvas else {}
 
     # ---- the forward of a round step, for CanvasRound --------------------------------------
     def step_forward(self, model_runner, forward_batch, ids, pos, specs: list[RowSpec],

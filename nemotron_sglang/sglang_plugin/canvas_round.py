@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from sglang.srt.managers.schedule_batch import BaseFinishReason
 
 from ..core.attention import MaskKind
 from ..core.decoding import Pass
@@ -150,6 +151,9 @@ class CanvasRound:
         nld.keep = min(with_kv, n)
         if st.finish_reason == "error":
             return self._fail(row, pending[:n])
+        if st.complete and n == len(pending):
+            # core ended the output (an infill region): SGLang's stop rules would go on
+            row.req.to_finish = InfillDone()
         if st.finished and not pending:
             # core finished the request but SGLang goes on (a stop rule only one side knows):
             # drop the last token's KV so that SGLang re-encodes it and a fresh state starts
@@ -159,3 +163,10 @@ class CanvasRound:
         nld.stats.blocks[nld.block] = nld.stats.blocks.get(nld.block, 0) + 1
         nld.sync_stats()
         return torch.tensor(pending[:n], dtype=torch.long)
+
+
+class InfillDone(BaseFinishReason):
+    """SGLang's finish reason for an output core completed (an infill region): type "stop"."""
+
+    def to_json(self):
+        return {"type": "stop", "matched": None}

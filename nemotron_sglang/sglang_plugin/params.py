@@ -1,7 +1,8 @@
 """Per-request decode parameters: parse and validate, refusing what a mode cannot honour.
 
-A request may set ``decode_mode``, ``threshold``, ``block_length`` and ``max_steps`` (diffusion's
-step budget; in SGLang's ``custom_params``); everything else comes from the server's YAML defaults. SGLang's sampling
+A request may set ``decode_mode``, ``threshold``, ``block_length``, ``max_steps`` (diffusion's
+step budget) and, for diffusion infill, ``canvas`` (token ids, the mask id where to fill) or
+``suffix_ids`` (the tokens of an OpenAI ``suffix``), in SGLang's ``custom_params``; everything else comes from the server's YAML defaults. SGLang's sampling
 parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k / top-p /
 min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in
 every mode, as are grammars (SGLang's grammar object, ``grammar.py``), and output logprobs
@@ -17,10 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule
-from ..core.decoding.diffusion import STEP_BUDGET_GRAMMAR
+from ..core.decoding.diffusion import INFILL_GRAMMAR, STEP_BUDGET_GRAMMAR
 from ..core.modes import (DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_applies,
-                          check_block_length, check_max_steps, check_mode, check_threshold)
-PARAM_KEYS = ("decode_mode", "threshold", "block_length", "max_steps")
+                          check_block_length, check_canvas, check_max_steps, check_mode,
+                          check_threshold, infill_canvas)
+PARAM_KEYS = ("decode_mode", "threshold", "block_length", "max_steps", "canvas", "suffix_ids")
+# custom_params key -> the field a refusal names (the OpenAI field of a suffix)
+FIELD_NAMES = {"suffix_ids": "suffix"}
 
 
 # a request parameter the server refuses (``field`` names it): core's one such error, so core's
@@ -47,6 +51,8 @@ class RequestParams:
     seed: int | None
     block_set: bool = False         # the request chose block_length (auto keeps it)
     max_steps: int | None = None    # diffusion: denoise passes per block at most
+    canvas: tuple[int, ...] = ()    # diffusion infill: the first block (mask id = fill)
+    suffix: tuple[int, ...] = ()    # diffusion infill: the tokens after the gap (not output)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,14 @@ def check_fields(custom: Mapping[str, Any]) -> None:
         check_max_steps(custom["max_steps"])
         if "decode_mode" in custom:
             check_applies("max_steps", custom["decode_mode"])
+    for key in ("canvas", "suffix_ids"):
+        if custom.get(key) is not None:
+            field = FIELD_NAMES.get(key, key)
+            check_canvas(custom[key], 1 << 30, field=field)      # the block is checked later
+            if "decode_mode" in custom:
+                check_applies(field, custom["decode_mode"])
+    if custom.get("canvas") is not None and custom.get("suffix_ids") is not None:
+        raise RuleError("suffix", "a request has a canvas or a suffix, not both")
 
 
 def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
@@ -130,9 +144,28 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
         check_applies("max_steps", mode)
         if sampling.grammar:
             raise ParamError("max_steps", f"{STEP_BUDGET_GRAMMAR} (decode_mode {mode})")
+    canvas, suffix = _infill(merged, mode, block, sampling)
     _refuse_unsupported(sampling, mode)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")
     sampling_rule(sampling)                      # ranges (SGLang checks them first, too)
     return RequestParams(mode, float(threshold), block, float(sampling.temperature), sampling.seed,
-                         block_set="block_length" in (custom or {}), max_steps=steps)
+                         block_set="block_length" in (custom or {}), max_steps=steps,
+                         canvas=canvas, suffix=suffix)
+
+
+def _infill(merged: Mapping[str, Any], mode: str, block: int, sampling: SamplingView
+            ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The request's canvas and suffix, checked against its mode and block."""
+    canvas, suffix = merged.get("canvas"), merged.get("suffix_ids")
+    for value, field in ((canvas, "canvas"), (suffix, "suffix")):
+        if value is None:
+            continue
+        check_applies(field, mode)
+        if sampling.grammar:
+            raise ParamError(field, f"{INFILL_GRAMMAR} (decode_mode {mode})")
+        if field == "canvas":
+            check_canvas(value, block)
+        else:
+            infill_canvas(value, block, 1, 0)           # core's rule: a gap must remain
+    return tuple(canvas or ()), tuple(suffix or ())

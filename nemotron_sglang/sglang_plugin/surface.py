@@ -39,6 +39,8 @@ from .params import PARAM_KEYS, ParamError, check_fields
 # budget (its grammar manager reads custom_params["thinking_budget"]; /generate has
 # max_thinking_tokens for it, the OpenAI routes nothing)
 TOP_LEVEL_KEYS = PARAM_KEYS + ("thinking_budget",)
+# the fields only the tri-mode server's diffusion honours (a plain AR server refuses them)
+DIFFUSION_ONLY = {"max_steps": "max_steps", "canvas": "canvas", "suffix_ids": "suffix"}
 THINK_ENV = "SGLANG_MAX_THINK_TOKENS"
 
 CONVERT_TARGETS = (
@@ -58,9 +60,24 @@ _STREAM_META: ContextVar[dict | None] = ContextVar("nemotron_sglang_stream_meta"
 ALGORITHM_NAME = "NemotronTriMode"
 
 
+def suffix_ids(serving, request) -> list[int] | None:
+    """The token ids of a completion's ``suffix`` (OpenAI field), unless SGLang's completion
+    template (fill-in-the-middle prompts) already placed it in the prompt."""
+    suffix = getattr(request, "suffix", None)
+    templates = getattr(serving, "template_manager", None)
+    if not suffix or getattr(templates, "completion_template_name", None) is not None:
+        return None
+    tokenizer = serving.tokenizer_manager.tokenizer
+    return list(tokenizer.encode(suffix, add_special_tokens=False))
+
+
 def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwargs):
     body = getattr(raw_request, "_json", None)
-    if not isinstance(body, dict) or not any(k in body for k in TOP_LEVEL_KEYS):
+    body = body if isinstance(body, dict) else {}
+    suffix = suffix_ids(self, request)
+    if suffix is not None:
+        body = {**body, "suffix_ids": suffix}
+    if not any(k in body for k in TOP_LEVEL_KEYS):
         return None
     adapted = result[0] if isinstance(result, tuple) else result
     sp = adapted.sampling_params
@@ -85,6 +102,10 @@ def check_request_fields(custom: dict[str, Any] | None, dllm_algorithm: str | No
         if nld_model and mode not in (None, "ar"):
             raise ParamError("decode_mode", f"this server decodes plain AR only; launch it with "
                                             f"--dllm-algorithm {ALGORITHM_NAME} for {mode!r}")
+        for key, field in DIFFUSION_ONLY.items():
+            if nld_model and custom.get(key) is not None:
+                raise ParamError(field, f"needs decode_mode diffusion, on a server launched "
+                                        f"with --dllm-algorithm {ALGORITHM_NAME}")
         return
     check_fields(custom)
 
@@ -106,6 +127,10 @@ def check_tokenized(result, self, *args, **kwargs):
             check_token_ids(getattr(result, "token_ids_logprob", None),
                             getattr(getattr(self, "model_config", None), "vocab_size", None),
                             "token_ids_logprob")
+            custom = getattr(sp, "custom_params", None) or {}
+            if isinstance(custom.get("canvas"), list):
+                check_token_ids(custom["canvas"], getattr(getattr(self, "model_config", None),
+                                                          "vocab_size", None), "canvas")
         if nld:
             check_thinking(getattr(sp, "custom_params", None), server_args)
         if nld and algo is not None:

@@ -313,3 +313,35 @@ def test_step_budget_refused_with_a_grammar():
                 sampling=SamplingView(grammar=True))
     assert "grammar" in str(e) and "diffusion" in str(e)
     assert parse({"decode_mode": "diffusion"}, SamplingView(grammar=True), DEF).mode == "diffusion"
+
+
+# ---- diffusion infill (canvas / suffix) ----------------------------------------------------
+def test_infill_fields_are_diffusion_parameters():
+    p = parse({"decode_mode": "diffusion", "canvas": [100, 7, 100]}, SamplingView(), DEF)
+    assert p.canvas == (100, 7, 100) and p.suffix == ()
+    p = parse({"decode_mode": "diffusion", "suffix_ids": [5, 6]}, SamplingView(), DEF)
+    assert p.suffix == (5, 6) and p.canvas == ()
+    assert parse({"decode_mode": "diffusion"}, SamplingView(), DEF).canvas == ()
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "diffusion"])
+@pytest.mark.parametrize("key,field", [("canvas", "canvas"), ("suffix_ids", "suffix")])
+def test_infill_refused_in_the_other_modes(mode, key, field):
+    e = refused({"decode_mode": mode, key: [100, 5]}, field)
+    assert mode in str(e)
+    with pytest.raises(ParamError, match=field):
+        check_fields({"decode_mode": mode, key: [100, 5]})
+
+
+def test_infill_must_fit_the_block_and_not_meet_a_grammar():
+    assert "do not fit the block of 16" in str(
+        refused({"decode_mode": "diffusion", "canvas": [100] * 17}, "canvas", defaults=B16))
+    parse({"decode_mode": "diffusion", "canvas": [100] * 16}, SamplingView(), B16)
+    assert "leave no gap" in str(
+        refused({"decode_mode": "diffusion", "suffix_ids": [5] * 16}, "suffix", defaults=B16))
+    parse({"decode_mode": "diffusion", "suffix_ids": [5] * 15}, SamplingView(), B16)
+    assert "grammar" in str(refused({"decode_mode": "diffusion", "canvas": [100]}, "canvas",
+                                    sampling=SamplingView(grammar=True)))
+    refused({"decode_mode": "diffusion", "canvas": [100], "suffix_ids": [5]}, "suffix")
+    for bad in ([], [1.5], "abc", [True]):
+        refused({"decode_mode": "diffusion", "canvas": bad}, "canvas")

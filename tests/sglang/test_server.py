@@ -103,6 +103,12 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     ({"decode_mode": "diffusion", "max_steps": 0}, "max_steps"),
     ({"decode_mode": "diffusion", "max_steps": 2, "regex": "[a-z]+"}, "max_steps"),
     ({"thinking_budget": 4}, "thinking_budget"),              # no --enable-strict-thinking
+    ({"suffix": " after"}, "suffix"),                          # infill: diffusion only
+    ({"decode_mode": "quadratic_spec", "suffix": " after"}, "suffix"),
+    ({"decode_mode": "diffusion", "suffix": " The number after 41 is 42."}, "suffix"),  # > 3
+    ({"decode_mode": "diffusion", "canvas": [100] * 8}, "canvas"),     # above the block of 4
+    ({"decode_mode": "diffusion", "canvas": [100, 512]}, "canvas"),    # outside the vocabulary
+    ({"decode_mode": "diffusion", "canvas": [100], "regex": "[a-z]+"}, "canvas"),
     ({"logprobs": 2, "echo": True}, "logprob_start_len"),     # prompt logprobs
     ({"top_p": 0.0}, "top_p"),                        # supported, but out of range
     ({"frequency_penalty": 5.0}, "frequency_penalty"),
@@ -212,4 +218,38 @@ def test_step_budget_equals_core_and_caps_the_passes(dllm, core32, k):
     assert r.usage.model_extra["decode_mode"] == "diffusion"
     cycles = r.usage.model_extra["cycles"]
     assert r.usage.model_extra["forwards"] <= k * cycles + cycles - 1
+
+
+def test_infill_keeps_the_given_tokens_and_equals_core(dllm, core32, ckpt):
+    """/generate with a canvas and /v1/completions with a suffix (diffusion): the given tokens
+    are kept, the masks filled, and the tokens are core's for the same canvas."""
+    from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+    from nemotron_sglang.core.modes import infill_canvas
+    from nemotron_sglang.core.tokenizer import encode, load_tokenizer
+
+    mask = core32.config.mask_token_id
+    for ids, canvas in zip(PROMPTS, ([mask, 300, mask, mask], [7, mask, mask], [mask, mask])):
+        (want,) = generate(core32, [Request(ids, "diffusion", DecodeParams(
+            max_new_tokens=16, canvas=tuple(canvas)))])
+        got = dllm.generate_ids(ids, 16, decode_mode="diffusion", canvas=canvas)
+        out = got["output_ids"]
+        assert out == want.output_ids and mask not in out
+        assert all(g == mask or t == g for t, g in zip(out, canvas))
+        assert got["meta_info"]["finish_reason"]["type"] == "stop"
+    tok = load_tokenizer(ckpt)
+    suffix = encode(tok, " 4")
+    prompt = encode(tok, "The number after 41 is")
+    canvas, gap = infill_canvas(suffix, core32.config.block_size, 16, mask)
+    (want,) = generate(core32, [Request(prompt, "diffusion", DecodeParams(
+        max_new_tokens=16, canvas=canvas, canvas_emit=gap))])
+    got = dllm.generate_ids(prompt, 16, decode_mode="diffusion", suffix_ids=suffix)
+    assert got["output_ids"] == want.output_ids and len(want.output_ids) <= gap
+    status, body = dllm.post("/v1/completions", {
+        "model": "nld", "prompt": "The number after 41 is", "suffix": " 4", "max_tokens": 16,
+        "temperature": 0, "decode_mode": "diffusion"})
+    assert status == 200, body
+    assert json.loads(body)["choices"][0]["text"] == got["text"]
+    from round_checks import wait_idle
+
+    assert wait_idle(dllm) == 0              # the infill rounds leave no KV behind
 

@@ -26,3 +26,8 @@ def test_plain_ar_server_equals_core_ar_and_refuses_other_modes(ar_server, core3
     assert status == 400 and "--dllm-algorithm" in text
     assert ar_server.post("/v1/completions", {"model": "nld", "prompt": "Hi", "max_tokens": 4,
                                               "decode_mode": "ar"})[0] == 200
+    # SGLang drops a suffix without a completion template; this server cannot infill: a 400
+    for extra, field in (({"suffix": "ab"}, "suffix"), ({"max_steps": 2}, "max_steps")):
+        status, text = ar_server.post("/v1/completions", {"model": "nld", "prompt": "Hi",
+                                                          "max_tokens": 4, **extra})
+        assert status == 400 and field in text and "diffusion" in text, text

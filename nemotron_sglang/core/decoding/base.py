@@ -134,6 +134,8 @@ class RequestState:
     logprobs: list = field(default_factory=list)     # per output token (params.logprobs set)
     grammar: GrammarCursor | None = None   # constrained decoding; consumed = prior + output
     error: str | None = None       # finish_reason "error": why the request cannot go on
+    complete: bool = False         # the strategy ended the output (an infill region is filled):
+                                   # no token may follow, whatever a server's stop rules say
     scratch: dict[str, Any] = field(default_factory=dict)
 
     def ask(self, kind: Kind, rows, pending: tuple[int, ...] = (), **kw) -> Ask:

@@ -101,6 +101,7 @@ class DiffusionStrategy(Strategy):
             if req.mask_id not in block:
                 req.cycles += 1
                 req.cycle_tokens += req.emit(block[:region], req.scratch["lp"][:region])
+                req.complete = True
                 if not req.finished:
                     req.finish_reason = "stop"
             return
