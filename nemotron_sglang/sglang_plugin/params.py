@@ -1,7 +1,8 @@
 """Per-request decode parameters: parse and validate, refusing what a mode cannot honour.
 
 A request may set ``decode_mode``, ``threshold``, ``block_length``, ``max_steps`` (diffusion's
-step budget) and, for diffusion infill, ``canvas`` (token ids, the mask id where to fill) or
+step budget) and, for diffusion infill, ``canvas`` (token ids, the mask id where to fill; text
+with mask placeholders is tokenized in the main process) or
 ``suffix_ids`` (the tokens of an OpenAI ``suffix``), in SGLang's ``custom_params``; everything else comes from the server's YAML defaults. SGLang's sampling
 parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k / top-p /
 min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in

@@ -4,7 +4,8 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
 - AFTER ``OpenAIServing{Completion,Chat}._convert_to_internal_request`` (main process): copies the
   top-level ``decode_mode`` / ``threshold`` / ``block_length`` / ``max_steps`` of the JSON body (the OpenAI
   client's ``extra_body``) into ``custom_params``; an explicit ``custom_params`` value wins.
-- AFTER ``TokenizerManager._create_tokenized_object`` (main process): checks those fields before
+- AFTER ``TokenizerManager._create_tokenized_object`` (main process): tokenizes a ``canvas`` given
+  as text (its mask placeholders are the tokenizer's mask token) and checks those fields before
   the request is queued, so streaming requests also get a real HTTP 400. On a plain AR server of
   an NLD checkpoint, a mode other than ``ar`` is refused with a pointer to ``--dllm-algorithm``;
   prompt token ids outside the vocabulary (which crash SGLang's scheduler) are refused.
@@ -119,8 +120,12 @@ def check_tokenized(result, self, *args, **kwargs):
     archs = getattr(getattr(getattr(self, "model_config", None), "hf_config", None),
                     "architectures", None) or []
     nld = ARCHITECTURE in archs
+    custom = getattr(sp, "custom_params", None)
+    if isinstance(custom, dict) and isinstance(custom.get("canvas"), str):
+        # a canvas given as text (mask placeholders: the tokenizer's mask token) becomes ids
+        custom["canvas"] = list(self.tokenizer.encode(custom["canvas"], add_special_tokens=False))
     try:
-        check_request_fields(getattr(sp, "custom_params", None), algo, nld)
+        check_request_fields(custom, algo, nld)
         if nld:
             check_token_ids(getattr(result, "input_ids", None),
                             getattr(getattr(self, "model_config", None), "vocab_size", None))

@@ -237,6 +237,13 @@ def test_infill_keeps_the_given_tokens_and_equals_core(dllm, core32, ckpt):
         assert all(g == mask or t == g for t, g in zip(out, canvas))
         assert got["meta_info"]["finish_reason"]["type"] == "stop"
     tok = load_tokenizer(ckpt)
+    text = "<|mask|> 4<|mask|>"                  # a canvas as text: mask placeholders
+    canvas = encode(tok, text)
+    assert canvas.count(mask) == 2 and len(canvas) <= core32.config.block_size
+    (want,) = generate(core32, [Request(PROMPTS[0], "diffusion", DecodeParams(
+        max_new_tokens=16, canvas=tuple(canvas)))])
+    assert dllm.generate_ids(PROMPTS[0], 16, decode_mode="diffusion", canvas=text)[
+        "output_ids"] == want.output_ids
     suffix = encode(tok, " 4")
     prompt = encode(tok, "The number after 41 is")
     canvas, gap = infill_canvas(suffix, core32.config.block_size, 16, mask)
