@@ -22,6 +22,9 @@ UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 11, 100
 _NAMED = {0: "<unk>", 1: "<s>", 2: "</s>", 10: "<|im_start|>", 11: "<|im_end|>",
           12: "<think>", 13: "</think>", 100: "<|mask|>"}
 THINK_START_ID, THINK_END_ID = 12, 13      # the reasoning section (SGLang's nemotron_3 parser)
+# added but not "special": decoding with skip_special_tokens keeps them in the text, so a
+# reasoning parser can split at </think> (as in Qwen3 / Nemotron tokenizers)
+TEXT_TOKENS = frozenset((THINK_START_ID, THINK_END_ID))
 SPECIAL_TOKENS: dict[int, str] = {i: _NAMED.get(i, f"<SPECIAL_{i}>") for i in range(NUM_RESERVED)}
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = NUM_RESERVED + BYTE_ALPHABET_SIZE + 1  # 385: at least one learned merge
@@ -105,7 +108,8 @@ def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None,
     """
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size must be >= {MIN_VOCAB_SIZE}, got {vocab_size}")
-    specials = [AddedToken(SPECIAL_TOKENS[i], special=True, normalized=False) for i in range(NUM_RESERVED)]
+    specials = [AddedToken(SPECIAL_TOKENS[i], special=i not in TEXT_TOKENS, normalized=False)
+                for i in range(NUM_RESERVED)]
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
@@ -121,6 +125,11 @@ def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None,
     )
     tok.train_from_iterator(list(_default_texts() if texts is None else texts), trainer=trainer)
     tok.add_special_tokens(specials)
+    data = json.loads(tok.to_str())           # the text tokens are added, not special
+    for entry in data["added_tokens"]:
+        if entry["id"] in TEXT_TOKENS:
+            entry["special"] = False
+    tok = Tokenizer.from_str(json.dumps(data))
     got = tok.get_vocab_size()
     if got != vocab_size:
         raise ValueError(f"training texts too small: learned vocab of {got}, wanted {vocab_size}")
@@ -130,9 +139,9 @@ def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None,
     return tok
 
 
-def _added_token_entry(content: str) -> dict:
+def _added_token_entry(content: str, special: bool = True) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True}
+            "single_word": False, "special": special}
 
 
 def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> None:
@@ -147,7 +156,8 @@ def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> None:
         "add_bos_token": False,
         "model_max_length": MODEL_MAX_LENGTH,
         "chat_template": CHAT_TEMPLATE,
-        "added_tokens_decoder": {str(i): _added_token_entry(s) for i, s in SPECIAL_TOKENS.items()},
+        "added_tokens_decoder": {str(i): _added_token_entry(s, i not in TEXT_TOKENS)
+                                 for i, s in SPECIAL_TOKENS.items()},
     }
     files = {
         "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
