@@ -2,8 +2,9 @@
 
 A request may set ``decode_mode``, ``threshold``, ``block_length``, ``max_steps`` (diffusion's
 step budget) and, for diffusion infill, ``canvas`` (token ids, the mask id where to fill; text
-with mask placeholders is tokenized in the main process) or
-``suffix_ids`` (the tokens of an OpenAI ``suffix``), in SGLang's ``custom_params``; everything else comes from the server's YAML defaults. SGLang's sampling
+with mask placeholders is tokenized in the main process) or ``suffix_ids`` (the tokens of an
+OpenAI ``suffix``), in SGLang's ``custom_params``; everything else comes from the server's YAML
+defaults. SGLang's sampling
 parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k / top-p /
 min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in
 every mode, as are grammars (SGLang's grammar object, ``grammar.py``), and output logprobs
