@@ -33,10 +33,8 @@ def test_cursor_rows_follow_the_automaton_and_roll_back():
     rnd = random.Random(seed)
     walk = g.fresh()
     path = []
-    for _ in range(6):                   # a random sentence prefix
-        t = rnd.choice(walk.allowed())
-        if t in g.stop_ids:
-            break
+    for _ in range(6):                   # a random sentence prefix, no stop token (each state
+        t = rnd.choice([t for t in walk.allowed() if t not in g.stop_ids])   # has >= 2 others)
         walk.accept(t), path.append(t)
     cur.advance(path[:2])
     tails = path[2:] + [MASK]            # the last tail is refused: rows stop after it
