@@ -7,9 +7,10 @@
   the confidence threshold when none is set.
 - ``AUTO``: the serving policy over them (linear_spec at the block the load allows, or ar;
   ``block_policy.py``); ``SERVING_MODES`` = what a request (or a server default) may name.
-- ``MODE_ONLY`` / ``check_applies``: the per-request fields only some modes can honour
-  (``max_steps``: diffusion's step budget; ``canvas`` / ``suffix``: infill, which only a mode
-  that sees the right side can do) and the check that a request's mode is one of them.
+- ``MODE_ONLY`` / ``check_applies`` / ``check_mode_fields``: the per-request fields only some
+  modes can honour (``max_steps``: diffusion's step budget; ``canvas`` / ``suffix``: infill,
+  which only a mode that sees the right side can do), the check that a request's mode is one of
+  them, and that none comes with a grammar (``NOT_WITH_GRAMMAR`` says why).
 - ``check_mode`` / ``check_threshold`` / ``check_block_length`` / ``check_max_steps`` /
   ``check_thinking_budget``: each parameter's rule, raising
   :class:`RuleError` that names the field. The CLI, ``DecodeParams``, the server's flags and
@@ -32,6 +33,13 @@ DEFAULT_THRESHOLD = 0.9            # diffusion's confidence threshold unless a r
 # linear_spec, so it refuses these too)
 MODE_ONLY: dict[str, tuple[str, ...]] = {"max_steps": ("diffusion",), "canvas": ("diffusion",),
                                          "suffix": ("diffusion",)}
+INFILL_GRAMMAR = ("infill cannot be constrained by a grammar (it describes left-to-right text); "
+                  "drop the canvas / suffix or the grammar")
+STEP_BUDGET_GRAMMAR = ("a step budget cannot be kept under a grammar (a refused slot waits for a "
+                       "later pass); drop max_steps or the grammar")
+# why each MODE_ONLY field cannot be kept together with a grammar
+NOT_WITH_GRAMMAR: dict[str, str] = {"max_steps": STEP_BUDGET_GRAMMAR, "canvas": INFILL_GRAMMAR,
+                                    "suffix": INFILL_GRAMMAR}
 
 
 class RuleError(ValueError):
@@ -90,6 +98,16 @@ def check_applies(field: str, mode: str) -> None:
         raise RuleError(field, f"only decode_mode {' / '.join(modes)} has it, not {mode}")
 
 
+def check_mode_fields(mode: str, fields, grammar: bool = False) -> None:
+    """Each ``MODE_ONLY`` field a request sets (``fields``: their names) applies in ``mode``,
+    and none of them comes with a grammar. The one check of both: core's decoder and the
+    server's request parser call it."""
+    for field in fields:
+        check_applies(field, mode)
+        if grammar:
+            raise RuleError(field, f"{NOT_WITH_GRAMMAR[field]} (decode_mode {mode})")
+
+
 def check_thinking_budget(n) -> int:
     """A thinking budget: after ``n`` >= 0 tokens inside the reasoning section the next token
     is its end (``</think>``)."""
@@ -98,14 +116,16 @@ def check_thinking_budget(n) -> int:
     return n
 
 
-def check_canvas(canvas, block: int, vocab: int | None = None, field: str = "canvas") -> tuple:
+def check_canvas(canvas, block: int | None = None, vocab: int | None = None,
+                 field: str = "canvas") -> tuple:
     """An infill region: 1..``block`` token ids (the mask id where the model fills, any other id
-    kept as given), each in the vocabulary when ``vocab`` is known. ``field`` names it (a
+    kept as given), each in the vocabulary when ``vocab`` is known; ``block`` None: the length
+    is checked later, against the block the request decodes at. ``field`` names it (a
     ``suffix`` is a canvas of masks followed by the suffix)."""
     if not isinstance(canvas, (list, tuple)) or not canvas or \
             not all(isinstance(t, int) and not isinstance(t, bool) for t in canvas):
         raise RuleError(field, "must be a non-empty list of token ids")
-    if len(canvas) > block:
+    if block is not None and len(canvas) > block:
         raise RuleError(field, f"{len(canvas)} tokens do not fit the block of {block} "
                                f"(block_length); at most {block}")
     if vocab is not None and not all(0 <= t < vocab for t in canvas):

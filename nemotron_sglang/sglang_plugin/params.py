@@ -20,13 +20,22 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule
-from ..core.decoding.diffusion import INFILL_GRAMMAR, STEP_BUDGET_GRAMMAR
-from ..core.modes import (DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_applies,
+from ..core.modes import (DEFAULT_MODE, DEFAULT_THRESHOLD, MODE_ONLY, RuleError,
                           check_block_length, check_canvas, check_max_steps, check_mode,
-                          check_threshold, infill_canvas)
+                          check_mode_fields, check_threshold, infill_canvas)
+
 PARAM_KEYS = ("decode_mode", "threshold", "block_length", "max_steps", "canvas", "suffix_ids")
-# custom_params key -> the field a refusal names (the OpenAI field of a suffix)
-FIELD_NAMES = {"suffix_ids": "suffix"}
+# the custom_params key of each of core's mode-only fields (MODE_ONLY) -> the field, which a
+# refusal names (a suffix arrives as the OpenAI ``suffix``, tokenized to ``suffix_ids``)
+MODE_FIELDS = {"max_steps": "max_steps", "canvas": "canvas", "suffix_ids": "suffix"}
+if set(MODE_FIELDS.values()) != set(MODE_ONLY):
+    raise ImportError(f"params.MODE_FIELDS {sorted(MODE_FIELDS.values())} != core.modes.MODE_ONLY "
+                      f"{sorted(MODE_ONLY)}")
+
+
+def mode_fields(custom: Mapping[str, Any]) -> list[str]:
+    """The mode-only fields a request's custom_params set (None: not set)."""
+    return [field for key, field in MODE_FIELDS.items() if custom.get(key) is not None]
 
 
 # a request parameter the server refuses (``field`` names it): core's one such error, so core's
@@ -121,14 +130,11 @@ def check_fields(custom: Mapping[str, Any]) -> None:
         check_block_length(custom["block_length"])
     if custom.get("max_steps") is not None:        # null: no budget
         check_max_steps(custom["max_steps"])
-        if "decode_mode" in custom:
-            check_applies("max_steps", custom["decode_mode"])
     for key in ("canvas", "suffix_ids"):
-        if custom.get(key) is not None:
-            field = FIELD_NAMES.get(key, key)
-            check_canvas(custom[key], 1 << 30, field=field)      # the block is checked later
-            if "decode_mode" in custom:
-                check_applies(field, custom["decode_mode"])
+        if custom.get(key) is not None:                # the block is checked later
+            check_canvas(custom[key], field=MODE_FIELDS[key])
+    if "decode_mode" in custom:
+        check_mode_fields(custom["decode_mode"], mode_fields(custom))
     if custom.get("canvas") is not None and custom.get("suffix_ids") is not None:
         raise RuleError("suffix", "a request has a canvas or a suffix, not both")
 
@@ -142,11 +148,8 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
     mode, threshold, block = merged["decode_mode"], merged["threshold"], merged["block_length"]
     check_block_length(block, defaults.block_size, of="the server's block size")
     steps = merged.get("max_steps")
-    if steps is not None:
-        check_applies("max_steps", mode)
-        if sampling.grammar:
-            raise ParamError("max_steps", f"{STEP_BUDGET_GRAMMAR} (decode_mode {mode})")
-    canvas, suffix = _infill(merged, mode, block, sampling)
+    check_mode_fields(mode, mode_fields(merged), grammar=bool(sampling.grammar))
+    canvas, suffix = _infill(merged, block)
     _refuse_unsupported(sampling, mode)
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")
@@ -156,18 +159,11 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
                          canvas=canvas, suffix=suffix)
 
 
-def _infill(merged: Mapping[str, Any], mode: str, block: int, sampling: SamplingView
-            ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The request's canvas and suffix, checked against its mode and block."""
+def _infill(merged: Mapping[str, Any], block: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The request's canvas and suffix, checked against its block."""
     canvas, suffix = merged.get("canvas"), merged.get("suffix_ids")
-    for value, field in ((canvas, "canvas"), (suffix, "suffix")):
-        if value is None:
-            continue
-        check_applies(field, mode)
-        if sampling.grammar:
-            raise ParamError(field, f"{INFILL_GRAMMAR} (decode_mode {mode})")
-        if field == "canvas":
-            check_canvas(value, block)
-        else:
-            infill_canvas(value, block, 1, 0)           # core's rule: a gap must remain
+    if canvas is not None:
+        check_canvas(canvas, block)
+    if suffix is not None:
+        infill_canvas(suffix, block, 1, 0)              # core's rule: a gap must remain
     return tuple(canvas or ()), tuple(suffix or ())

@@ -33,15 +33,13 @@ from typing import Any
 
 from ..core.config import ARCHITECTURE
 from . import metrics
-from ..core.modes import check_thinking_budget
-from .params import PARAM_KEYS, ParamError, check_fields
+from ..core.modes import check_mode_fields, check_thinking_budget
+from .params import PARAM_KEYS, ParamError, check_fields, mode_fields
 
 # top-level fields of an OpenAI body copied into custom_params: NLD's, and SGLang's own thinking
 # budget (its grammar manager reads custom_params["thinking_budget"]; /generate has
 # max_thinking_tokens for it, the OpenAI routes nothing)
 TOP_LEVEL_KEYS = PARAM_KEYS + ("thinking_budget",)
-# the fields only the tri-mode server's diffusion honours (a plain AR server refuses them)
-DIFFUSION_ONLY = {"max_steps": "max_steps", "canvas": "canvas", "suffix_ids": "suffix"}
 THINK_ENV = "SGLANG_MAX_THINK_TOKENS"
 
 CONVERT_TARGETS = (
@@ -103,10 +101,12 @@ def check_request_fields(custom: dict[str, Any] | None, dllm_algorithm: str | No
         if nld_model and mode not in (None, "ar"):
             raise ParamError("decode_mode", f"this server decodes plain AR only; launch it with "
                                             f"--dllm-algorithm {ALGORITHM_NAME} for {mode!r}")
-        for key, field in DIFFUSION_ONLY.items():
-            if nld_model and custom.get(key) is not None:
-                raise ParamError(field, f"needs decode_mode diffusion, on a server launched "
-                                        f"with --dllm-algorithm {ALGORITHM_NAME}")
+        if nld_model:                    # a plain AR server decodes ar, so core's rule refuses
+            try:                         # the mode-only fields
+                check_mode_fields("ar", mode_fields(custom))
+            except ParamError as e:
+                raise ParamError(e.field, f"{e.message}, on a server launched without "
+                                          f"--dllm-algorithm {ALGORITHM_NAME}") from None
         return
     check_fields(custom)
 

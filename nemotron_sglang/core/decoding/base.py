@@ -66,7 +66,7 @@ class DecodeParams:
             if self.max_steps is not None:
                 check_max_steps(self.max_steps)
             if self.canvas:
-                check_canvas(self.canvas, len(self.canvas))
+                check_canvas(self.canvas)
                 if self.canvas_emit is not None and not 1 <= self.canvas_emit <= len(self.canvas):
                     raise RuleError("canvas", f"canvas_emit {self.canvas_emit} outside "
                                               f"[1, {len(self.canvas)}]")

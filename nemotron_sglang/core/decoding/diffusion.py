@@ -35,11 +35,6 @@ from ..attention import BIDIRECTIONAL, CAUSAL
 from .base import GRAMMAR_CONFLICT, Pass, RequestState, Strategy
 from .decisions import Decision, Kind
 
-INFILL_GRAMMAR = ("infill cannot be constrained by a grammar (it describes left-to-right text); "
-                  "drop the canvas / suffix or the grammar")
-STEP_BUDGET_GRAMMAR = ("a step budget cannot be kept under a grammar (a refused slot waits for a "
-                       "later pass); drop max_steps or the grammar")
-
 
 def masked_slots(block: list[int], mask_id: int) -> tuple[int, ...]:
     return tuple(i for i, t in enumerate(block) if t == mask_id)

@@ -21,9 +21,8 @@ from ..attention import CAUSAL
 from ..batch import ForwardBatch, PassRow
 from ..kv_cache import KVCacheFull, PagedKVCache
 from ..logits import PassLogits
-from ..modes import RuleError, check_applies, check_canvas
+from ..modes import RuleError, check_canvas, check_mode_fields
 from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy, seed_ask
-from .diffusion import INFILL_GRAMMAR, STEP_BUDGET_GRAMMAR
 from .decide_batched import decide_batched
 from .grammar import Grammar, GrammarCursor
 
@@ -88,15 +87,11 @@ class Decoder:
             raise DecodeError(f"block_length {block} exceeds the model's block size {cfg.block_size}")
         strategy = self.strategies[req.mode]
         try:
-            if req.params.max_steps is not None:
-                check_applies("max_steps", req.mode)
-                if req.grammar is not None:
-                    raise RuleError("max_steps", STEP_BUDGET_GRAMMAR)
+            given = {"max_steps": req.params.max_steps, "canvas": req.params.canvas or None}
+            check_mode_fields(req.mode, [f for f, v in given.items() if v is not None],
+                              grammar=req.grammar is not None)
             if req.params.canvas:
-                check_applies("canvas", req.mode)
                 check_canvas(req.params.canvas, block, cfg.vocab_size)
-                if req.grammar is not None:
-                    raise RuleError("canvas", INFILL_GRAMMAR)
         except RuleError as e:
             raise DecodeError(str(e)) from None
         need = len(req.prompt_ids) + req.params.max_new_tokens + strategy.overshoot(block)
