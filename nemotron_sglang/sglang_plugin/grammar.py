@@ -23,12 +23,13 @@ def is_reasoning_wrapper(obj) -> bool:
     return hasattr(obj, "think_end_ids") and hasattr(obj, "max_think_tokens")
 
 
-def constrains(obj, max_new_tokens: int | None) -> bool:
+def constrains(obj, max_new_tokens: int) -> bool:
     """Whether SGLang's grammar object can forbid a token of this request: xgrammar's always;
     the reasoning wrapper only around a grammar, or while the request thinks with its token
-    filter on and either excluded tokens or a budget it can reach (< ``max_new_tokens``).
-    A wrapper that cannot forbid anything is not a grammar to core (diffusion would otherwise
-    commit left to right for nothing)."""
+    filter on and either excluded tokens or a budget it can reach (< ``max_new_tokens``, which
+    SGLang's scheduler has bounded by the context length before the request's first round:
+    ``Scheduler.init_req_max_new_tokens``). A wrapper that cannot forbid anything is not a
+    grammar to core (diffusion would otherwise commit left to right for nothing)."""
     if not is_reasoning_wrapper(obj):
         return True
     if obj.grammar is not None:
@@ -37,7 +38,7 @@ def constrains(obj, max_new_tokens: int | None) -> bool:
     if not (obj.enable_token_filter and thinking):
         return False
     budget = obj.max_think_tokens
-    reachable = budget >= 0 and (max_new_tokens is None or budget < max_new_tokens)
+    reachable = 0 <= budget < max_new_tokens
     return reachable or obj.think_excluded_token_ids is not None
 
 
@@ -45,7 +46,9 @@ class SGLangGrammar:
     def __init__(self, obj, vocab: int):
         self.obj = obj                      # sglang BaseGrammarObject (XGrammarGrammar, ...)
         self.vocab = vocab
-        self._check_mask = is_reasoning_wrapper(obj)
+        # the wrapper's mask, for accept to check (one row, reused; filled from all-allowed)
+        self._bits = torch.empty((1, words(vocab)), dtype=torch.int32) \
+            if is_reasoning_wrapper(obj) else None
 
     def fill(self, bits, row: int) -> None:
         self.obj.fill_vocab_mask(bits, row)
@@ -53,10 +56,10 @@ class SGLangGrammar:
     def accept(self, token: int) -> bool:
         if self.obj.is_terminated():        # SGLang's accept_token ignores tokens then
             return False
-        if self._check_mask:
-            bits = torch.full((1, words(self.vocab)), -1, dtype=torch.int32)
-            self.obj.fill_vocab_mask(bits, 0)
-            if not allows(bits, 0, token):
+        if self._bits is not None:
+            self._bits.fill_(-1)            # the wrapper edits only what it forbids
+            self.obj.fill_vocab_mask(self._bits, 0)
+            if not allows(self._bits, 0, token):
                 return False
         try:
             self.obj.accept_token(token)
