@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import random
 import shlex
 import statistics
@@ -31,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
+from nemotron_sglang.testing.bench import hardware, post_generate, print_table  # noqa: E402
+from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
 CPU_TABLE = ROOT / "nemotron_sglang" / "serving" / "cost_cpu.json"
@@ -87,17 +86,17 @@ def main() -> None:
     configs += [(f"quadratic_spec/{b}", {"decode_mode": "quadratic_spec", "block_length": b})
                 for b in _ints(a.quadratic_blocks)]
     configs.append(("auto", {"decode_mode": "auto"}))
-    proc, url = None, a.url
+    server, url = None, a.url
     if url is None:
         cfg = Path(tempfile.mkdtemp()) / "tri_mode.yaml"
         cfg.write_text(f"default_mode: linear_spec\ncost_model: {json.dumps(table)}\n")
         concs = _ints(a.concurrency)
-        proc = start_cpu_server(FIXTURE, a.port, Path("/tmp/nemotron_adaptive_bench.log"),
-                                ["--dllm-algorithm", "NemotronTriMode",
-                                 "--dllm-algorithm-config", str(cfg),
-                                 "--max-running-requests", str(max(concs)),
-                                 "--max-total-tokens", "32768"])
-        url = f"http://127.0.0.1:{a.port}"
+        server = CPUServer(FIXTURE, Path("/tmp/nemotron_adaptive_bench.log"),
+                           ["--dllm-algorithm", "NemotronTriMode",
+                            "--dllm-algorithm-config", str(cfg),
+                            "--max-running-requests", str(max(concs)),
+                            "--max-total-tokens", "32768"], port=a.port)
+        url = server.url
     try:
         generate(url, prompts[0], {"decode_mode": "linear_spec"}, 8)      # warm-up
         print(f"# hardware: {hardware(triton_interpret=False)}")
@@ -127,8 +126,8 @@ def main() -> None:
         print_table(["conc"] + [n for n, _ in configs] + ["best fixed", "auto / best",
                                                           "auto block"], rows, a.markdown)
     finally:
-        if proc is not None:
-            os.killpg(proc.pid, 15)
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

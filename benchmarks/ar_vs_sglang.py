@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
+from nemotron_sglang.testing.bench import BENCH_SERVING, hardware, post_generate, print_table  # noqa: E402
+from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def greedy(port: int, prompts, max_new: int) -> list[list[int]]:
 
 
 def bench(port: int, tokenizer: Path, concurrency: int, a, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
+    cmd = [*BENCH_SERVING, "--backend", "sglang",
            "--host", "127.0.0.1", "--port", str(port), "--tokenizer", str(tokenizer),
            "--dataset-name", "random-ids", "--tokenize-prompt", "--random-range-ratio", "1.0",
            "--random-input-len", str(a.input_len), "--random-output-len", str(a.output_len),
@@ -101,9 +101,9 @@ def main() -> None:
     }
     tps, tokens = {}, {}
     for name, (model, extra, env) in servers.items():
-        proc = start_cpu_server(model, a.port, tmp / f"{name[:7]}.log",
-                                ["--max-total-tokens", "4096", "--max-running-requests", "16",
-                                 *extra], env)
+        server = CPUServer(model, tmp / f"{name[:7]}.log",
+                           ["--max-total-tokens", "4096", "--max-running-requests", "16",
+                            *extra], env=env, port=a.port)
         try:
             tokens[name] = greedy(a.port, prompts, 48)
             for c in conc:
@@ -111,8 +111,7 @@ def main() -> None:
                 r = bench(a.port, FIXTURE, c, a, tmp / f"{len(tps)}-{c}.jsonl")
                 tps[(name, c)] = r["output_throughput"]
         finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=60)
+            server.stop()
     names = list(servers)
     same = tokens[names[0]] == tokens[names[1]]
     print(f"# hardware: {hardware(triton_interpret=False)}")

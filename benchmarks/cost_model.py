@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -36,8 +35,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, post_generate, print_table  # noqa: E402
+from nemotron_sglang.testing.bench import hardware, post_generate, print_table  # noqa: E402
+from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 
 from nemotron_sglang.core.attention import BIDIRECTIONAL, CAUSAL  # noqa: E402
 from nemotron_sglang.core.batch import ForwardBatch, PassRow  # noqa: E402
@@ -117,19 +116,17 @@ def measure_server(url: str, prompts, rows: int, block: int, tokens: int) -> flo
 
 def server_table(model: Path, port: int, context: int, tokens: int) -> list[list[float]]:
     """The table measured through ``sglang.launch_server`` with the plugin on this CPU."""
-    from _common import start_cpu_server
-
     blocks = candidate_blocks(json.loads((model / "config.json").read_text())["block_size"])
     prompts = [[(7 * k + i) % 200 + 20 for i in range(context)] for k in range(64)]
-    proc = start_cpu_server(model, port, Path("/tmp/nemotron_cost_model.log"),
-                            ["--dllm-algorithm", "NemotronTriMode", "--max-running-requests",
-                             str(ROWS[-1]), "--max-total-tokens", "32768"])
+    server = CPUServer(model, Path("/tmp/nemotron_cost_model.log"),
+                       ["--dllm-algorithm", "NemotronTriMode", "--max-running-requests",
+                        str(ROWS[-1]), "--max-total-tokens", "32768"], port=port)
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = server.url
         measure_server(url, prompts, 1, 8, 16)                       # warm-up
         return [[measure_server(url, prompts, r, b, tokens) for b in blocks] for r in ROWS]
     finally:
-        os.killpg(proc.pid, 15)
+        server.stop()
 
 
 def write_yaml(path: Path, table: CostTable, command: str) -> None:

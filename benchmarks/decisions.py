@@ -28,12 +28,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware, print_table  # noqa: E402
+from nemotron_sglang.testing.bench import hardware, print_table
 
-from nemotron_sglang.core.decoding import Ask, Kind, decide_batched, decide_each  # noqa: E402
-from nemotron_sglang.core.logits import PassLogits  # noqa: E402
-from nemotron_sglang.core.modes import DECODE_MODES  # noqa: E402
+from nemotron_sglang.core.decoding import Ask, Kind, decide_batched, decide_each
+from nemotron_sglang.core.logits import PassLogits
+from nemotron_sglang.core.modes import DECODE_MODES
 
 MASK_ID = 100
 

@@ -32,8 +32,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware, print_table  # noqa: E402
+from nemotron_sglang.testing.bench import hardware, print_table
 
 SMOKE = "--smoke" in sys.argv
 if SMOKE and not torch.cuda.is_available():

@@ -18,21 +18,19 @@ extrapolation when ``--layers`` runs fewer). Prints the hardware and settings.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware, print_table  # noqa: E402
+from nemotron_sglang.testing.bench import hardware, print_table
 
-from nemotron_sglang.core.attention import (quadratic_attention,  # noqa: E402
+from nemotron_sglang.core.attention import (quadratic_attention,
                                             quadratic_attention_dense)
-from nemotron_sglang.core.config import preset  # noqa: E402
-from nemotron_sglang.core.decoding.quadratic_spec import row_budget  # noqa: E402
-from nemotron_sglang.core.model import NLDModel  # noqa: E402
+from nemotron_sglang.core.config import preset
+from nemotron_sglang.core.decoding.quadratic_spec import row_budget
+from nemotron_sglang.core.model import NLDModel
 
 
 def median_ms(fn, reps: int) -> float:

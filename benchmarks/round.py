@@ -20,7 +20,6 @@ Started here, the server is ``sglang.launch_server --dllm-algorithm NemotronTriM
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import sys
@@ -29,8 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import hardware, post_generate, print_table, start_cpu_server  # noqa: E402
+from nemotron_sglang.testing.bench import hardware, post_generate, print_table  # noqa: E402
+from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 
 from nemotron_sglang.core.modes import DECODE_MODES as MODES  # noqa: E402
@@ -119,13 +118,13 @@ def main() -> None:
     from tpf import corpus_prompts
 
     prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), a.prompts, 1_000_000)
-    proc = None
+    server = None
     url = a.url
     if url is None:
-        proc = start_cpu_server(FIXTURE, a.port, Path("/tmp/nemotron_round_bench.log"),
-                                ["--max-total-tokens", "8192", "--dllm-algorithm",
-                                 "NemotronTriMode", "--max-running-requests", "16"])
-        url = f"http://127.0.0.1:{a.port}"
+        server = CPUServer(FIXTURE, Path("/tmp/nemotron_round_bench.log"),
+                           ["--max-total-tokens", "8192", "--dllm-algorithm",
+                            "NemotronTriMode", "--max-running-requests", "16"], port=a.port)
+        url = server.url
     try:
         generate(url, prompts[0], "linear_spec", 8)            # warm-up
         print(f"# hardware: {hardware(triton_interpret=False)}")
@@ -141,9 +140,8 @@ def main() -> None:
         print_table(["mode", "alone", "beside diffusion", "ratio"],
                     mixed_table(url, prompts, a.max_tokens, a.neighbours, a.repeats), a.markdown)
     finally:
-        if proc is not None:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=30)
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

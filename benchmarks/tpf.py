@@ -47,7 +47,8 @@ from nemotron_sglang.core.decoding import (DecodeError, DecodeParams, Request, d
                                            make_decoder)
 from nemotron_sglang.core.modes import SELF_SPEC_MODES
 from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
-from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
+from nemotron_sglang.data import EMBEDDED as FIXTURE
+from nemotron_sglang.testing.bench import hardware, table
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -226,14 +227,14 @@ def run_variant(model, prompts, mode: str, block: int, use_lora: bool, args,
 def format_table(rows: list[Row], markdown: bool) -> str:
     cells = [r.cells() for r in rows]
     headers = CORPUS_HEADERS if rows and rows[0].rule_acc is not None else HEADERS
-    return _table(headers, cells, markdown)
+    return table(headers, cells, markdown, left=3)
 
 
 def sweep_table(rows: list[Row], markdown: bool) -> str:
     headers = ["block", "threshold", "forwards", "TPF", "agree", "rule acc"]
     cells = [[r.block, f"{r.threshold:g}", str(r.forwards), f"{r.tpf:.3f}", f"{r.agree:.3f}",
               f"{r.rule_acc:.3f}"] for r in rows]
-    return _table(headers, cells, markdown, text_cols=1)
+    return table(headers, cells, markdown)
 
 
 def steps_table(rows: list[Row], markdown: bool) -> str:
@@ -241,7 +242,7 @@ def steps_table(rows: list[Row], markdown: bool) -> str:
     cells = [[r.block, "-" if r.max_steps is None else str(r.max_steps), f"{r.threshold:g}",
               str(r.forwards), f"{r.tpf:.3f}", f"{r.agree:.3f}", f"{r.rule_acc:.3f}"]
              for r in rows]
-    return _table(headers, cells, markdown, text_cols=1)
+    return table(headers, cells, markdown)
 
 
 def plot_sweep(rows: list[Row], path: str, label=lambda r: f"{r.threshold:g}",
@@ -269,26 +270,10 @@ def plot_sweep(rows: list[Row], path: str, label=lambda r: f"{r.threshold:g}",
     return f"plot: wrote {path}"
 
 
-def _table(headers: list[str], cells: list[list[str]], markdown: bool, text_cols: int = 3) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(headers) + " |",
-                 "|" + "|".join("---" if i < text_cols else "---:"
-                                for i in range(len(headers))) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-
-    def fmt(row: list[str]) -> str:   # text columns left-aligned, numbers right-aligned
-        return "  ".join(v.ljust(w) if i < text_cols else v.rjust(w)
-                         for i, (v, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([fmt(headers), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells])
-
-
 def header(args, model_dir: Path, generated: bool, cfg) -> str:
-    cpu = platform.processor() or platform.machine()
     lines = [
         f"command:    {shlex.join([sys.executable, *sys.argv])}",
-        f"hardware:   {cpu}, {os.cpu_count()} CPUs ({platform.platform()})",
+        f"hardware:   {hardware(triton_interpret=False)} ({platform.platform()})",
         f"torch:      {torch.__version__}, {torch.get_num_threads()} threads, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, device cpu",
         f"dtype:      {args.dtype}",

@@ -11,21 +11,18 @@ right).
 
 from __future__ import annotations
 
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import hardware, print_table  # noqa: E402
+from nemotron_sglang.testing.bench import hardware, print_table
 
-from nemotron_sglang.core.decoding import DecodeParams, Request, SamplingRule, generate  # noqa: E402
-from nemotron_sglang.core.tokenizer import encode, load_tokenizer  # noqa: E402
-from nemotron_sglang.core.weights import load_model  # noqa: E402
-from nemotron_sglang.serving.serve import embedded_model  # noqa: E402
-from nemotron_sglang.testing.corpus import examples  # noqa: E402
+from nemotron_sglang.core.decoding import DecodeParams, Request, SamplingRule, generate
+from nemotron_sglang.core.tokenizer import encode, load_tokenizer
+from nemotron_sglang.core.weights import load_model
+from nemotron_sglang.serving.serve import embedded_model
+from nemotron_sglang.testing.corpus import examples
 
-from nemotron_sglang.core.modes import DECODE_MODES as MODES  # noqa: E402
+from nemotron_sglang.core.modes import DECODE_MODES as MODES
 RULES = [("greedy", SamplingRule()),
          ("frequency_penalty 0.5", SamplingRule(frequency_penalty=0.5)),
          ("presence_penalty 0.5", SamplingRule(presence_penalty=0.5)),
@@ -52,7 +49,7 @@ def regex_grammar(tokenizer_dir, vocab: int, pattern: str):
                                                    stop_token_ids=[EOS_ID])
     compiled = xgrammar.GrammarCompiler(info).compile_regex(pattern)
     return lambda: SGLangGrammar(XGrammarGrammar(
-        xgrammar.GrammarMatcher(compiled, max_rollback_tokens=200), vocab, compiled, None))
+        xgrammar.GrammarMatcher(compiled, max_rollback_tokens=200), vocab, compiled, None), vocab)
 
 
 def main() -> None:
