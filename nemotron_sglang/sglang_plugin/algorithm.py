@@ -31,8 +31,6 @@ import torch
 
 from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
-from sglang.srt.dllm.config import DllmConfig
-from sglang.srt.sampling.sampling_params import TOP_K_ALL
 
 from ..core.block_policy import CostTable
 from ..core.config import ARCHITECTURE
@@ -40,52 +38,22 @@ from ..core.modes import infill_canvas
 from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
 from ..core.decoding.grammar import GrammarCursor
 from ..core.weights import LORA_DIR, load_lora
+from ..kernels import choose_attention
 from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
 from .custom_pass import RowSpec, run_custom_pass
 from .grammar import SGLangGrammar, constrains
-from .params import ParamError, SamplingView, ServerDefaults, parse, sampling_rule
+from .params import parse, sampling_rule
 from .request import NLDRequest, RequestStats
+from .server_config import TriModeConfig, sampling_view
 
 logger = logging.getLogger(__name__)
-
-YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
-             "auto_max_batch", "custom_attention", "cost_model"}
-
-
-def sampling_view(req) -> SamplingView:
-    """The sampling features of an SGLang ``Req`` as plain values. Greedy is what SGLang calls
-    greedy: ``top_k == 1`` (its ``SamplingParams`` turn T < ``_SAMPLING_EPS`` into top_k 1, T 1
-    on construction); core's greedy is T = 0."""
-    sp = req.sampling_params
-    greedy = sp.top_k == 1
-    lp = getattr(req, "logprob", None)
-    bias = tuple(sorted((int(k), float(v)) for k, v in (sp.logit_bias or {}).items()))
-    return SamplingView(
-        temperature=0.0 if greedy else float(sp.temperature),
-        top_p=float(sp.top_p), top_k=0 if greedy or sp.top_k in (-1, TOP_K_ALL) else int(sp.top_k),
-        min_p=float(sp.min_p), frequency_penalty=float(sp.frequency_penalty),
-        presence_penalty=float(sp.presence_penalty),
-        repetition_penalty=float(sp.repetition_penalty),
-        min_new_tokens=int(sp.min_new_tokens or 0), logit_bias=bias,
-        logprobs=bool(req.return_logprob),
-        top_logprobs=int(getattr(lp, "top_logprobs_num", 0) or 0) if req.return_logprob else 0,
-        token_ids_logprob=tuple(int(t) for t in (getattr(lp, "token_ids_logprob", None) or ()))
-        if req.return_logprob else (),
-        # prompt logprobs are refused in the main process (surface.check_tokenized): here the
-        # Req's logprob_start_len is not yet the request's
-        custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
-        seed=getattr(sp, "sampling_seed", None),
-        grammar=any(getattr(sp, f, None) for f in ("regex", "json_schema", "ebnf", "structural_tag"))
-        or (sp.custom_params or {}).get("thinking_budget") is not None)
-
 
 class NemotronTriMode(DllmAlgorithm):
     supported_architectures = (ARCHITECTURE,)
     requires_separate_context_encoding = True
     required_attention_backend = "triton"
     supported_attention_backends = ("triton", "torch_native", "nemotron")
-    defaults = ServerDefaults()       # set per process by __init__ (the scheduler's)
 
     @classmethod
     def configure_server_args(cls, server_args) -> None:
@@ -98,40 +66,24 @@ class NemotronTriMode(DllmAlgorithm):
                            "graph would replay one causality and LoRA state for every pass; "
                            "per-variant capture is not yet proven on a GPU)")
 
-    @classmethod
-    def validate_request(cls, req) -> Optional[str]:
-        try:
-            parse(req.sampling_params.custom_params, sampling_view(req), cls.defaults)
-        except ParamError as e:
-            return f"nemotron-sglang: {e}"
-        return None
-
-    def __init__(self, config: DllmConfig):
+    def __init__(self, config: TriModeConfig):
+        if not isinstance(config, TriModeConfig):
+            raise TypeError("NemotronTriMode serves NLD checkpoints: its DllmConfig comes from "
+                            "the plugin's hook (hooks.dllm_config_from_server_args), got "
+                            f"{type(config).__name__}")
         super().__init__(config)
+        self.config = config
         yaml = dict(config.algorithm_config or {})
-        unknown = set(yaml) - YAML_KEYS
-        if unknown:
-            raise ValueError(f"NemotronTriMode YAML: unknown keys {sorted(unknown)}; "
-                             f"known: {sorted(YAML_KEYS - {'model_path'})}")
         if self.fdfo:
             raise ValueError("NemotronTriMode needs --no-dllm-fdfo (variable-length commits)")
-        base = ServerDefaults()
-        defaults = ServerDefaults(default_mode=yaml.get("default_mode", base.default_mode),
-                                  threshold=float(yaml.get("threshold", base.threshold)),
-                                  block_size=self.block_size,
-                                  auto_max_batch=int(yaml.get("auto_max_batch", base.auto_max_batch)))
-        # a bad default must fail at startup, not on the first request
-        parse({}, SamplingView(), defaults)
-        type(self).defaults = defaults
+        self.defaults = defaults = config.defaults
         self.eos_id = None
         self.vocab = 0
         self.lora_path = self._lora_path(yaml)
-        # attention of the fused quadratic pass: the Triton kernel on CUDA, core's reference on CPU
-        self.custom_attention = yaml.get("custom_attention",
-                                         "triton" if torch.cuda.is_available() else "reference")
-        if self.custom_attention not in ("reference", "triton"):
-            raise ValueError(f"custom_attention must be reference or triton, "
-                             f"got {self.custom_attention!r}")
+        # attention of the custom passes (kernels' one policy: Triton on CUDA, else reference)
+        self.custom_attention = choose_attention(
+            "cuda" if torch.cuda.is_available() else "cpu", yaml.get("custom_attention"),
+            field="NemotronTriMode YAML custom_attention")
         self._lora_ready = False
         self._has_lora = False
         self.decide = decide_batched         # the decision layer (tests swap in decide_each)
@@ -229,7 +181,7 @@ class NemotronTriMode(DllmAlgorithm):
         nld = getattr(req, "nld", None)
         if nld is None:
             params = parse(req.sampling_params.custom_params, sampling_view(req),
-                           type(self).defaults)
+                           self.defaults)
             seed = params.seed
             if seed is None:
                 seed = int.from_bytes(hashlib.blake2b(str(req.rid).encode(),

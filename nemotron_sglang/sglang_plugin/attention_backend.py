@@ -29,31 +29,18 @@ backend does not build): serve with ``--disable-cuda-graph``; capture fails sayi
 from __future__ import annotations
 
 import logging
-import os
 
-import torch
 
 from ..core.attention import MaskKind, MaskSpec
+from ..kernels import IMPL_ENV, choose_attention  # noqa: F401 - IMPL_ENV: the backend's override
 from .custom_pass import RowAttention, RowSpec
 
 BACKEND_NAME = "nemotron"
-IMPL_ENV = "NEMOTRON_SGLANG_ATTENTION_IMPL"
 logger = logging.getLogger(__name__)
 
 
-def default_impl(device: torch.device | str) -> str:
-    """``triton`` on CUDA or under the Triton interpreter, else ``reference``; env overrides."""
-    forced = os.environ.get(IMPL_ENV)
-    if forced is not None:
-        if forced not in RowAttention.IMPLS:
-            raise ValueError(f"{IMPL_ENV} must be one of {RowAttention.IMPLS}, got {forced!r}")
-        return forced
-    from ..kernels.triton_attention import triton_available
-
-    if not triton_available():
-        return "reference"
-    on_cuda = torch.device(device).type == "cuda"
-    return "triton" if on_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+# the backend's implementation: the kernels' one policy (names, env override, CUDA/interpreter)
+default_impl = choose_attention
 
 
 def _make_backend_class():

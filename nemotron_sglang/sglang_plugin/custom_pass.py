@@ -22,6 +22,7 @@ import torch
 
 from ..core.attention import MaskSpec, masked_attention
 from ..core.logits import PassLogits
+from ..kernels import ATTENTION_IMPLS
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class RowAttention:
     (``kernels.flashinfer_attention`` over the same view; CUDA only, not yet run on a GPU).
     """
 
-    IMPLS = ("reference", "triton", "flashinfer")
+    IMPLS = tuple(ATTENTION_IMPLS)
 
     def __init__(self, rows: list[RowSpec], impl: str = "reference",
                  kv_writes: tuple[torch.Tensor, torch.Tensor] | None = None):

@@ -83,7 +83,8 @@ def _yaml(path: str | None) -> dict:
 
 def dllm_config_from_server_args(original, server_args):
     from sglang.srt.arg_groups.overrides import resolving_view
-    from sglang.srt.dllm.config import DllmConfig
+
+    from .server_config import TriModeConfig
 
     cfg = resolving_view(server_args)
     if cfg.dllm_algorithm is None:
@@ -102,7 +103,7 @@ def dllm_config_from_server_args(original, server_args):
     except RuleError as e:
         raise ValueError(f"algorithm config {e}") from None
     algorithm_config["model_path"] = str(cfg.model_path)
-    return DllmConfig(
+    return TriModeConfig(
         algorithm=ALGORITHM_NAME, algorithm_config=algorithm_config, block_size=block,
         mask_id=nld.mask_token_id,
         max_running_requests=cfg.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS,

@@ -26,10 +26,10 @@ from nemotron_sglang.core.logits import PassLogits
 from nemotron_sglang.core.weights import load_model
 
 sglang = pytest.importorskip("sglang")
-from sglang.srt.dllm.config import DllmConfig  # noqa: E402
 from sglang.srt.sampling.sampling_params import SamplingParams  # noqa: E402
 
 from nemotron_sglang.sglang_plugin.algorithm import NemotronTriMode  # noqa: E402
+from nemotron_sglang.sglang_plugin.server_config import TriModeConfig  # noqa: E402
 from nemotron_sglang.sglang_plugin.canvas_round import RESEED  # noqa: E402
 
 SERVED = ("ar", "diffusion", "linear_spec", "quadratic_spec")
@@ -159,7 +159,7 @@ def serve(algo, runner, reqs, eos, abort_at=None, after_round=None):
     max_new_tokens). Checks after every round that the KV holds exactly the committed text."""
     b = algo.block_size
     for r in reqs:
-        assert NemotronTriMode.validate_request(r) is None
+        assert algo.config.validate_request(r) is None
         runner.cache.add(r.rid_int)
     rounds = 0
     while True:
@@ -217,7 +217,7 @@ def serve(algo, runner, reqs, eos, abort_at=None, after_round=None):
 
 
 def make_algo(block: int):
-    cfg = DllmConfig(algorithm="NemotronTriMode", algorithm_config={"default_mode": "ar"},
+    cfg = TriModeConfig(algorithm="NemotronTriMode", algorithm_config={"default_mode": "ar"},
                      block_size=block, mask_id=100, max_running_requests=64,
                      first_done_first_out_mode=False, requires_separate_context_encoding=True)
     return NemotronTriMode(cfg)
@@ -328,18 +328,18 @@ def test_sampled_requests_are_seeded_and_valid(core64):
 
 
 def test_validate_request_names_the_field(core64):
-    make_algo(core64.config.block_size)        # sets the server defaults in this process
+    cfg = make_algo(core64.config.block_size).config     # the server defaults
     bad = [("decode_mode", make_req(0, [1], "turbo", 4)),
            ("threshold", make_req(0, [1], "diffusion", 4, threshold=1.5)),
            ("block_length", make_req(0, [1], "diffusion", 4, block_length=3))]
     for field, req in bad:
-        msg = NemotronTriMode.validate_request(req)
+        msg = cfg.validate_request(req)
         assert msg is not None and field in msg
     req = make_req(0, [1], "ar", 4)
     req.return_logprob = True
-    assert NemotronTriMode.validate_request(req) is None           # output logprobs: honoured
+    assert cfg.validate_request(req) is None           # output logprobs: honoured
     req.logprob = SimpleNamespace(top_logprobs_num=0, token_ids_logprob=[3])
-    assert NemotronTriMode.validate_request(req) is None           # chosen ids: honoured
+    assert cfg.validate_request(req) is None           # chosen ids: honoured
 
 
 @pytest.mark.parametrize("auto_max_batch,expected", [(8, "auto(linear_spec)"), (2, "auto(ar)")])
@@ -347,7 +347,7 @@ def test_auto_speculates_small_rounds_and_runs_ar_in_large_ones(core64, auto_max
                                                                  expected):
     prompts = random_prompts(4, seed=77, vocab=512)
     want = generate(core64, [Request(p, "ar", DecodeParams(max_new_tokens=9)) for p in prompts])
-    cfg = DllmConfig(algorithm="NemotronTriMode",
+    cfg = TriModeConfig(algorithm="NemotronTriMode",
                      algorithm_config={"default_mode": "ar", "auto_max_batch": auto_max_batch},
                      block_size=core64.config.block_size, mask_id=100, max_running_requests=64,
                      first_done_first_out_mode=False, requires_separate_context_encoding=True)
@@ -370,7 +370,7 @@ def test_auto_with_a_cost_table_picks_the_block_by_load(core64, table, first):
     block_length keeps it or runs ar; outputs stay AR's."""
     rows, blocks = [1, 2, 4, 8], [1, 2, 4]
     cost = {"flat": lambda r, b: 5.0, "steep": lambda r, b: 1.0 * r * b}[table]
-    cfg = DllmConfig(algorithm="NemotronTriMode", block_size=core64.config.block_size,
+    cfg = TriModeConfig(algorithm="NemotronTriMode", block_size=core64.config.block_size,
                      algorithm_config={"default_mode": "ar", "cost_model": {
                          "rows": rows, "blocks": blocks,
                          "ms": [[cost(r, b) for b in blocks] for r in rows]}},
@@ -392,7 +392,7 @@ def test_auto_with_a_cost_table_picks_the_block_by_load(core64, table, first):
         assert reqs[0].nld.stats.block_length == 1
     assert set(reqs[4].nld.stats.auto_rounds) <= {"linear_spec/2", "ar"}
     with pytest.raises(ValueError, match="cost_model"):
-        NemotronTriMode(DllmConfig(algorithm="NemotronTriMode", block_size=4, mask_id=100,
+        NemotronTriMode(TriModeConfig(algorithm="NemotronTriMode", block_size=4, mask_id=100,
                                    algorithm_config={"cost_model": {"rows": [1]}},
                                    max_running_requests=4, first_done_first_out_mode=False,
                                    requires_separate_context_encoding=True))

@@ -1,4 +1,4 @@
-"""Per-request parameter parsing (``sglang_plugin.params``) and ``algorithm.sampling_view``."""
+"""Per-request parameter parsing (``sglang_plugin.params``) and ``server_config.sampling_view``."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def test_mode_error_comes_before_sampling_error():
     refused({"decode_mode": "bogus"}, "decode_mode", sampling=SamplingView(top_p=0.5))
 
 
-# ---- algorithm.sampling_view on real SGLang SamplingParams -----------------------------------
+# ---- server_config.sampling_view on real SGLang SamplingParams -----------------------------------
 needs_sglang = pytest.mark.skipif(importlib.util.find_spec("sglang") is None,
                                   reason="sglang not installed")
 
@@ -185,7 +185,7 @@ needs_sglang = pytest.mark.skipif(importlib.util.find_spec("sglang") is None,
 def sglang_bits():
     from sglang.srt.sampling.sampling_params import SamplingParams
 
-    from nemotron_sglang.sglang_plugin.algorithm import sampling_view
+    from nemotron_sglang.sglang_plugin.server_config import sampling_view
 
     return SamplingParams, sampling_view
 

@@ -206,7 +206,8 @@ def dllm(sa):
         return {"error": type(e).__name__, "message": str(e)}
     if c is None:
         return {"none": True}
-    return {"cls": qual(type(c)), "algorithm": c.algorithm, "block_size": c.block_size,
+    return {"cls": qual(type(c)), "is_dllm_config": isinstance(c, DllmConfig),
+            "algorithm": c.algorithm, "block_size": c.block_size,
             "block_size_type": type(c.block_size).__name__, "mask_id": c.mask_id,
             "fdfo": c.first_done_first_out_mode,
             "separate_context": c.requires_separate_context_encoding,
@@ -306,7 +307,9 @@ def test_dllm_config_from_checkpoint(loaded, nld_tiny_b8):
     assert loaded["serverargs_dllm_fdfo"] is True      # SGLang's default; the hook overrides it
     c = loaded["c_default"]
     assert "error" not in c, c
-    assert c["cls"] == "sglang.srt.dllm.config.DllmConfig"
+    # SGLang's DllmConfig, as the plugin's subclass that holds the server's request defaults
+    assert c["is_dllm_config"] and c["cls"] == \
+        "nemotron_sglang.sglang_plugin.server_config.TriModeConfig"
     assert c["algorithm"] == "NemotronTriMode"
     assert c["block_size"] == 8 and c["block_size_type"] == "int"
     assert c["mask_id"] == 100

@@ -1,0 +1,75 @@
+"""The server's configuration as SGLang holds it, and what validating a request needs.
+
+- ``TriModeConfig``: SGLang's ``DllmConfig`` of an NLD server (the plugin's hook on
+  ``DllmConfig.from_server_args`` builds it from the checkpoint and the algorithm YAML), with
+  the YAML checked once and the server's request defaults (``params.ServerDefaults``); SGLang's
+  scheduler calls its ``validate_request`` for every request (a refusal is a 400).
+- ``sampling_view``: an SGLang ``Req``'s sampling parameters as the plain ``params.SamplingView``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sglang.srt.dllm.config import DllmConfig
+from sglang.srt.sampling.sampling_params import TOP_K_ALL
+
+from .params import ParamError, SamplingView, ServerDefaults, parse
+
+YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
+             "auto_max_batch", "custom_attention", "cost_model"}
+
+
+def sampling_view(req) -> SamplingView:
+    """The sampling features of an SGLang ``Req`` as plain values. Greedy is what SGLang calls
+    greedy: ``top_k == 1`` (its ``SamplingParams`` turn T < ``_SAMPLING_EPS`` into top_k 1, T 1
+    on construction); core's greedy is T = 0."""
+    sp = req.sampling_params
+    greedy = sp.top_k == 1
+    lp = getattr(req, "logprob", None)
+    bias = tuple(sorted((int(k), float(v)) for k, v in (sp.logit_bias or {}).items()))
+    return SamplingView(
+        temperature=0.0 if greedy else float(sp.temperature),
+        top_p=float(sp.top_p), top_k=0 if greedy or sp.top_k in (-1, TOP_K_ALL) else int(sp.top_k),
+        min_p=float(sp.min_p), frequency_penalty=float(sp.frequency_penalty),
+        presence_penalty=float(sp.presence_penalty),
+        repetition_penalty=float(sp.repetition_penalty),
+        min_new_tokens=int(sp.min_new_tokens or 0), logit_bias=bias,
+        logprobs=bool(req.return_logprob),
+        top_logprobs=int(getattr(lp, "top_logprobs_num", 0) or 0) if req.return_logprob else 0,
+        token_ids_logprob=tuple(int(t) for t in (getattr(lp, "token_ids_logprob", None) or ()))
+        if req.return_logprob else (),
+        # prompt logprobs are refused in the main process (surface.check_tokenized): here the
+        # Req's logprob_start_len is not yet the request's
+        custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
+        seed=getattr(sp, "sampling_seed", None),
+        grammar=any(getattr(sp, f, None) for f in ("regex", "json_schema", "ebnf", "structural_tag"))
+        or (sp.custom_params or {}).get("thinking_budget") is not None)
+
+
+class TriModeConfig(DllmConfig):
+    """SGLang's ``DllmConfig`` of an NLD server (built by ``hooks.dllm_config_from_server_args``)
+    with its YAML checked once and the request defaults it gives (``defaults``); SGLang's
+    scheduler asks it to validate every request, so no class-level state is needed."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        yaml = dict(self.algorithm_config or {})
+        unknown = set(yaml) - YAML_KEYS
+        if unknown:
+            raise ValueError(f"NemotronTriMode YAML: unknown keys {sorted(unknown)}; "
+                             f"known: {sorted(YAML_KEYS - {'model_path'})}")
+        base = ServerDefaults()
+        self.defaults = ServerDefaults(
+            default_mode=yaml.get("default_mode", base.default_mode),
+            threshold=float(yaml.get("threshold", base.threshold)), block_size=self.block_size,
+            auto_max_batch=int(yaml.get("auto_max_batch", base.auto_max_batch)))
+        parse({}, SamplingView(), self.defaults)  # a bad default fails at startup
+
+    def validate_request(self, req) -> Optional[str]:
+        """None, or why ``req`` is refused (SGLang answers it with a 400)."""
+        try:
+            parse(req.sampling_params.custom_params, sampling_view(req), self.defaults)
+        except ParamError as e:
+            return f"nemotron-sglang: {e}"
+        return None
