@@ -148,10 +148,12 @@ class NLDModel(nn.Module):
         self.has_lora = adapters is not None
 
     @torch.no_grad()
-    def forward(self, batch: ForwardBatch, cache, lazy: bool = False):
+    def forward(self, batch: ForwardBatch, cache, lazy: bool = False,
+                embeds: torch.Tensor | None = None):
         """Run one pass; returns logits [T, vocab] (float32, or float64 for a float64 model),
         or with ``lazy`` a :class:`~nemotron_sglang.core.logits.PassLogits` that computes the
-        head only for the rows read."""
+        head only for the rows read. ``embeds`` [T, hidden]: the pass's input embeddings in
+        place of its tokens' (a prompt with images: ``core.vision.splice_images``)."""
         if batch.lora and not self.has_lora:
             raise ValueError("this pass asks for the drafting LoRA but no adapter is loaded")
         write_index = write_slots = None
@@ -165,7 +167,10 @@ class NLDModel(nn.Module):
                 idx = mask.kv_write_index(n)
                 write_index.append(idx)
                 write_slots.append(cache.append(sid, len(idx)))
-        x = self.encoder.embed_tokens(batch.input_ids)
+        if embeds is not None and embeds.shape != (batch.input_ids.numel(), self.config.hidden_size):
+            raise ValueError(f"embeds {tuple(embeds.shape)} for a pass of "
+                             f"{batch.input_ids.numel()} tokens × hidden {self.config.hidden_size}")
+        x = self.encoder.embed_tokens(batch.input_ids) if embeds is None else embeds.to(self.dtype)
         for layer in self.encoder.layers:
             x = layer(x, batch, cache, self.rotary, write_index, write_slots, self.attention_fn)
         x = self.encoder.norm(x)
