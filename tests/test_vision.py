@@ -168,3 +168,34 @@ def test_vlm_logits_match_transformers_mistral3(sizes):
     if sizes:                              # the images matter: without them the logits differ
         blank = core_logits(core, enc, [t if t != IMAGE_TOKEN else 5 for t in ids], pixels, [])
         assert not torch.allclose(blank, theirs, rtol=1e-3, atol=1e-3)
+
+
+def test_every_mode_decodes_after_an_image_prompt_and_self_spec_equals_ar():
+    """Images live in the prompt: after an image prefill every mode decodes as for text, and
+    greedy self-speculation emits ar's tokens; the image changes what is decoded."""
+    from nemotron_sglang.core.decoding import DecodeParams, Request, default_cache, generate
+    from nemotron_sglang.core.modes import DECODE_MODES, SELF_SPEC_MODES
+
+    core, enc, _ = vlm_pair()
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    size = (16, 16)
+    ids = [1, 30, 31] + [IMAGE_TOKEN] * enc.tokens_per_image(size) + [40, 41, 42]
+    pixels = torch.randn(1, 3, *size, generator=g)
+    with torch.no_grad():
+        embeds = splice_images(core.encoder.embed_tokens(torch.tensor(ids)), torch.tensor(ids),
+                               IMAGE_TOKEN, enc(pixels, [size]))
+    params = DecodeParams(max_new_tokens=12, threshold=0.5)
+    out = {}
+    for mode in DECODE_MODES:
+        req = Request(ids, mode, params, prompt_embeds=embeds)
+        (res,) = generate(core, [req], cache=default_cache(core, [req]))
+        assert res.finish_reason in ("length", "stop") and res.output_ids, (mode, res)
+        out[mode] = res.output_ids
+    for mode in SELF_SPEC_MODES:
+        assert out[mode] == out["ar"], mode
+    text_only = Request(ids, "ar", params)
+    (plain,) = generate(core, [text_only], cache=default_cache(core, [text_only]))
+    assert plain.output_ids != out["ar"]
+    with pytest.raises(Exception, match="prompt_embeds"):
+        bad = Request(ids, "ar", params, prompt_embeds=embeds[:-1])
+        generate(core, [bad], cache=default_cache(core, [bad]))

@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import torch
 
 from ..attention import CAUSAL
 from ..batch import ForwardBatch, PassRow
@@ -33,6 +34,9 @@ class Request:
     mode: str = "ar"
     params: DecodeParams = field(default_factory=DecodeParams)
     grammar: Grammar | None = None        # constrained decoding (grammar.py); stateful, own
+    # the prompt's input embeddings [len(prompt_ids), hidden] in place of its tokens' (a prompt
+    # with images: core.vision.splice_images); only the prefill reads them
+    prompt_embeds: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,10 @@ class Decoder:
             raise DecodeError(f"unknown decode mode {req.mode!r}; known: {sorted(self.strategies)}")
         if not req.prompt_ids:
             raise DecodeError("empty prompt")
+        if req.prompt_embeds is not None and \
+                tuple(req.prompt_embeds.shape) != (len(req.prompt_ids), cfg.hidden_size):
+            raise DecodeError(f"prompt_embeds {tuple(req.prompt_embeds.shape)}: expected "
+                              f"({len(req.prompt_ids)}, {cfg.hidden_size})")
         bad = [t for t in req.prompt_ids if not 0 <= t < cfg.vocab_size]
         if bad:
             raise DecodeError(f"prompt token ids out of range [0, {cfg.vocab_size}): {bad[:5]}")
@@ -120,7 +128,7 @@ class Decoder:
         states = [self._state(i, r) for i, r in enumerate(requests)]
         modes = [r.mode for r in requests]
         try:
-            self._prefill(states, modes)
+            self._prefill(states, modes, [r.prompt_embeds for r in requests])
             step = 0
             while True:
                 active = [s for s in states if not s.finished]
@@ -154,12 +162,19 @@ class Decoder:
                                   s.acceptance_length, s.rid, s.error))
         return results
 
-    def _prefill(self, states: list[RequestState], modes: list[str]) -> None:
+    def _prefill(self, states: list[RequestState], modes: list[str],
+                 embeds: list[torch.Tensor | None]) -> None:
         rows = []
         for s in states:
             self.cache.add(s.rid)
             rows.append(PassRow(s.rid, s.prompt, list(range(len(s.prompt))), 0, CAUSAL))
-        logits = self._forward(ForwardBatch.from_rows(rows, write_kv=True))
+        batch = ForwardBatch.from_rows(rows, write_kv=True)
+        joined = None
+        if any(e is not None for e in embeds):     # a request's own embeddings, else its tokens'
+            table = self.model.encoder.embed_tokens
+            joined = torch.cat([table(batch.input_ids.new_tensor(s.prompt)) if e is None
+                                else e.to(batch.input_ids.device) for s, e in zip(states, embeds)])
+        logits = self._forward(batch, joined)
         spans = ForwardBatch.from_rows(rows).spans()
         seeds = self.decide(logits, [(end - 1, end, seed_ask(s)) for s, (_, end) in
                                      zip(states, spans)], self.cfg.mask_token_id)
@@ -195,8 +210,8 @@ class Decoder:
             self.stats.pass_tokens += batch.num_tokens
             self.stats.head_rows += logits.rows_computed
 
-    def _forward(self, batch: ForwardBatch) -> PassLogits:
+    def _forward(self, batch: ForwardBatch, embeds: torch.Tensor | None = None) -> PassLogits:
         try:
-            return self.model(batch, self.cache, lazy=True)
+            return self.model(batch, self.cache, lazy=True, embeds=embeds)
         except KVCacheFull as e:
             raise DecodeError(f"KV cache full: {e}") from e
