@@ -114,8 +114,9 @@ def vlm_pair(n_layers_vision: int = 2):
                        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "axial"}},
         text_config={"model_type": "ministral3", **text}, image_token_index=IMAGE_TOKEN,
         spatial_merge_size=2, projector_hidden_act="gelu", multimodal_projector_bias=True,
-        vision_feature_layer=-1)
+        vision_feature_layer=-1, tie_word_embeddings=False)   # NLD's head is its own
     hf = Mistral3ForConditionalGeneration(cfg).eval()
+    assert hf.lm_head.weight.data_ptr() != hf.model.language_model.embed_tokens.weight.data_ptr()
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
     with torch.no_grad():
         for p in hf.parameters():

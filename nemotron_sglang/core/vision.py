@@ -47,13 +47,13 @@ class VisionConfig:
     num_channels: int = 3
     image_size: int = 1540
     rope_theta: float = 1.0e4
-    hidden_act: str = "silu"
+    hidden_act: str = "silu"         # unread from the real config; SGLang's Pixtral MLP is SiLU
     spatial_merge_size: int = 2
     projector_hidden_act: str = "gelu"
-    multimodal_projector_bias: bool = True
+    multimodal_projector_bias: bool = False
     text_hidden_size: int = 4096
     text_rms_norm_eps: float = 1e-5
-    image_token_id: int = 131072
+    image_token_id: int = 131072     # unread: 131072 (vocab 131073) or [IMG] = 10 (docs/vlm.md)
 
     def __post_init__(self):
         if self.head_dim * self.num_attention_heads != self.hidden_size:

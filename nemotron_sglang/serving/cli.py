@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--block-size", type=int, default=None)
     mk.add_argument("--with-lora", action="store_true")
     mk.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    mk.add_argument("--vlm", action="store_true",
+                    help="the vision-language layout (core/vlm_checkpoint.py; fp32, no LoRA)")
 
     g = sub.add_parser("generate", help="decode one prompt with core's decoders")
     g.add_argument("--model", default=None, help="checkpoint dir (default: embedded tiny model)")
@@ -93,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
 def _make(args) -> int:
     from ..core.weights import write_tiny_checkpoint
 
+    if args.vlm:
+        if args.with_lora or args.block_size is not None or args.dtype != "float32":
+            raise ValueError("--vlm takes only --seed (fp32, the tiny block, no LoRA)")
+        from ..core.vlm_checkpoint import write_tiny_vlm_checkpoint
+
+        print(write_tiny_vlm_checkpoint(args.dir, seed=args.seed))
+        return 0
     d = write_tiny_checkpoint(args.dir, seed=args.seed, block_size=args.block_size,
                               with_lora=args.with_lora, dtype=args.dtype)
     print(d)

@@ -174,7 +174,7 @@ class Decoder:
             table = self.model.encoder.embed_tokens
             joined = torch.cat([table(batch.input_ids.new_tensor(s.prompt)) if e is None
                                 else e.to(batch.input_ids.device) for s, e in zip(states, embeds)])
-        logits = self._forward(batch, joined)
+        logits = self._forward(batch) if joined is None else self._forward(batch, joined)
         spans = ForwardBatch.from_rows(rows).spans()
         seeds = self.decide(logits, [(end - 1, end, seed_ask(s)) for s, (_, end) in
                                      zip(states, spans)], self.cfg.mask_token_id)

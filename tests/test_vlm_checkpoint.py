@@ -1,0 +1,116 @@
+"""The tiny VLM checkpoint (``core/vlm_checkpoint.py``): written deterministically, loaded with
+every tensor checked by name, and, read by transformers as a Mistral3 (text keys = a Ministral3),
+giving the same logits as core for a prompt with an image."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from nemotron_sglang.core.vision import splice_images
+from nemotron_sglang.core.vlm_checkpoint import (VISION_KEYS, WeightsError, load_vlm,
+                                                 parse_vlm_config, write_tiny_vlm_checkpoint)
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    return write_tiny_vlm_checkpoint(tmp_path_factory.mktemp("vlm") / "tiny-vlm", seed=3)
+
+
+def test_writer_is_deterministic_and_loads(vlm_dir, tmp_path):
+    again = write_tiny_vlm_checkpoint(tmp_path / "again", seed=3)
+    a, b = load_file(str(vlm_dir / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model, enc = load_vlm(vlm_dir)
+    sd = {**{k: v for k, v in model.state_dict().items()},
+          **{"encoder." + k: v for k, v in enc.state_dict().items()}}
+    assert sd.keys() == a.keys() and all(torch.equal(sd[k], a[k]) for k in a)
+    assert enc.cfg.image_token_id == model.config.vocab_size - 1
+
+
+def test_stray_and_missing_tensors_are_refused_by_name(vlm_dir, tmp_path):
+    sd = load_file(str(vlm_dir / "model.safetensors"))
+    for name, change in (("missing", lambda t: t.pop("encoder.vision_tower.ln_pre.weight")),
+                         ("unexpected", lambda t: t.update(
+                             {"encoder.vision_tower.extra.weight": torch.ones(2)}))):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text((vlm_dir / "config.json").read_text())
+        t = dict(sd)
+        change(t)
+        save_file(t, str(d / "model.safetensors"))
+        with pytest.raises(WeightsError, match=f"{name}.*encoder.vision_tower"):
+            load_vlm(d)
+
+
+def test_bad_vlm_configs_are_refused(vlm_dir):
+    d = json.loads((vlm_dir / "config.json").read_text())
+    with pytest.raises(WeightsError, match="vision_feature_layer"):
+        parse_vlm_config({**d, "vision_feature_layer": -2})
+    with pytest.raises(WeightsError, match="image_token_index"):
+        parse_vlm_config({**d, "image_token_index": d["vocab_size"]})
+    with pytest.raises(WeightsError, match="not an NLD VLM"):
+        parse_vlm_config({**d, "architectures": ["NemotronLabsDiffusionModel"]})
+
+
+def test_transformers_reads_the_checkpoint_as_mistral3_with_core_logits(vlm_dir):
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    from nemotron_sglang.core.attention import CAUSAL
+    from nemotron_sglang.core.batch import ForwardBatch, PassRow
+    from nemotron_sglang.core.kv_cache import PagedKVCache
+
+    d = json.loads((vlm_dir / "config.json").read_text())
+    text = {k: v for k, v in d.items()
+            if k not in VISION_KEYS + ("architectures", "model_type", "torch_dtype")}
+    hf = Mistral3ForConditionalGeneration(Mistral3Config(
+        vision_config=d["vision_config"], text_config={"model_type": "ministral3", **text},
+        tie_word_embeddings=False,            # NLD's head is its own (diffusion_head)
+        **{k: d[k] for k in VISION_KEYS if k != "vision_config"})).eval()
+    sd = load_file(str(vlm_dir / "model.safetensors"))
+    rename = {}
+    for k in sd:
+        if k.startswith(("encoder.vision_tower.", "encoder.multi_modal_projector.")):
+            rename[k] = "model." + k[len("encoder."):]
+        elif k.startswith("encoder."):
+            rename[k] = "model.language_model." + k[len("encoder."):]
+        else:
+            rename[k] = "lm_head.weight"
+    missing, unexpected = hf.load_state_dict({rename[k]: v for k, v in sd.items()}, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+
+    model, enc = load_vlm(vlm_dir)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    size = (24, 16)
+    img = enc.cfg.image_token_id
+    ids = [1] + torch.randint(20, 400, (8,), generator=g).tolist() + \
+        [img] * enc.tokens_per_image(size) + [40, 41]
+    pixels = torch.randn(1, 3, *size, generator=g)
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor([ids]), pixel_values=pixels,
+                    image_sizes=torch.tensor([size])).logits[0]
+        c = model.config
+        cache = PagedKVCache(num_layers=c.num_hidden_layers, num_kv_heads=c.num_key_value_heads,
+                             head_dim=c.head_dim, num_pages=8, page_size=16)
+        cache.add(0)
+        batch = ForwardBatch.from_rows([PassRow(0, ids, list(range(len(ids))), 0, CAUSAL)],
+                                       write_kv=True)
+        embeds = splice_images(model.encoder.embed_tokens(batch.input_ids), batch.input_ids, img,
+                               enc(pixels, [size]))
+        ours = model(batch, cache, embeds=embeds)
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_writes_the_tiny_vlm(tmp_path, vlm_dir):
+    from nemotron_sglang.serving.cli import main
+
+    assert main(["make-tiny-checkpoint", str(tmp_path / "v"), "--vlm", "--seed", "3"]) == 0
+    a = load_file(str(vlm_dir / "model.safetensors"))
+    b = load_file(str(tmp_path / "v" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["make-tiny-checkpoint", str(tmp_path / "w"), "--vlm", "--with-lora"]) == 2
