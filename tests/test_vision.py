@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemotron_sglang.core.vision import VisionConfig, VisionEncoder, splice_images
+from nemotron_sglang.core.vision import VisionConfig, VisionEncoder, prompt_embeds, splice_images
 
 transformers = pytest.importorskip("transformers")
 
@@ -143,10 +143,8 @@ def core_logits(core, enc, ids: list[int], pixels, sizes) -> torch.Tensor:
     cache.add(0)
     batch = ForwardBatch.from_rows([PassRow(0, ids, list(range(len(ids))), 0, CAUSAL)],
                                    write_kv=True)
-    feats = enc(pixels, sizes) if sizes else []
-    embeds = splice_images(core.encoder.embed_tokens(batch.input_ids), batch.input_ids,
-                           IMAGE_TOKEN, feats)
-    return core(batch, cache, embeds=embeds)
+    return core(batch, cache,
+                embeds=prompt_embeds(core.encoder.embed_tokens, enc, batch.input_ids, pixels, sizes))
 
 
 @pytest.mark.parametrize("sizes", [[], [(16, 24)], [(16, 24), (8, 32)]])
@@ -182,9 +180,7 @@ def test_every_mode_decodes_after_an_image_prompt_and_self_spec_equals_ar():
     size = (16, 16)
     ids = [1, 30, 31] + [IMAGE_TOKEN] * enc.tokens_per_image(size) + [40, 41, 42]
     pixels = torch.randn(1, 3, *size, generator=g)
-    with torch.no_grad():
-        embeds = splice_images(core.encoder.embed_tokens(torch.tensor(ids)), torch.tensor(ids),
-                               IMAGE_TOKEN, enc(pixels, [size]))
+    embeds = prompt_embeds(core.encoder.embed_tokens, enc, torch.tensor(ids), pixels, [size])
     params = DecodeParams(max_new_tokens=12, threshold=0.5)
     out = {}
     for mode in DECODE_MODES:

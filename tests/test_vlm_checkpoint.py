@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nemotron_sglang.core.vision import splice_images
+from nemotron_sglang.core.vision import prompt_embeds
 from nemotron_sglang.core.vlm_checkpoint import (VISION_KEYS, WeightsError, load_vlm,
                                                  parse_vlm_config, write_tiny_vlm_checkpoint)
 
@@ -94,14 +94,23 @@ def test_transformers_reads_the_checkpoint_as_mistral3_with_core_logits(vlm_dir)
     with torch.no_grad():
         theirs = hf(input_ids=torch.tensor([ids]), pixel_values=pixels,
                     image_sizes=torch.tensor([size])).logits[0]
+    # core's whole prompt through the decoder's own prefill (Request.prompt_embeds): its
+    # first token is the argmax of the last logit, which must be transformers' too
+    from nemotron_sglang.core.decoding import DecodeParams, Request, generate
+
+    embeds = prompt_embeds(model.encoder.embed_tokens, enc, torch.tensor(ids), pixels, [size])
+    (res,) = generate(model, [Request(ids, "ar", DecodeParams(max_new_tokens=1),
+                                      prompt_embeds=embeds)])
+    last = theirs[-1].clone()
+    last[model.config.mask_token_id] = float("-inf")        # core never emits the mask id
+    assert res.output_ids == [int(last.argmax())]
+    with torch.no_grad():
         c = model.config
         cache = PagedKVCache(num_layers=c.num_hidden_layers, num_kv_heads=c.num_key_value_heads,
                              head_dim=c.head_dim, num_pages=8, page_size=16)
         cache.add(0)
         batch = ForwardBatch.from_rows([PassRow(0, ids, list(range(len(ids))), 0, CAUSAL)],
                                        write_kv=True)
-        embeds = splice_images(model.encoder.embed_tokens(batch.input_ids), batch.input_ids, img,
-                               enc(pixels, [size]))
         ours = model(batch, cache, embeds=embeds)
     torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-4, atol=1e-4)
 

@@ -228,3 +228,14 @@ def splice_images(embeds: torch.Tensor, input_ids: torch.Tensor, image_token_id:
     out = embeds.clone()
     out[where] = feats.to(embeds.dtype)
     return out
+
+
+def prompt_embeds(embed_tokens: nn.Module, encoder: VisionEncoder, input_ids: torch.Tensor,
+                  pixel_values: torch.Tensor | None = None,
+                  image_sizes: Sequence[Sequence[int]] = ()) -> torch.Tensor:
+    """A prompt's input embeddings [T, H] (the decoder's ``Request.prompt_embeds``): its tokens'
+    (``embed_tokens``, the text model's table) with each image's features at its image tokens."""
+    with torch.no_grad():
+        feats = encoder(pixel_values, image_sizes) if len(image_sizes) else []
+        return splice_images(embed_tokens(input_ids), input_ids, encoder.cfg.image_token_id,
+                             feats)
