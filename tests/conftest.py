@@ -23,6 +23,10 @@ TEST_DEPENDENCIES = ("sglang", "triton", "openai", "jinja2", "scipy", "ruff")
 # one seed per session; each test draws from random / torch seeded by (SEED, its node id), so a
 # test's draws do not depend on which tests ran before it and a failure replays alone
 SEED = int(os.environ.get("NLD_TEST_SEED") or random.SystemRandom().randrange(1 << 30))
+# TRITON_INTERPRET as the session found it, before any test module's import sets it: the modules
+# that interpret Triton on CPU set it at import (collection) and restore this value after their
+# tests, so the servers of later tests never inherit it
+TRITON_INTERPRET_AT_START = os.environ.get("TRITON_INTERPRET")
 
 
 def seed_of(nodeid: str) -> int:

@@ -51,10 +51,10 @@ def get_attention_impl(name: str):
 
 
 def choose_attention(device: torch.device | str, requested: str | None = None,
-                     field: str = IMPL_ENV) -> str:
+                     field: str = IMPL_ENV, interpreter: bool = True) -> str:
     """The implementation to run on ``device``: ``requested`` (named by ``field`` if unknown),
-    else ``$NEMOTRON_SGLANG_ATTENTION_IMPL``, else ``triton`` on CUDA or under the Triton
-    interpreter (``TRITON_INTERPRET=1``) when triton imports, else ``reference``."""
+    else ``$NEMOTRON_SGLANG_ATTENTION_IMPL``, else ``triton`` on CUDA (or, with
+    ``interpreter``, under ``TRITON_INTERPRET=1``) when triton imports, else ``reference``."""
     if requested is None:
         requested, field = os.environ.get(IMPL_ENV), IMPL_ENV
     if requested is not None:
@@ -65,7 +65,8 @@ def choose_attention(device: torch.device | str, requested: str | None = None,
     if not triton_available():
         return "reference"
     on_cuda = torch.device(device).type == "cuda"
-    return "triton" if on_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "reference"
+    interpreted = interpreter and os.environ.get("TRITON_INTERPRET") == "1"
+    return "triton" if on_cuda or interpreted else "reference"
 
 
 __all__ = ["ATTENTION_IMPLS", "AttentionMetadata", "IMPL_ENV", "attention_for_forward",

@@ -80,10 +80,11 @@ class NemotronTriMode(DllmAlgorithm):
         self.eos_id = None
         self.vocab = 0
         self.lora_path = self._lora_path(yaml)
-        # attention of the custom passes (kernels' one policy: Triton on CUDA, else reference)
+        # attention of the custom passes (kernels' one policy: Triton on CUDA, else reference;
+        # never the interpreter unless the YAML names triton: it is a test device, 100x slower)
         self.custom_attention = choose_attention(
             "cuda" if torch.cuda.is_available() else "cpu", yaml.get("custom_attention"),
-            field="NemotronTriMode YAML custom_attention")
+            field="NemotronTriMode YAML custom_attention", interpreter=False)
         self._lora_ready = False
         self._has_lora = False
         self.decide = decide_batched         # the decision layer (tests swap in decide_each)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-_INTERPRET_BEFORE = os.environ.get("TRITON_INTERPRET")
+from conftest import TRITON_INTERPRET_AT_START as _INTERPRET_BEFORE  # noqa: E402
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
