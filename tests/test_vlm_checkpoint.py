@@ -61,9 +61,7 @@ def test_bad_vlm_configs_are_refused(vlm_dir):
 def test_transformers_reads_the_checkpoint_as_mistral3_with_core_logits(vlm_dir):
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    from nemotron_sglang.core.attention import CAUSAL
-    from nemotron_sglang.core.batch import ForwardBatch, PassRow
-    from nemotron_sglang.core.kv_cache import PagedKVCache
+    from test_vision import core_logits      # core's image prefill, as the VLM test runs it
 
     d = json.loads((vlm_dir / "config.json").read_text())
     text = {k: v for k, v in d.items()
@@ -104,14 +102,7 @@ def test_transformers_reads_the_checkpoint_as_mistral3_with_core_logits(vlm_dir)
     last = theirs[-1].clone()
     last[model.config.mask_token_id] = float("-inf")        # core never emits the mask id
     assert res.output_ids == [int(last.argmax())]
-    with torch.no_grad():
-        c = model.config
-        cache = PagedKVCache(num_layers=c.num_hidden_layers, num_kv_heads=c.num_key_value_heads,
-                             head_dim=c.head_dim, num_pages=8, page_size=16)
-        cache.add(0)
-        batch = ForwardBatch.from_rows([PassRow(0, ids, list(range(len(ids))), 0, CAUSAL)],
-                                       write_kv=True)
-        ours = model(batch, cache, embeds=embeds)
+    ours = core_logits(model, enc, ids, pixels, [size])      # the same prefill, full logits
     torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-4, atol=1e-4)
 
 
