@@ -58,10 +58,9 @@ def test_bad_vlm_configs_are_refused(vlm_dir):
         parse_vlm_config({**d, "architectures": ["NemotronLabsDiffusionModel"]})
 
 
-def test_transformers_reads_the_checkpoint_as_mistral3_with_core_logits(vlm_dir):
+def hf_mistral3(vlm_dir):
+    """transformers' Mistral3ForConditionalGeneration holding the checkpoint's tensors."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
-
-    from test_vision import core_logits      # core's image prefill, as the VLM test runs it
 
     d = json.loads((vlm_dir / "config.json").read_text())
     text = {k: v for k, v in d.items()
@@ -81,7 +80,13 @@ def test_transformers_reads_the_checkpoint_as_mistral3_with_core_logits(vlm_dir)
             rename[k] = "lm_head.weight"
     missing, unexpected = hf.load_state_dict({rename[k]: v for k, v in sd.items()}, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
+    return hf
 
+
+def test_transformers_reads_the_checkpoint_as_mistral3_with_core_logits(vlm_dir):
+    from test_vision import core_logits      # core's image prefill, as the VLM test runs it
+
+    hf = hf_mistral3(vlm_dir)
     model, enc = load_vlm(vlm_dir)
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
     size = (24, 16)
@@ -114,3 +119,61 @@ def test_cli_writes_the_tiny_vlm(tmp_path, vlm_dir):
     b = load_file(str(tmp_path / "v" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert main(["make-tiny-checkpoint", str(tmp_path / "w"), "--vlm", "--with-lora"]) == 2
+
+
+def test_raw_images_through_core_equal_transformers_processor_and_model(vlm_dir):
+    """From raw RGB images and a text with [IMG] placeholders to logits: transformers'
+    PixtralProcessor (read from the checkpoint's processor files) + Mistral3 against core's
+    preprocess / expand_prompt / prefill, for two images (one scaled down, one up)."""
+    from transformers import AutoProcessor
+
+    from nemotron_sglang.core.images import expand_prompt, preprocess
+    from nemotron_sglang.core.tokenizer import encode, load_tokenizer
+    from nemotron_sglang.core.vlm_checkpoint import load_image_spec
+    from test_vision import core_logits
+
+    model, enc = load_vlm(vlm_dir)
+    spec = load_image_spec(vlm_dir, enc.cfg)
+    proc = AutoProcessor.from_pretrained(vlm_dir)
+    images = [torch.randint(0, 256, (3, 90, 41), dtype=torch.uint8),
+              torch.randint(0, 256, (3, 13, 30), dtype=torch.uint8)]
+    text = "Compare [IMG] with [IMG] now"
+    theirs = proc(text=text, images=images, return_tensors="pt")
+    pixels, sizes = preprocess(images, spec)
+    ids = expand_prompt(encode(load_tokenizer(vlm_dir), text), sizes, spec)
+    assert ids == theirs["input_ids"][0].tolist()
+    assert sizes == [tuple(s) for s in theirs["image_sizes"].tolist()]
+    torch.testing.assert_close(pixels, theirs["pixel_values"], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        ref = hf_mistral3(vlm_dir)(**theirs).logits[0]
+    ours = core_logits(model, enc, ids, pixels, sizes)
+    torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=1e-4, atol=1e-4)
+
+
+def test_generate_with_an_image(tmp_path, vlm_dir, capsys):
+    """``generate --image``: self-speculation gives ar's tokens after an image prompt; a file that
+    is no image, or an image for the text model, is refused with exit 2 and the reason."""
+    from PIL import Image
+
+    from nemotron_sglang.serving.cli import main
+
+    path = tmp_path / "a.png"
+    Image.fromarray(torch.randint(0, 256, (30, 50, 3), dtype=torch.uint8).numpy()).save(path)
+    outs = {}
+    for mode in ("ar", "linear_spec", "quadratic_spec", "diffusion"):
+        assert main(["generate", "--model", str(vlm_dir), "--mode", mode, "--prompt",
+                     "Look [IMG] here", "--image", str(path), "--max-new-tokens", "12",
+                     "--json"]) == 0
+        outs[mode] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(outs["ar"]["output_ids"]) == 12
+    assert outs["linear_spec"]["output_ids"] == outs["ar"]["output_ids"]
+    assert outs["quadratic_spec"]["output_ids"] == outs["ar"]["output_ids"]
+    assert main(["generate", "--model", str(vlm_dir), "--prompt", "x", "--image", str(path),
+                 "--image", str(path), "--max-new-tokens", "2"]) == 0   # both before the text
+    (tmp_path / "bad.png").write_text("not an image")
+    capsys.readouterr()
+    assert main(["generate", "--model", str(vlm_dir), "--prompt", "x", "--image",
+                 str(tmp_path / "bad.png")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--image", str(path)]) == 2
+    assert "not a vision-language checkpoint" in capsys.readouterr().err

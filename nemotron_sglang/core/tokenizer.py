@@ -22,6 +22,9 @@ UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 11, 100
 _NAMED = {0: "<unk>", 1: "<s>", 2: "</s>", 10: "<|im_start|>", 11: "<|im_end|>",
           12: "<think>", 13: "</think>", 100: "<|mask|>"}
 THINK_START_ID, THINK_END_ID = 12, 13      # the reasoning section (SGLang's nemotron_3 parser)
+# the VLM's image tokens (``with_image_tokens``), named as Pixtral's processor expects them
+IMG, IMG_BREAK, IMG_END = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
+IMG_BREAK_ID, IMG_END_ID = 14, 15
 # added but not "special": decoding with skip_special_tokens keeps them in the text, so a
 # reasoning parser can split at </think> (as in Qwen3 / Nemotron tokenizers)
 TEXT_TOKENS = frozenset((THINK_START_ID, THINK_END_ID))
@@ -34,6 +37,25 @@ CHAT_TEMPLATE = (
     "{{ '<s>' }}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}"
+    "{% endif %}"
+)
+
+# the VLM's: a message's content is a string, or a list of parts ({"type": "text", "text": ...} or
+# {"type": "image"}, as SGLang's chat route hands them over), each image written as [IMG] where it
+# stands (the processor expands it); inferred, the released VLM's template is not readable here
+VLM_CHAT_TEMPLATE = (
+    "{{ '<s>' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '[IMG]' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}"
@@ -139,12 +161,33 @@ def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None,
     return tok
 
 
+def with_image_tokens(tok: Tokenizer) -> Tokenizer:
+    """The VLM's tokenizer: ``tok`` with the Pixtral image tokens. ``[IMG]`` (the image token, one
+    per image cell) is appended as the last id, as the released VLM's 131073rd; ``[IMG_BREAK]``
+    (end of a row of cells) and ``[IMG_END]`` (end of an image) rename reserved specials."""
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    for i, name in ((IMG_BREAK_ID, IMG_BREAK), (IMG_END_ID, IMG_END)):
+        old = SPECIAL_TOKENS[i]
+        vocab[name] = vocab.pop(old)
+        for entry in data["added_tokens"]:
+            if entry["id"] == i:
+                entry["content"] = name
+    out = Tokenizer.from_str(json.dumps(data))
+    image_id = out.get_vocab_size()
+    out.add_special_tokens([AddedToken(IMG, special=True, normalized=False)])
+    if out.token_to_id(IMG) != image_id:
+        raise RuntimeError(f"{IMG} got id {out.token_to_id(IMG)}, expected {image_id}")
+    return out
+
+
 def _added_token_entry(content: str, special: bool = True) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
             "single_word": False, "special": special}
 
 
-def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> None:
+def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike,
+                   chat_template: str = CHAT_TEMPLATE) -> None:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja."""
     os.makedirs(directory, exist_ok=True)
     tok.save(os.path.join(directory, "tokenizer.json"))
@@ -155,14 +198,14 @@ def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> None:
         **names,
         "add_bos_token": False,
         "model_max_length": MODEL_MAX_LENGTH,
-        "chat_template": CHAT_TEMPLATE,
-        "added_tokens_decoder": {str(i): _added_token_entry(s, i not in TEXT_TOKENS)
-                                 for i, s in SPECIAL_TOKENS.items()},
+        "chat_template": chat_template,
+        "added_tokens_decoder": {str(i): _added_token_entry(t.content, t.special)
+                                 for i, t in sorted(tok.get_added_tokens_decoder().items())},
     }
     files = {
         "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
         "special_tokens_map.json": json.dumps(names, indent=2) + "\n",
-        "chat_template.jinja": CHAT_TEMPLATE,
+        "chat_template.jinja": chat_template,
     }
     for name, text in files.items():
         with open(os.path.join(directory, name), "w", encoding="utf-8", newline="") as handle:

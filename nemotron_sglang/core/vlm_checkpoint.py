@@ -10,6 +10,8 @@ checkpoint where they agree, inferred (and marked there) where not.
     tensors          encoder.* / diffusion_head.* as the text model (core/weights.py), plus
                      encoder.vision_tower.* and encoder.multi_modal_projector.* (core/vision.py
                      names under ``encoder.``)
+    processor        preprocessor_config.json (PixtralImageProcessor), processor_config.json
+                     (PixtralProcessor), the tokenizer with [IMG] / [IMG_BREAK] / [IMG_END]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import ARCHITECTURE, MODEL_TYPE, NLDConfig, preset
+from .images import CLIP_MEAN, CLIP_STD, ImageSpec
 from .model import NLDModel
 from .vision import VisionConfig, VisionEncoder
 from .weights import (WeightsError, _check_tensors, hf_weight_shapes, random_state_dict,
@@ -33,6 +36,7 @@ VLM_MODEL_TYPE = "nemotron_labs_diffusion_vlm"
 VISION_KEYS = ("vision_config", "spatial_merge_size", "projector_hidden_act",
                "multimodal_projector_bias", "image_token_index", "vision_feature_layer")
 PREFIX = "encoder."                 # the vision modules sit under the text encoder
+SERVED_ARCHITECTURES = (ARCHITECTURE, VLM_ARCHITECTURE)     # the text models and the VLM
 
 
 def vision_weight_shapes(vc: VisionConfig) -> dict[str, tuple[int, ...]]:
@@ -61,6 +65,28 @@ def vlm_config_dict(cfg: NLDConfig, vc: VisionConfig) -> dict[str, Any]:
              multimodal_projector_bias=vc.multimodal_projector_bias,
              image_token_index=vc.image_token_id, vision_feature_layer=-1)
     return d
+
+
+def is_vlm_dir(directory: str | os.PathLike) -> bool:
+    """Whether ``directory``'s config.json names the VLM architecture."""
+    path = Path(directory) / "config.json"
+    return path.is_file() and json.loads(path.read_text()).get("architectures") == [
+        VLM_ARCHITECTURE]
+
+
+def text_config_of(directory: str | os.PathLike) -> NLDConfig | None:
+    """The (text) NLD config of a local checkpoint of any served architecture, else None."""
+    path = Path(directory) / "config.json"
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    archs = d.get("architectures") or []
+    if archs[:1] == [ARCHITECTURE]:
+        return NLDConfig.from_hf_dict(d)
+    if archs[:1] == [VLM_ARCHITECTURE]:
+        return parse_vlm_config(d)[0]
+    return None
 
 
 def parse_vlm_config(d: Mapping[str, Any]) -> tuple[NLDConfig, VisionConfig]:
@@ -101,6 +127,41 @@ def load_vlm(directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32
     return model.to(dtype).eval(), enc.to(dtype).eval()
 
 
+def preprocessor_config_dict(vc: VisionConfig) -> dict[str, Any]:
+    """``preprocessor_config.json``: transformers' PixtralImageProcessor, images up to
+    ``image_size`` on their longest edge."""
+    return {"image_processor_type": "PixtralImageProcessor", "processor_class": "PixtralProcessor",
+            "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+            "resample": 3, "rescale_factor": 1 / 255, "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD), "size": {"longest_edge": vc.image_size},
+            "patch_size": {"height": vc.patch_size, "width": vc.patch_size}}
+
+
+def processor_config_dict(vc: VisionConfig) -> dict[str, Any]:
+    """``processor_config.json``: transformers' PixtralProcessor with the image token names."""
+    from .tokenizer import IMG, IMG_BREAK, IMG_END
+
+    return {"processor_class": "PixtralProcessor", "patch_size": vc.patch_size,
+            "spatial_merge_size": vc.spatial_merge_size, "image_token": IMG,
+            "image_break_token": IMG_BREAK, "image_end_token": IMG_END}
+
+
+def load_image_spec(directory: str | os.PathLike, vc: VisionConfig, **limits) -> ImageSpec:
+    """The checkpoint's image input rules: its preprocessor settings, the cell its vision config
+    implies, the image token ids its tokenizer gives (``[IMG]`` must be ``image_token_index``)."""
+    from .tokenizer import IMG, IMG_BREAK, IMG_END, load_tokenizer
+
+    d = Path(directory)
+    tok = load_tokenizer(d)
+    ids = {name: tok.token_to_id(name) for name in (IMG, IMG_BREAK, IMG_END)}
+    if None in ids.values() or ids[IMG] != vc.image_token_id:
+        raise WeightsError(f"tokenizer of {d}: image tokens {ids}, config image_token_index "
+                           f"{vc.image_token_id}")
+    pre = json.loads((d / "preprocessor_config.json").read_text())
+    return ImageSpec.from_files(pre, vc.patch_size * vc.spatial_merge_size, ids[IMG],
+                                ids[IMG_BREAK], ids[IMG_END], **limits)
+
+
 def tiny_vision_config(text: NLDConfig) -> VisionConfig:
     """The tiny VLM's image path: patch 4, 2 layers, hidden 32; the image token is the last id."""
     return VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -112,8 +173,10 @@ def tiny_vision_config(text: NLDConfig) -> VisionConfig:
 def write_tiny_vlm_checkpoint(directory: str | os.PathLike, *, seed: int = 0) -> Path:
     """A tiny, deterministic VLM checkpoint: the tiny text geometry with one more id (the image
     token, appended as the released VLM's 131073rd), the tiny image path, random weights,
-    config.json, generation_config.json, model.safetensors and the tiny tokenizer."""
-    from .tokenizer import build_tokenizer, save_tokenizer
+    config.json, generation_config.json, model.safetensors, the tiny tokenizer with the image
+    tokens and the processor files."""
+    from .tokenizer import (VLM_CHAT_TEMPLATE, build_tokenizer, save_tokenizer,
+                            with_image_tokens)
 
     base = preset("tiny")
     cfg = base.replace(vocab_size=base.vocab_size + 1)
@@ -135,5 +198,8 @@ def write_tiny_vlm_checkpoint(directory: str | os.PathLike, *, seed: int = 0) ->
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}, indent=2) + "\n")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(d / "model.safetensors"),
               metadata={"format": "pt"})
-    save_tokenizer(build_tokenizer(base.vocab_size), d)
+    save_tokenizer(with_image_tokens(build_tokenizer(base.vocab_size)), d, VLM_CHAT_TEMPLATE)
+    for name, content in (("preprocessor_config.json", preprocessor_config_dict(vc)),
+                          ("processor_config.json", processor_config_dict(vc))):
+        (d / name).write_text(json.dumps(content, indent=2) + "\n")
     return d

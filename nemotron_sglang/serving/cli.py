@@ -32,6 +32,23 @@ def _ids(text: str) -> list[int]:
             f"--prompt-ids must be comma-separated integers: {text!r}") from None
 
 
+def read_image(path: str):
+    """An image file as an RGB uint8 tensor [3, H, W] (PIL decodes it); an unreadable file is
+    refused with its path."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from ..core.images import ImageError
+
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise ImageError(f"--image {path}: not a readable image ({e})") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nemotron-sglang", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -57,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
     src.add_argument("--prompt-ids", type=_ids)
+    g.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image file for a VLM checkpoint (repeatable); each [IMG] in the "
+                        "prompt marks where one goes, else the images precede the prompt")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--block-length", type=int, default=None)
     g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
@@ -112,7 +132,10 @@ def _generate(args) -> int:
     import torch
 
     from ..core.decoding import DecodeParams, Request, generate
+    from ..core.images import expand_prompt, preprocess
     from ..core.tokenizer import decode, encode, load_tokenizer
+    from ..core.vision import prompt_embeds
+    from ..core.vlm_checkpoint import is_vlm_dir, load_image_spec, load_vlm
     from ..core.weights import load_model
 
     if args.model:
@@ -121,7 +144,15 @@ def _generate(args) -> int:
         from .serve import embedded_model
 
         model_dir = embedded_model()
-    model = load_model(model_dir, dtype=getattr(torch, args.dtype), lora=args.lora)
+    vlm = is_vlm_dir(model_dir)
+    if args.image and not vlm:
+        raise ValueError(f"--image: {model_dir} is not a vision-language checkpoint")
+    if vlm:
+        if args.lora:
+            raise ValueError("--lora: the VLM checkpoint has no drafting LoRA")
+        model, encoder = load_vlm(model_dir, dtype=getattr(torch, args.dtype))
+    else:
+        model = load_model(model_dir, dtype=getattr(torch, args.dtype), lora=args.lora)
     tok = load_tokenizer(model_dir) if (model_dir / "tokenizer.json").exists() else None
     if args.prompt is not None:
         if tok is None:
@@ -129,10 +160,17 @@ def _generate(args) -> int:
         prompt = encode(tok, args.prompt)
     else:
         prompt = args.prompt_ids
+    embeds = None
+    if vlm:
+        spec = load_image_spec(model_dir, encoder.cfg)
+        pixels, sizes = preprocess([read_image(p) for p in args.image], spec)
+        prompt = expand_prompt(prompt, sizes, spec)
+        embeds = prompt_embeds(model.encoder.embed_tokens, encoder, torch.tensor(prompt),
+                               pixels.to(model.dtype), sizes)
     params = DecodeParams(max_new_tokens=args.max_new_tokens, block_length=args.block_length,
                           threshold=args.threshold, temperature=args.temperature, seed=args.seed,
                           use_lora=args.lora is not False, max_steps=args.max_steps)
-    (res,) = generate(model, [Request(prompt, args.mode, params)])
+    (res,) = generate(model, [Request(prompt, args.mode, params, prompt_embeds=embeds)])
     text = decode(tok, res.output_ids, skip_special=True) if tok is not None else None
     out = {"mode": res.mode, "output_ids": res.output_ids, "text": text,
            "forwards": res.forwards, "tokens_per_forward": round(res.tokens_per_forward, 4),

@@ -6,6 +6,7 @@ SGLang version or a hook target that does not resolve raises here, and the algor
 to run if the hooks are not active. It registers
 - the HF config class for ``model_type = nemotron_labs_diffusion``;
 - the model class for architecture ``NemotronLabsDiffusionModel`` (overriding any in-tree one);
+- the vision-language ``NemotronLabsDiffusionVLMModel``, its config and processor (``vlm.py``);
 - the dLLM algorithm ``NemotronTriMode``;
 - the attention backend ``nemotron`` (``--attention-backend nemotron``: the plugin's kernels);
 - the hooks of ``hooks.py`` and ``surface.py``, and on the CPU platform ``platform.CPU_HOOKS``.
@@ -42,7 +43,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from transformers import AutoConfig
 
-    from . import attention_backend, hooks, surface
+    from . import attention_backend, hooks, surface, vlm
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
     from ..core.config import ARCHITECTURE
@@ -53,6 +54,7 @@ def register() -> None:
     ModelRegistry.models[ARCHITECTURE] = NemotronLabsDiffusionForSGLang
     algorithms.algo_name_to_cls[hooks.ALGORITHM_NAME] = NemotronTriMode
     attention_backend.register()
+    vlm.register()
     plan = [(hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args, HookType.AROUND),
             (hooks.TP_WORKER_TARGET, hooks.attach_requests, HookType.AROUND),
             (hooks.STASH_TARGET, hooks.keep_canvas_kv, HookType.AROUND),
@@ -60,6 +62,7 @@ def register() -> None:
             *[(t, surface.copy_top_level_fields, HookType.AFTER)
               for t in surface.CONVERT_TARGETS],
             (surface.TOKENIZE_TARGET, surface.check_tokenized, HookType.AFTER),
+            (vlm.TOKENIZE_ONE_TARGET, vlm.check_images, HookType.AROUND),
             (surface.STREAM_TARGET, surface.export_stats, HookType.BEFORE),
             (surface.USAGE_TARGET, surface.add_usage, HookType.AFTER),
             (surface.STREAM_USAGE_TARGET, surface.add_streaming_usage, HookType.AFTER),

@@ -33,7 +33,7 @@ from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 
 from ..core.block_policy import CostTable
-from ..core.config import ARCHITECTURE
+from ..core.vlm_checkpoint import SERVED_ARCHITECTURES
 from ..core.modes import infill_canvas
 from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
 from ..core.decoding.grammar import GrammarCursor
@@ -50,7 +50,7 @@ from .server_config import TriModeConfig, sampling_view
 logger = logging.getLogger(__name__)
 
 class NemotronTriMode(DllmAlgorithm):
-    supported_architectures = (ARCHITECTURE,)
+    supported_architectures = SERVED_ARCHITECTURES
     requires_separate_context_encoding = True
     required_attention_backend = "triton"
     supported_attention_backends = ("triton", "torch_native", "nemotron")

@@ -31,11 +31,10 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
-from pathlib import Path
 
-from ..core.config import ARCHITECTURE, NLDConfig
+from ..core.config import NLDConfig
+from ..core.vlm_checkpoint import text_config_of
 from ..core.modes import RuleError, check_block_length
 from .canvas_round import RESEED
 
@@ -55,17 +54,9 @@ DEFAULT_MAX_RUNNING_REQUESTS = 16
 
 @functools.lru_cache(maxsize=16)
 def _nld_config(model_path: str) -> NLDConfig | None:
-    """Core's config if ``model_path`` is a local NLD checkpoint, else None."""
-    cfg_file = Path(model_path) / "config.json"
-    if not cfg_file.is_file():
-        return None
-    try:
-        archs = json.loads(cfg_file.read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        return None
-    if ARCHITECTURE not in archs[:1]:
-        return None
-    return NLDConfig.from_pretrained(model_path)
+    """Core's (text) config if ``model_path`` is a local NLD checkpoint (text or VLM), else
+    None."""
+    return text_config_of(model_path)
 
 
 @functools.lru_cache(maxsize=16)

@@ -31,7 +31,7 @@ import os
 from contextvars import ContextVar
 from typing import Any
 
-from ..core.config import ARCHITECTURE
+from ..core.vlm_checkpoint import SERVED_ARCHITECTURES
 from . import metrics
 from ..core.modes import check_mode_fields, check_thinking_budget
 from .params import PARAM_KEYS, ParamError, check_fields, mode_fields
@@ -119,7 +119,7 @@ def check_tokenized(result, self, *args, **kwargs):
     algo = getattr(server_args, "dllm_algorithm", None)
     archs = getattr(getattr(getattr(self, "model_config", None), "hf_config", None),
                     "architectures", None) or []
-    nld = ARCHITECTURE in archs
+    nld = bool(set(SERVED_ARCHITECTURES) & set(archs))
     custom = getattr(sp, "custom_params", None)
     if isinstance(custom, dict) and isinstance(custom.get("canvas"), str):
         # a canvas given as text (mask placeholders: the tokenizer's mask token) becomes ids

@@ -260,3 +260,17 @@ def test_infill_keeps_the_given_tokens_and_equals_core(dllm, core32, ckpt):
 
     assert wait_idle(dllm) == 0              # the infill rounds leave no KV behind
 
+
+
+def test_images_for_the_text_model_are_refused(dllm):
+    """The text checkpoint takes no images: SGLang's /generate would drop them silently (the
+    plugin answers 400); its chat route refuses image parts itself."""
+    tiny_png = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4"
+                "nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==")
+    status, text = dllm.post("/generate", {"text": "Hello", "image_data": [tiny_png],
+                                           "sampling_params": {"max_new_tokens": 2}})
+    assert status == 400 and "image_data" in text and "text-only" in text, text
+    status, text = dllm.post("/v1/chat/completions", {"model": "nld", "max_tokens": 2, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": tiny_png}},
+                                     {"type": "text", "text": "Hi"}]}]})
+    assert status == 400 and "image_url" in text, text      # SGLang's own chat-route refusal
