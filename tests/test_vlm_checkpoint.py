@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nemotron_sglang.core.vision import prompt_embeds
-from nemotron_sglang.core.vlm_checkpoint import (VISION_KEYS, WeightsError, load_vlm,
+from nemotron_sglang.core.vlm_checkpoint import (WeightsError, load_vlm,
                                                  parse_vlm_config, write_tiny_vlm_checkpoint)
 
 transformers = pytest.importorskip("transformers")
@@ -62,23 +62,14 @@ def hf_mistral3(vlm_dir):
     """transformers' Mistral3ForConditionalGeneration holding the checkpoint's tensors."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    d = json.loads((vlm_dir / "config.json").read_text())
-    text = {k: v for k, v in d.items()
-            if k not in VISION_KEYS + ("architectures", "model_type", "torch_dtype")}
-    hf = Mistral3ForConditionalGeneration(Mistral3Config(
-        vision_config=d["vision_config"], text_config={"model_type": "ministral3", **text},
-        tie_word_embeddings=False,            # NLD's head is its own (diffusion_head)
-        **{k: d[k] for k in VISION_KEYS if k != "vision_config"})).eval()
+    from nemotron_sglang.testing.mistral3 import mistral3_config, mistral3_name
+
+    cfg = mistral3_config(json.loads((vlm_dir / "config.json").read_text()))
+    cfg.pop("architectures"), cfg.pop("model_type")
+    hf = Mistral3ForConditionalGeneration(Mistral3Config(**cfg)).eval()
     sd = load_file(str(vlm_dir / "model.safetensors"))
-    rename = {}
-    for k in sd:
-        if k.startswith(("encoder.vision_tower.", "encoder.multi_modal_projector.")):
-            rename[k] = "model." + k[len("encoder."):]
-        elif k.startswith("encoder."):
-            rename[k] = "model.language_model." + k[len("encoder."):]
-        else:
-            rename[k] = "lm_head.weight"
-    missing, unexpected = hf.load_state_dict({rename[k]: v for k, v in sd.items()}, strict=False)
+    missing, unexpected = hf.load_state_dict({mistral3_name(k): v for k, v in sd.items()},
+                                             strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     return hf
 

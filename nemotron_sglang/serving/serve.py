@@ -161,11 +161,20 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
 
 
 def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
+    from ..core.vlm_checkpoint import is_vlm_dir
+
     url = f"http://{args.host}:{args.port}"
     model = cmd[cmd.index("--model-path") + 1]
     curl = (f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d "
             f"'{{\"model\": \"nld\", \"prompt\": \"The number after 41 is\", \"max_tokens\": 16, "
             f"\"temperature\": 0, \"decode_mode\": \"{args.default_mode}\"}}'")
+    if is_vlm_dir(model):                     # the vision-language model: an image chat
+        curl = (f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d "
+                f"'{{\"model\": \"nld\", \"max_tokens\": 16, \"temperature\": 0, "
+                f"\"decode_mode\": \"{args.default_mode}\", \"messages\": [{{\"role\": \"user\", "
+                f"\"content\": [{{\"type\": \"image_url\", \"image_url\": {{\"url\": "
+                f"\"/path/to/image.png\"}}}}, {{\"type\": \"text\", \"text\": "
+                f"\"What is in the image?\"}}]}}]}}'")
     return "\n".join([
         f"nemotron-sglang serve: {url} ({'CUDA' if cuda else 'CPU'})",
         f"  model: {model}",

@@ -1,7 +1,8 @@
 """The vision-language NLD through the real SGLang server (tri-mode dLLM algorithm, SGLang's
 multimodal path on the CPU): image prompts on ``/generate`` and the OpenAI chat route (a data
-URL and a local file) give core's tokens in every decode mode; bad images get a 400 with the
-reason and the server stays up."""
+URL and a local file) give core's tokens in every decode mode, and the lossless modes give what
+SGLang's own Mistral3 server (no plugin code on its path) gives for the same weights; bad images
+get a 400 with the reason and the server stays up."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from nemotron_sglang.core.tokenizer import encode, load_tokenizer  # noqa: E402
 from nemotron_sglang.core.vision import prompt_embeds  # noqa: E402
 from nemotron_sglang.core.vlm_checkpoint import (load_image_spec, load_vlm,  # noqa: E402
                                                  write_tiny_vlm_checkpoint)
+from nemotron_sglang.testing.mistral3 import write_mistral3_copy  # noqa: E402
 
 MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
 
@@ -42,6 +44,15 @@ def core(vlm_dir):
 def server(vlm_dir, tmp_path_factory):
     s = Server(vlm_dir, tmp_path_factory.mktemp("logs") / "vlm.log",
                TRI_MODE + ["--max-running-requests", "4"])
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(vlm_dir, tmp_path_factory):
+    """SGLang's plain AR server of the same weights as a Mistral3 checkpoint."""
+    d = write_mistral3_copy(vlm_dir, tmp_path_factory.mktemp("mistral3") / "m3")
+    s = Server(d, tmp_path_factory.mktemp("logs") / "mistral3.log", ["--disable-overlap-schedule"])
     yield s
     s.stop()
 
@@ -70,11 +81,13 @@ def core_tokens(core, text: str, images, mode: str, max_new: int) -> list[int]:
     return r.output_ids
 
 
-def gen(server, text: str, images, mode: str, max_new: int) -> tuple[int, dict | str]:
-    status, body = server.post("/generate", {
-        "text": text, "image_data": images,
-        "sampling_params": {"max_new_tokens": max_new, "temperature": 0,
-                            "custom_params": {"decode_mode": mode}}})
+def gen(server, text: str, images, mode: str | None, max_new: int) -> tuple[int, dict | str]:
+    """/generate, greedy, in ``mode`` (None: no decode mode, for the plain server)."""
+    sp = {"max_new_tokens": max_new, "temperature": 0}
+    if mode is not None:
+        sp["custom_params"] = {"decode_mode": mode}
+    status, body = server.post("/generate", {"text": text, "image_data": images,
+                                             "sampling_params": sp})
     return status, (json.loads(body) if status == 200 else body)
 
 
@@ -113,6 +126,23 @@ def test_chat_with_an_image_url_and_a_local_file(server, core, tmp_path):
             assert out["output_ids"] == core_tokens(core, text, [image], mode, 8)
             assert reply["choices"][0]["message"]["content"] == out["text"]
             assert reply["usage"]["completion_tokens"] == len(out["output_ids"])
+    # streamed, with usage: the same reply chunk by chunk, the mode's statistics in the usage
+    status, body = server.post("/v1/chat/completions", {
+        "model": "nld", "max_tokens": 8, "temperature": 0, "decode_mode": "linear_spec",
+        "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": str(path)}},
+            {"type": "text", "text": "What is it?"}]}]})
+    assert status == 200, body
+    events = [json.loads(line[len("data: "):]) for line in body.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    text_streamed = "".join(c["delta"].get("content") or "" for e in events
+                            for c in e["choices"])
+    status, out = gen(server, text, [data_url(image)], "linear_spec", 8)
+    assert text_streamed == out["text"]
+    usage = events[-1]["usage"]
+    assert usage["completion_tokens"] == 8 and usage["decode_mode"] == "linear_spec"
+    assert usage["prompt_tokens_details"]["image_tokens"] == 15     # 24 × 40 px: 3 × 5 cells
 
 
 def png_header_only(h: int, w: int) -> bytes:
@@ -155,3 +185,15 @@ def test_bad_images_are_400_with_the_reason(server, tmp_path):
         status, out = gen(server, "Look [IMG] here", [url], "ar", 4)
         assert status == 200, out
     assert used_tokens(server) == 0
+
+
+def test_lossless_modes_equal_sglangs_own_mistral3(server, reference):
+    images = [data_url(random_image(40, 33)), data_url(random_image(90, 64))]
+    for text, imgs in (("Two: [IMG] then [IMG].", images), ("[IMG] alone", images[1:])):
+        status, ref = gen(reference, text, imgs, None, 12)
+        assert status == 200, ref
+        for mode in ("ar", "linear_spec", "quadratic_spec"):
+            status, out = gen(server, text, imgs, mode, 12)
+            assert status == 200, out
+            assert out["output_ids"] == ref["output_ids"], mode
+            assert out["meta_info"]["prompt_tokens"] == ref["meta_info"]["prompt_tokens"]
