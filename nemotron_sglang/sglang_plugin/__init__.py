@@ -43,7 +43,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from transformers import AutoConfig
 
-    from . import attention_backend, hooks, surface, vlm
+    from . import attention_backend, hooks, prompt_logprobs, surface, vlm
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
     from ..core.config import ARCHITECTURE
@@ -59,6 +59,7 @@ def register() -> None:
             (hooks.TP_WORKER_TARGET, hooks.attach_requests, HookType.AROUND),
             (hooks.STASH_TARGET, hooks.keep_canvas_kv, HookType.AROUND),
             (hooks.SCHEDULE_TARGET, hooks.schedule_with_retraction, HookType.AROUND),
+            (prompt_logprobs.TARGET, prompt_logprobs.keep_prompt_logprobs, HookType.AROUND),
             *[(t, surface.copy_top_level_fields, HookType.AFTER)
               for t in surface.CONVERT_TARGETS],
             (surface.TOKENIZE_TARGET, surface.check_tokenized, HookType.AFTER),
@@ -74,7 +75,7 @@ def register() -> None:
     for target, fn, kind in plan:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
         HookRegistry.register(target, fn, kind)
-    for used in hooks.CALLED:                 # what the hooks call on SGLang's objects
+    for used in hooks.CALLED + prompt_logprobs.CALLED:   # what the hooks call on SGLang's objects
         pkgutil.resolve_name(used)
     surface.allow_usage_extras()
     if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:

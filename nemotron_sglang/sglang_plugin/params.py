@@ -8,9 +8,10 @@ defaults. SGLang's sampling
 parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k / top-p /
 min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in
 every mode, as are grammars (SGLang's grammar object, ``grammar.py``), and output logprobs
-(with top-k and ``token_ids_logprob``) are reported in every mode. What the NLD decoders do
-not implement yet (prompt logprobs, custom logit processors) is refused with a message naming
-the field and the mode, which SGLang turns into an HTTP 400. No SGLang import, so it is tested directly.
+(with top-k and ``token_ids_logprob``) are reported in every mode (prompt logprobs by SGLang's
+own context pass, ``prompt_logprobs.py``). What the NLD decoders do not implement (custom logit
+processors) is refused with a message naming the field and the mode, which SGLang turns into an
+HTTP 400. No SGLang import, so it is tested directly.
 """
 
 from __future__ import annotations
@@ -82,7 +83,6 @@ class SamplingView:
     logprobs: bool = False          # return_logprob: each output token's logprob
     top_logprobs: int = 0           # top_logprobs_num
     token_ids_logprob: tuple[int, ...] = ()   # logprobs of these ids at each output token
-    prompt_logprobs: bool = False   # logprob_start_len inside the prompt
     custom_logit_processor: bool = False
     seed: int | None = None
     grammar: bool = False           # a regex / JSON schema / EBNF / structural tag is set
@@ -94,8 +94,6 @@ class SamplingView:
 
 def _refuse_unsupported(s: SamplingView, mode: str) -> None:
     checks = [
-        ("logprob_start_len", s.prompt_logprobs, "prompt logprobs are not computed by the NLD "
-                                                 "decoders yet"),
         ("custom_logit_processor", s.custom_logit_processor, "custom logit processors are "
                                                              "not supported"),
     ]

@@ -39,8 +39,6 @@ def sampling_view(req) -> SamplingView:
         top_logprobs=int(getattr(lp, "top_logprobs_num", 0) or 0) if req.return_logprob else 0,
         token_ids_logprob=tuple(int(t) for t in (getattr(lp, "token_ids_logprob", None) or ()))
         if req.return_logprob else (),
-        # prompt logprobs are refused in the main process (surface.check_tokenized): here the
-        # Req's logprob_start_len is not yet the request's
         custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
         seed=getattr(sp, "sampling_seed", None),
         grammar=any(getattr(sp, f, None) for f in ("regex", "json_schema", "ebnf", "structural_tag"))

@@ -138,8 +138,6 @@ def check_tokenized(result, self, *args, **kwargs):
                                                           "vocab_size", None), "canvas")
         if nld:
             check_thinking(getattr(sp, "custom_params", None), server_args)
-        if nld and algo is not None:
-            check_prompt_logprobs(result)
     except ParamError as e:
         raise ValueError(f"nemotron-sglang: {e}") from None
     return None
@@ -163,17 +161,6 @@ def check_thinking(custom, server_args) -> None:
     if missing:
         raise ParamError("thinking_budget", "this server does not enforce a thinking budget; "
                                             f"launch it with {', '.join(missing)}")
-
-
-def check_prompt_logprobs(tokenized) -> None:
-    """Output logprobs are reported in every mode; prompt logprobs (``logprob_start_len`` inside
-    the prompt, OpenAI ``echo`` with logprobs) are not computed by the dLLM path: refuse them."""
-    start = getattr(tokenized, "logprob_start_len", -1)
-    ids = getattr(tokenized, "input_ids", None) or ()
-    if getattr(tokenized, "return_logprob", False) and start is not None and \
-            0 <= start < len(ids):
-        raise ParamError("logprob_start_len", "prompt logprobs are not computed by the NLD "
-                                              "decoders yet (every decode mode)")
 
 
 def check_token_ids(ids, vocab_size: int | None, field: str = "input_ids") -> None:

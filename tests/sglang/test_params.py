@@ -141,7 +141,6 @@ def test_out_of_range_sampling_values_are_refused(field, kw):
 
 
 UNSUPPORTED = [
-    ("logprob_start_len", dict(logprobs=True, prompt_logprobs=True)),
     ("custom_logit_processor", dict(custom_logit_processor=True)),
 ]
 

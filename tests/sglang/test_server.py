@@ -109,7 +109,6 @@ def test_openai_client_modes_usage_and_streaming(dllm):
     ({"decode_mode": "diffusion", "canvas": [100] * 8}, "canvas"),     # above the block of 4
     ({"decode_mode": "diffusion", "canvas": [100, 512]}, "canvas"),    # outside the vocabulary
     ({"decode_mode": "diffusion", "canvas": [100], "regex": "[a-z]+"}, "canvas"),
-    ({"logprobs": 2, "echo": True}, "logprob_start_len"),     # prompt logprobs
     ({"top_p": 0.0}, "top_p"),                        # supported, but out of range
     ({"frequency_penalty": 5.0}, "frequency_penalty"),
     ({"stream": True, "decode_mode": "turbo"}, "decode_mode"),

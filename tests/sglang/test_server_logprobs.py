@@ -33,12 +33,15 @@ CASES = {"plain": {}, "penalty": {"frequency_penalty": 1.2}}
 CHOSEN = [7, 0, 7, 301]          # token_ids_logprob: in order, a duplicate kept
 
 
-def run(server, ids, temperature=0.0, feature=None, mode=None, top=3, chosen=None) -> dict:
+def run(server, ids, temperature=0.0, feature=None, mode=None, top=3, chosen=None,
+        start=None) -> dict:
     params = {"max_new_tokens": MAX_NEW, "temperature": temperature, **(feature or {})}
     if mode:
         params["custom_params"] = {"decode_mode": mode}
     body = {"input_ids": ids, "sampling_params": params, "return_logprob": True,
             "top_logprobs_num": top}
+    if start is not None:                 # prompt logprobs from this prompt position on
+        body["logprob_start_len"] = start
     if chosen:
         body["token_ids_logprob"] = chosen
     status, body = server.post("/generate", body)
@@ -52,15 +55,22 @@ def run(server, ids, temperature=0.0, feature=None, mode=None, top=3, chosen=Non
     assert [t for t, _ in lps] == out["output_ids"]
     if chosen:
         assert len(at_ids) == len(lps) and all([t for t, _ in r] == chosen for r in at_ids)
-    return {"ids": out["output_ids"], "lps": lps, "tops": tops, "at_ids": at_ids}
+    prompt = {key: meta.get(key) for key in ("input_token_logprobs", "input_top_logprobs",
+                                             "input_token_ids_logprobs")}
+    return {"ids": out["output_ids"], "lps": lps, "tops": tops, "at_ids": at_ids,
+            "prompt": prompt}
 
 
 @pytest.fixture(scope="module")
 def reference(ckpt, tmp_path_factory):
     s = plain_ar_server(ckpt, tmp_path_factory.mktemp("logs") / "plain.log")
     try:
-        return {(c, i): run(s, ids, feature=f, chosen=CHOSEN) for c, f in CASES.items()
+        want = {(c, i): run(s, ids, feature=f, chosen=CHOSEN) for c, f in CASES.items()
                 for i, ids in enumerate(PROMPTS)}
+        want.update({("prompt", i, start): run(s, ids, chosen=CHOSEN, start=start)
+                     for i, ids in enumerate(PROMPTS) for start in PROMPT_STARTS})
+        want["echo"] = echo(s, None)
+        return want
     finally:
         s.stop()
 
@@ -92,6 +102,56 @@ def test_greedy_logprobs_equal_the_plain_ar_server(tri, reference, mode, case):
         assert len(got["at_ids"]) == len(want["at_ids"]) == len(want["ids"])
         for k, (g, w) in enumerate(zip(got["at_ids"], want["at_ids"])):
             _close(g, w, (mode, case, i, "token_ids_logprob", k))
+
+
+PROMPT_STARTS = (0, 2)
+
+
+def _close_nested(a, b, where):
+    """Equal structure, ids equal, values within 1e-4 (None where SGLang puts None)."""
+    if isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), (where, a, b)
+        for k, (x, y) in enumerate(zip(a, b)):
+            _close_nested(x, y, (where, k))
+    elif isinstance(a, float) and isinstance(b, float):
+        assert abs(a - b) < 1e-4, (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("mode", ["ar", "linear_spec", "quadratic_spec", "diffusion"])
+def test_prompt_logprobs_equal_the_plain_ar_server(tri, reference, mode):
+    """``logprob_start_len`` inside the prompt: the prompt's logprobs (each token's, the top 3,
+    the ``token_ids_logprob`` ids) are those of SGLang's plain AR server in every mode — the
+    context pass is the same causal forward; the output tokens follow the mode."""
+    for i, ids in enumerate(PROMPTS):
+        for start in PROMPT_STARTS:
+            got = run(tri, ids, mode=mode, chosen=CHOSEN, start=start)["prompt"]
+            want = reference[("prompt", i, start)]["prompt"]
+            assert want["input_token_logprobs"] and \
+                len(want["input_token_logprobs"]) == len(ids) - start, want
+            _close_nested(got, want, (mode, i, start))
+
+
+def echo(server, mode) -> dict:
+    """OpenAI completions with ``echo`` and ``logprobs``: the prompt's tokens and logprobs, then
+    the output's."""
+    body = {"model": "nld", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0,
+            "echo": True, "logprobs": 2}
+    if mode:
+        body["decode_mode"] = mode
+    status, text = server.post("/v1/completions", body)
+    assert status == 200, text
+    return json.loads(text)["choices"][0]["logprobs"]
+
+
+@pytest.mark.parametrize("mode", ["ar", "quadratic_spec"])
+def test_openai_echo_with_logprobs_equals_the_plain_ar_server(tri, reference, mode):
+    got, want = echo(tri, mode), reference["echo"]
+    assert got["tokens"] == want["tokens"] and len(want["tokens"]) > len(PROMPTS[0])
+    _close_nested(got["token_logprobs"], want["token_logprobs"], mode)
+    assert [sorted(d) if d else d for d in got["top_logprobs"]] == \
+        [sorted(d) if d else d for d in want["top_logprobs"]]
 
 
 @pytest.mark.parametrize("mode", ["ar", "diffusion"])
