@@ -17,10 +17,10 @@ HTTP 400. No SGLang import, so it is tested directly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from ..core.decoding import SamplingRule
+from ..core.decoding import SamplingRule, SamplingValues
 from ..core.modes import (DEFAULT_MODE, DEFAULT_THRESHOLD, MODE_ONLY, RuleError,
                           check_block_length, check_canvas, check_max_steps, check_mode,
                           check_mode_fields, check_threshold, infill_canvas)
@@ -68,18 +68,11 @@ class RequestParams:
 
 
 @dataclass(frozen=True)
-class SamplingView:
-    """The sampling features of a request, as plain values (see ``from_req`` in algorithm.py)."""
+class SamplingView(SamplingValues):
+    """The sampling features of a request, as plain values (``server_config.sampling_view``):
+    core's sampling values (temperature 0 = greedy, SGLang's T < 1e-6 or top_k = 1; top_k 0 =
+    the whole vocabulary), then what only the server reports or refuses."""
 
-    temperature: float = 0.0        # 0 = greedy (SGLang: T < 1e-6 or top_k = 1)
-    top_p: float = 1.0
-    top_k: int = 0                  # 0 = the whole vocabulary
-    min_p: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    min_new_tokens: int = 0
-    logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: bool = False          # return_logprob: each output token's logprob
     top_logprobs: int = 0           # top_logprobs_num
     token_ids_logprob: tuple[int, ...] = ()   # logprobs of these ids at each output token
@@ -108,12 +101,8 @@ def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = ()) -> SamplingRu
     """Core's rule for a request (``stop_ids``: what min_new_tokens bans, SGLang's set: stop
     token ids, EOS ids, the tokenizer's stop and EOS ids). Greedy keeps its processors:
     SGLang's greedy path is the argmax of the penalised, biased logits."""
-    return SamplingRule(
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
-        frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
-        repetition_penalty=s.repetition_penalty, logit_bias=s.logit_bias,
-        min_new_tokens=s.min_new_tokens,
-        stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else ())
+    values = {f.name: getattr(s, f.name) for f in fields(SamplingValues)}
+    return SamplingRule(**values, stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else ())
 
 
 def check_fields(custom: Mapping[str, Any]) -> None:

@@ -11,7 +11,7 @@ from .ar import ARStrategy
 from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy, seed_ask
 from .decide_batched import decide_batched
 from .decisions import Ask, Decision, Kind, decide_each
-from .processors import SamplingRule
+from .processors import SamplingRule, SamplingValues
 from .diffusion import DiffusionStrategy
 from .linear_spec import LinearSpecStrategy
 from .loop import Decoder, LoopStats, Request, Result
@@ -59,7 +59,7 @@ def generate(model, requests: list[Request], cache=None, decide=decide_batched) 
     return make_decoder(model, cache, decide).run(requests)
 
 
-__all__ = ["Ask", "Decision", "Kind", "SamplingRule", "decide_batched", "decide_each", "seed_ask",
+__all__ = ["Ask", "Decision", "Kind", "SamplingRule", "SamplingValues", "decide_batched", "decide_each", "seed_ask",
            "DecodeError", "DecodeParams", "Decoder", "LoopStats", "MODES", "Pass", "Request",
            "RequestState", "Result", "STRATEGIES", "Strategy", "default_cache", "generate",
            "get_strategy", "make_decoder"]

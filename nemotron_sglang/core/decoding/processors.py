@@ -36,7 +36,10 @@ TOP_K_OFF = 0                        # top_k 0: the whole vocabulary
 
 
 @dataclass(frozen=True)
-class SamplingRule:
+class SamplingValues:
+    """A request's sampling parameters as given, unchecked: what :class:`SamplingRule` checks
+    and applies, and what a server's view of a request carries (``SamplingView``)."""
+
     temperature: float = 0.0         # 0 = greedy
     top_k: int = TOP_K_OFF
     top_p: float = 1.0
@@ -46,6 +49,10 @@ class SamplingRule:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     min_new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingRule(SamplingValues):
     stop_ids: tuple[int, ...] = ()   # banned while the output is shorter than min_new_tokens
 
     def __post_init__(self) -> None:
