@@ -40,7 +40,17 @@ def random_rule(rnd: random.Random, t: float, v: int, mask_id: int) -> SamplingR
         repetition_penalty=pick(0.4, rnd.uniform(0.5, 2), 1.0),
         logit_bias=tuple((rnd.randrange(v), rnd.uniform(-5, 5)) for _ in range(rnd.randint(0, 3))),
         min_new_tokens=pick(0.4, rnd.randint(1, 12), 0),
-        stop_ids=tuple(rnd.sample([t for t in range(v) if t != mask_id], 2)))
+        stop_ids=tuple(rnd.sample([t for t in range(v) if t != mask_id], 2)),
+        transform=pick(0.3, _custom_processor(rnd.randrange(v), rnd.uniform(0.5, 2)), None))
+
+
+def _custom_processor(banned: int, scale: float):
+    """A request's own logits processor (as a custom logit processor is): scales and bans."""
+    def transform(z: torch.Tensor) -> torch.Tensor:
+        z = z * scale
+        z[:, banned] = float("-inf")
+        return z
+    return transform
 
 
 def random_bits(rnd: random.Random, v: int, mask_id: int, want: list) -> torch.Tensor:

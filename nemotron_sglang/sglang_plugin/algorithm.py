@@ -45,7 +45,7 @@ from .custom_pass import RowSpec, run_custom_pass
 from .grammar import SGLangGrammar, constrains
 from .params import parse, sampling_rule
 from .request import NLDRequest, RequestStats
-from .server_config import TriModeConfig, sampling_view
+from .server_config import TriModeConfig, custom_transform, sampling_view
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ class NemotronTriMode(DllmAlgorithm):
                                                       digest_size=8).digest(), "little")
             view = sampling_view(req)
             nld = NLDRequest(params, seed, RequestStats(mode=params.mode),
-                             rule=sampling_rule(view, self._stop_ids(req)),
+                             rule=sampling_rule(view, self._stop_ids(req),
+                                                custom_transform(req)),
                              logprobs=view.top_logprobs if view.logprobs else None,
                              logprob_ids=view.token_ids_logprob)
             obj = getattr(req, "grammar", None)      # compiled by SGLang's backend

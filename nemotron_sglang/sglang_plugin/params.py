@@ -9,9 +9,9 @@ parameters become core's ``SamplingRule`` (``sampling_rule``: temperature, top-k
 min-p, frequency / presence / repetition penalties, logit bias, min_new_tokens), honoured in
 every mode, as are grammars (SGLang's grammar object, ``grammar.py``), and output logprobs
 (with top-k and ``token_ids_logprob``) are reported in every mode (prompt logprobs by SGLang's
-own context pass, ``prompt_logprobs.py``). What the NLD decoders do not implement (custom logit
-processors) is refused with a message naming the field and the mode, which SGLang turns into an
-HTTP 400. No SGLang import, so it is tested directly.
+own context pass, ``prompt_logprobs.py``), as is a custom logit processor (the rule's
+``transform``). A value out of its range is refused with a message naming the field and the
+mode, which SGLang turns into an HTTP 400. No SGLang import, so it is tested directly.
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ class SamplingView(SamplingValues):
     logprobs: bool = False          # return_logprob: each output token's logprob
     top_logprobs: int = 0           # top_logprobs_num
     token_ids_logprob: tuple[int, ...] = ()   # logprobs of these ids at each output token
-    custom_logit_processor: bool = False
     seed: int | None = None
     grammar: bool = False           # a regex / JSON schema / EBNF / structural tag is set
 
@@ -86,23 +85,19 @@ class SamplingView(SamplingValues):
 
 
 def _refuse_unsupported(s: SamplingView, mode: str) -> None:
-    checks = [
-        ("custom_logit_processor", s.custom_logit_processor, "custom logit processors are "
-                                                             "not supported"),
-    ]
-    for field, bad, msg in checks:
-        if bad:
-            raise ParamError(field, f"{msg} (decode_mode {mode})")
     if s.top_logprobs < 0:
         raise ParamError("top_logprobs_num", f"must be >= 0 (decode_mode {mode})")
 
 
-def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = ()) -> SamplingRule:
+def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = (), transform=None
+                  ) -> SamplingRule:
     """Core's rule for a request (``stop_ids``: what min_new_tokens bans, SGLang's set: stop
-    token ids, EOS ids, the tokenizer's stop and EOS ids). Greedy keeps its processors:
-    SGLang's greedy path is the argmax of the penalised, biased logits."""
+    token ids, EOS ids, the tokenizer's stop and EOS ids; ``transform``: its custom logit
+    processor, ``server_config.custom_transform``). Greedy keeps its processors: SGLang's
+    greedy path is the argmax of the penalised, biased, processed logits."""
     values = {f.name: getattr(s, f.name) for f in fields(SamplingValues)}
-    return SamplingRule(**values, stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else ())
+    return SamplingRule(**values, stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else (),
+                        transform=transform)
 
 
 def check_fields(custom: Mapping[str, Any]) -> None:

@@ -4,7 +4,8 @@
   ``DllmConfig.from_server_args`` builds it from the checkpoint and the algorithm YAML), with
   the YAML checked once and the server's request defaults (``params.ServerDefaults``); SGLang's
   scheduler calls its ``validate_request`` for every request (a refusal is a 400).
-- ``sampling_view``: an SGLang ``Req``'s sampling parameters as the plain ``params.SamplingView``.
+- ``sampling_view``: an SGLang ``Req``'s sampling parameters as the plain ``params.SamplingView``;
+  ``custom_transform``: its custom logit processor as core's rule transform.
 """
 
 from __future__ import annotations
@@ -39,10 +40,29 @@ def sampling_view(req) -> SamplingView:
         top_logprobs=int(getattr(lp, "top_logprobs_num", 0) or 0) if req.return_logprob else 0,
         token_ids_logprob=tuple(int(t) for t in (getattr(lp, "token_ids_logprob", None) or ()))
         if req.return_logprob else (),
-        custom_logit_processor=bool(getattr(req, "custom_logit_processor", None)),
         seed=getattr(sp, "sampling_seed", None),
         grammar=any(getattr(sp, f, None) for f in ("regex", "json_schema", "ebnf", "structural_tag"))
         or (sp.custom_params or {}).get("thinking_budget") is not None)
+
+
+def custom_transform(req):
+    """The request's custom logit processor (``--enable-custom-logit-processor``; SGLang
+    deserialises it, cached per string) as a rule transform on rows [n, V], or None. Each row
+    gets the request's ``custom_params`` (``__req__`` included), one dict per row: SGLang's own
+    convention for the rows of a speculative verify (``apply_custom_logit_processor`` with
+    ``num_tokens_in_batch``). So a processor that reads only its parameters gives the same law
+    at every row; one that reads ``__req__.output_ids`` sees the output before the pass."""
+    serialized = getattr(req, "custom_logit_processor", None)
+    if not serialized:
+        return None
+    from sglang.srt.sampling.custom_logit_processor import CustomLogitProcessor
+
+    processor = CustomLogitProcessor.from_str(serialized)
+    params = req.sampling_params.custom_params
+
+    def transform(z):
+        return processor(z, [params] * z.shape[0])
+    return transform
 
 
 class TriModeConfig(DllmConfig):

@@ -39,17 +39,20 @@ class Server(CPUServer):
 
 TRI_MODE = ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config",
             str(ROOT / "launch" / "tri_mode.yaml")]
+# both launches accept custom logit processors (test_server_features.py), as a user would enable
+CUSTOM_PROCESSORS = ["--enable-custom-logit-processor"]
 
 
 def tri_mode_server(model: Path, log: Path, max_running: int = 8) -> Server:
     """The tri-mode dLLM server of ``model`` with the shipped algorithm YAML."""
-    return Server(model, log, TRI_MODE + ["--max-running-requests", str(max_running)])
+    return Server(model, log, TRI_MODE + CUSTOM_PROCESSORS +
+                  ["--max-running-requests", str(max_running)])
 
 
 def plain_ar_server(model: Path, log: Path) -> Server:
     """SGLang's plain AR server of ``model``, the reference of the sampling surface: without
     overlap scheduling, whose penalty counts lag one token (README)."""
-    return Server(model, log, ["--disable-overlap-schedule"])
+    return Server(model, log, ["--disable-overlap-schedule"] + CUSTOM_PROCESSORS)
 
 
 def loads(server) -> dict:

@@ -140,16 +140,10 @@ def test_out_of_range_sampling_values_are_refused(field, kw):
     refused({}, field, sampling=SamplingView(temperature=0.7, **kw))
 
 
-UNSUPPORTED = [
-    ("custom_logit_processor", dict(custom_logit_processor=True)),
-]
-
-
-@pytest.mark.parametrize("field,kw", UNSUPPORTED, ids=[f"{f}-{i}" for i, (f, _) in
-                                                        enumerate(UNSUPPORTED)])
 @pytest.mark.parametrize("mode", MODES)
-def test_unsupported_sampling_refused(field, kw, mode):
-    e = refused({"decode_mode": mode}, field, sampling=SamplingView(temperature=0.7, **kw))
+def test_negative_top_logprobs_refused(mode):
+    e = refused({"decode_mode": mode}, "top_logprobs_num",
+                sampling=SamplingView(temperature=0.7, logprobs=True, top_logprobs=-1))
     assert mode in str(e)
 
 
@@ -274,10 +268,27 @@ def test_sampling_view_logprobs(sglang_bits):
 
 
 @needs_sglang
-def test_sampling_view_custom_logit_processor(sglang_bits):
-    v = _req(sglang_bits, custom_logit_processor="serialized-processor")
-    assert v.custom_logit_processor is True
-    refused({}, "custom_logit_processor", sampling=v)
+def test_custom_logit_processor_is_the_rules_transform():
+    """SGLang's serialised processor becomes the rule's transform: applied after the bias, one
+    custom_params dict per row; core's shaping then bans what the processor bans."""
+    import torch
+    from sglang.srt.sampling.custom_logit_processor import DisallowedTokensLogitsProcessor
+
+    from nemotron_sglang.core.decoding.processors import shape_logits
+    from nemotron_sglang.sglang_plugin.server_config import custom_transform
+
+    sp = SimpleNamespace(custom_params={"token_ids": [3, 5]})
+    req = SimpleNamespace(sampling_params=sp,
+                          custom_logit_processor=DisallowedTokensLogitsProcessor.to_str())
+    rule = sampling_rule(SamplingView(logit_bias=((3, 2.0), (4, 1.0))), (),
+                         custom_transform(req))
+    z = torch.randn(3, 8)
+    out = shape_logits(z, rule, None)
+    want = z.clone()
+    want[:, 4] += 1.0
+    want[:, [3, 5]] = float("-inf")
+    assert torch.equal(out, want) and not torch.isinf(z).any()     # a copy, z untouched
+    assert custom_transform(SimpleNamespace(custom_logit_processor=None)) is None
 
 
 # ---- diffusion's step budget (max_steps) ---------------------------------------------------

@@ -47,6 +47,24 @@ def run(server, ids, feature: dict, **custom) -> list[int]:
     return json.loads(body)["output_ids"]
 
 
+def banned(reference, i: int) -> list[int]:
+    """The tokens the custom processor bans for prompt i: the first two of its plain output."""
+    return sorted(set(reference[(None, i)][:2]))
+
+
+def run_processor(server, ids, ban: list[int], mode: str | None = None) -> list[int]:
+    """Greedy with SGLang's DisallowedTokensLogitsProcessor banning ``ban``."""
+    from sglang.srt.sampling.custom_logit_processor import DisallowedTokensLogitsProcessor
+
+    custom = {"token_ids": ban, **({"decode_mode": mode} if mode else {})}
+    status, body = server.post("/generate", {
+        "input_ids": ids, "custom_logit_processor": DisallowedTokensLogitsProcessor.to_str(),
+        "sampling_params": {"max_new_tokens": MAX_NEW, "temperature": 0,
+                            "custom_params": custom}})
+    assert status == 200, body
+    return json.loads(body)["output_ids"]
+
+
 @pytest.fixture(scope="module")
 def reference(ckpt, tmp_path_factory):
     """The plain AR server's greedy outputs: (feature, prompt index) -> tokens."""
@@ -54,6 +72,8 @@ def reference(ckpt, tmp_path_factory):
     try:
         out = {(f, i): run(s, ids, FEATURES.get(f, {})) for f in [None, *FEATURES]
                for i, ids in enumerate(PROMPTS)}
+        out.update({("processor", i): run_processor(s, ids, banned(out, i))
+                    for i, ids in enumerate(PROMPTS)})
     finally:
         s.stop()
     return out
@@ -94,6 +114,30 @@ def test_diffusion_with_the_feature_equals_core(tri, core32, feature):
         want = generate(core32, [Request(ids, "diffusion", DecodeParams(
             max_new_tokens=MAX_NEW, sampling=rule))])[0].output_ids
         assert run(tri, ids, FEATURES[feature], decode_mode="diffusion") == want, feature
+
+
+@pytest.mark.parametrize("mode", ["ar", "linear_spec", "quadratic_spec", "diffusion"])
+def test_a_custom_logit_processor_in_every_mode(tri, core32, reference, mode):
+    """``custom_logit_processor`` (SGLang's DisallowedTokensLogitsProcessor, serialised): ar and
+    self-spec equal the plain AR server with it, diffusion equals core with it as the rule's
+    transform; the banned tokens never appear, and the outputs change."""
+    import torch
+
+    from nemotron_sglang.core.decoding import SamplingRule
+
+    for i, ids in enumerate(PROMPTS):
+        ban = banned(reference, i)
+        got = run_processor(tri, ids, ban, mode)
+        assert not set(got) & set(ban) and got != reference[(None, i)], (mode, i, got)
+        if mode != "diffusion":
+            assert got == reference[("processor", i)], (mode, i)
+        else:
+            def transform(z, ban=ban):
+                z[:, torch.tensor(ban)] = float("-inf")
+                return z
+            want = generate(core32, [Request(ids, "diffusion", DecodeParams(
+                max_new_tokens=MAX_NEW, sampling=SamplingRule(transform=transform)))])
+            assert got == want[0].output_ids, i
 
 
 @pytest.mark.parametrize("mode", ["ar", "linear_spec", "quadratic_spec", "diffusion"])

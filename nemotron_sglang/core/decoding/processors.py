@@ -9,6 +9,7 @@ For a row predicting output token t, with ``count[v]`` = occurrences of v in out
     z[v] = z[v] / r if z[v] >= 0 else z[v] · r      for count[v] > 0 (repetition_penalty r)
     z[stop ids] = -inf                               while t < min_new_tokens
     z += logit_bias
+    z = transform(z)                                 # the request's own processor, if any
     (then the mask id is banned by the decision rules, sampling.ban)
     greedy: argmax z         sampled: p = softmax(z / T), then top-k / top-p / min-p
                              (``truncate``), renormalised; draw from p
@@ -25,7 +26,8 @@ Tensors in, tensors out; no host reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -54,6 +56,10 @@ class SamplingValues:
 @dataclass(frozen=True)
 class SamplingRule(SamplingValues):
     stop_ids: tuple[int, ...] = ()   # banned while the output is shorter than min_new_tokens
+    # a request's own logits processor (rows [n, V] -> [n, V]), applied last: after the
+    # penalties and the bias, before the temperature, as SGLang applies a custom logit processor
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = field(
+        default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         checks = [("temperature", self.temperature >= 0), ("top_k", self.top_k >= 0),
@@ -80,7 +86,7 @@ class SamplingRule(SamplingValues):
 
     @property
     def shapes_logits(self) -> bool:
-        return self.needs_history or bool(self.logit_bias)
+        return self.needs_history or bool(self.logit_bias) or self.transform is not None
 
     @property
     def truncated(self) -> bool:
@@ -117,11 +123,11 @@ def counts(ctx: RowContext, vocab: int, device) -> torch.Tensor:
 
 
 def shape_logits(z: torch.Tensor, rule: SamplingRule, ctx: RowContext | None) -> torch.Tensor:
-    """The penalties, the min_new_tokens ban and the logit bias on rows z [n, V] of one
-    request (a copy)."""
+    """The penalties, the min_new_tokens ban, the logit bias and the rule's own transform on
+    rows z [n, V] of one request (a copy)."""
     if not rule.shapes_logits:
         return z
-    z = z.float() if z.dtype != torch.float64 else z.clone()
+    z = z.to(torch.float32, copy=True) if z.dtype != torch.float64 else z.clone()
     if rule.needs_history:
         if ctx is None:
             raise ValueError("this sampling rule needs each row's preceding output")
@@ -140,6 +146,8 @@ def shape_logits(z: torch.Tensor, rule: SamplingRule, ctx: RowContext | None) ->
         ids = torch.tensor([t for t, _ in rule.logit_bias], dtype=torch.long, device=z.device)
         vals = torch.tensor([b for _, b in rule.logit_bias], dtype=z.dtype, device=z.device)
         z[:, ids] += vals
+    if rule.transform is not None:
+        z = rule.transform(z)
     return z
 
 
