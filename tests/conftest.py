@@ -17,7 +17,7 @@ from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
 torch.set_num_threads(1)
 
 # what the test modules import or skip without; CI installs all of them (scripts/install.sh)
-TEST_DEPENDENCIES = ("sglang", "triton", "openai", "jinja2", "scipy", "ruff")
+TEST_DEPENDENCIES = ("sglang", "triton", "openai", "jinja2", "scipy", "ruff", "mypy")
 
 
 # one seed per session; each test draws from random / torch seeded by (SEED, its node id), so a

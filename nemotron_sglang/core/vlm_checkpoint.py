@@ -153,13 +153,13 @@ def load_image_spec(directory: str | os.PathLike, vc: VisionConfig, **limits) ->
 
     d = Path(directory)
     tok = load_tokenizer(d)
-    ids = {name: tok.token_to_id(name) for name in (IMG, IMG_BREAK, IMG_END)}
-    if None in ids.values() or ids[IMG] != vc.image_token_id:
-        raise WeightsError(f"tokenizer of {d}: image tokens {ids}, config image_token_index "
-                           f"{vc.image_token_id}")
+    image, brk, end = (tok.token_to_id(name) for name in (IMG, IMG_BREAK, IMG_END))
+    if image is None or brk is None or end is None or image != vc.image_token_id:
+        raise WeightsError(f"tokenizer of {d}: image tokens {IMG} {image}, {IMG_BREAK} {brk}, "
+                           f"{IMG_END} {end}; config image_token_index {vc.image_token_id}")
     pre = json.loads((d / "preprocessor_config.json").read_text())
-    return ImageSpec.from_files(pre, vc.patch_size * vc.spatial_merge_size, ids[IMG],
-                                ids[IMG_BREAK], ids[IMG_END], **limits)
+    return ImageSpec.from_files(pre, vc.patch_size * vc.spatial_merge_size, image, brk, end,
+                                **limits)
 
 
 def tiny_vision_config(text: NLDConfig) -> VisionConfig:
