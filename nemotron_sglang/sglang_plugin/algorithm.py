@@ -163,8 +163,7 @@ class NemotronTriMode(DllmAlgorithm):
         if forward_batch.input_ids.numel() == 0:
             return None, [], None, None, False
         model = model_runner.model
-        model.set_causal(True)
-        model.lora_active = False
+        model.lora_active = False        # SGLang's own causal forward
         out = model_runner.forward(forward_batch, pp_proxy_tensors=None)
         logits = out.logits_output.next_token_logits
         states = [self._begin(req) for req in reqs]
@@ -258,8 +257,7 @@ class NemotronTriMode(DllmAlgorithm):
         mask, the LoRA per token, K/V written only for ``kv_writes``; lazy logits [T, V]
         (``core.logits.PassLogits``)."""
         model = model_runner.model
-        model.set_causal(True)           # every attention call is routed by the rows' masks
-        model.lora_active = lora
+        model.lora_active = lora         # every attention call is routed by the rows' masks
         try:
             return run_custom_pass(model_runner, forward_batch, ids, pos, specs,
                                    self.custom_attention, kv_writes)

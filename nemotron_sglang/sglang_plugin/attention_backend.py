@@ -4,7 +4,9 @@ One responsibility: adapt SGLang's ``AttentionBackend`` interface to :class:`Row
 (``custom_pass.py``), so that ``--attention-backend nemotron`` runs prefill, decode, the dLLM
 canvas passes and the KV-writing passes on ``nemotron_sglang.kernels`` (Triton) over SGLang's
 paged pool, with the same code path the fused quadratic pass uses. It owns no model knowledge:
-the mask of a pass is read from the layer's ``attn_type`` (set per forward by the model class):
+the mask of a pass is read from the layer's ``attn_type`` (SGLang's own flag: DECODER for every
+pass SGLang runs through NLD's model; the canvas passes bring their masks through the custom
+pass instead):
 
     extend, DECODER (causal)        extend, ENCODER_ONLY (block-bidirectional)
     prefix p = 2, new tokens q = 3   prefix p = 2, new tokens q = 3

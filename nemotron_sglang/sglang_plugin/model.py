@@ -8,8 +8,8 @@ llama-4 query scaling). This subclass only
   the rows a strategy reads (``pass_logits``, SGLang's logits processor: TP gather included);
 - maps checkpoint names with core's name table (``encoder.`` → ``model.``, ``diffusion_head`` →
   ``lm_head``) and refuses missing or unexpected tensors by name (shapes: SGLang's loaders);
-- switches causality per forward (``set_causal``: every RadixAttention's ``attn_type``), and lets
-  a pass bring its own attention (``forward_batch.nld_attention``) for masks SGLang lacks;
+- lets a pass bring its own attention (``forward_batch.nld_attention``, the rows' masks: every
+  canvas pass, ``custom_pass.py``); SGLang's own passes (the prompt, plain AR) stay causal;
 - adds the drafting LoRA on ``o_proj`` as a low-rank branch active while ``lora_active`` (True,
   or a [T] 0/1 tensor choosing the tokens of one forward that draft with it; installed with ``install_lora``; sharded along o_proj's input like the layer itself).
 Without ``--dllm-algorithm`` it is an ordinary causal model on SGLang's AR path.
@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 
 from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessor
-from sglang.srt.layers.radix_attention import AttentionType, RadixAttention
+from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.models.ministral3 import Ministral3ForCausalLM
 
 from ..core.config import ARCHITECTURE, NLDConfig
@@ -74,12 +74,7 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
         for i, o_proj in enumerate(self._o_projs):
             o_proj.register_forward_hook(self._lora_hook(i))
 
-    # ---- causality per forward -----------------------------------------------------------
-    def set_causal(self, causal: bool) -> None:
-        kind = AttentionType.DECODER if causal else AttentionType.ENCODER_ONLY
-        for layer in self._attn_layers:
-            layer.attn_type = kind
-
+    # ---- a pass's own attention ------------------------------------------------------------
     @staticmethod
     def _routed_attention(layer, sglang_forward):
         """A pass may bring its own attention (``forward_batch.nld_attention``: the quadratic

@@ -7,8 +7,8 @@ NLD's text model (``model.py``) as the language model. Only what NLD changes is 
   want ``text_config`` / ``vision_config``, so the config class builds both (the text part is an
   ordinary ``NemotronLabsDiffusionConfig``);
 - the text model is ``NemotronLabsDiffusionForSGLang`` (diffusion passes, untied head, per-pass
-  causality), whatever transformers' mapping would pick; the algorithm's model API
-  (``pass_hidden``, ``set_causal``, ``lora_active``, ...) is delegated to it;
+  attention), whatever transformers' mapping would pick; the algorithm's model API
+  (``pass_hidden``, ``pass_logits``, ``lora_active``, ...) is delegated to it;
 - checkpoint names: ``encoder.vision_tower.*`` / ``encoder.multi_modal_projector.*`` go to the
   image path, every other tensor to NLD's strict text loader; core's table
   (``core/vlm_checkpoint.py``) refuses missing or unexpected vision tensors by name.
@@ -86,9 +86,6 @@ class NemotronLabsDiffusionVLMModel(Mistral3ForConditionalGeneration):
     @lora_active.setter
     def lora_active(self, value) -> None:
         self.language_model.lora_active = value
-
-    def set_causal(self, causal: bool) -> None:
-        self.language_model.set_causal(causal)
 
     def install_lora(self, *args, **kwargs) -> None:
         self.language_model.install_lora(*args, **kwargs)

@@ -40,15 +40,12 @@ class FakeModel:
 
     def __init__(self, core):
         self.core, self.nld_config = core, core.config
-        self.causal, self.lora_active = True, False
+        self.lora_active = False
         self.causal_log = []
 
     @property
     def has_lora(self):
         return self.core.has_lora
-
-    def set_causal(self, causal):
-        self.causal = causal
 
     def install_lora(self, *a, **k):     # core's model loaded its adapter itself
         pass
@@ -71,7 +68,6 @@ class FakeRunner:
     def forward(self, fb, pp_proxy_tensors=None):
         self.forwards += 1
         assert not fb.forward_mode.is_dllm_extend(), "canvas rounds run through the custom pass"
-        assert self.model.causal
         core = self.model.core
         rows = [PassRow(r.rid_int, toks, list(range(start, start + len(toks))), start, CAUSAL)
                 for r, toks, start in fb.extend_rows]
