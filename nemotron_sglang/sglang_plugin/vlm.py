@@ -141,13 +141,17 @@ def _image_spec(model_path: str) -> ImageSpec:
 
 
 def _image_size(item, i: int) -> tuple[int, int] | None:
-    """(H, W) from the header of ``image_data[i]`` (bytes, a data URL, base64, a path); None
-    for a remote URL, which SGLang fetches itself."""
+    """(H, W) from the header of ``image_data[i]`` (bytes, a data URL, base64, a path; a decoded
+    PIL image as the offline engine passes it); None for a remote URL, which SGLang fetches
+    itself, and for precomputed features (a dict)."""
     from PIL import Image
     from sglang.srt.utils.common import get_image_bytes
 
     item = getattr(item, "url", item)
-    if isinstance(item, str) and item.startswith(("http://", "https://")):
+    if isinstance(item, Image.Image):
+        return item.height, item.width
+    if isinstance(item, dict) or (isinstance(item, str) and
+                                  item.startswith(("http://", "https://"))):
         return None
     try:
         data = get_image_bytes(item)
