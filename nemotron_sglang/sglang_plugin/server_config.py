@@ -90,4 +90,8 @@ class TriModeConfig(DllmConfig):
             parse(req.sampling_params.custom_params, sampling_view(req), self.defaults)
         except ParamError as e:
             return f"nemotron-sglang: {e}"
+        try:                     # loaded here once, so a bad one is a 400, not a crashed round
+            custom_transform(req)
+        except Exception as e:   # whatever the deserialiser raises
+            return f"nemotron-sglang: custom_logit_processor: not a loadable processor ({e})"
         return None

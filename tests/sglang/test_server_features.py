@@ -165,3 +165,11 @@ def test_n_greedy_choices_each_equal_the_single_request(tri, reference, mode):
     assert out["usage"]["decode_mode"] == mode, out["usage"]
     assert sorted(c["index"] for c in choices) == [0, 1]
     assert choices[0]["text"] == choices[1]["text"]
+
+
+def test_a_bad_custom_logit_processor_is_a_400(tri):
+    status, body = tri.post("/generate", {
+        "input_ids": PROMPTS[0], "custom_logit_processor": '{"callable": "00ff"}',
+        "sampling_params": {"max_new_tokens": 4, "custom_params": {"decode_mode": "ar"}}})
+    assert status == 400 and "custom_logit_processor" in body, (status, body)
+    assert run(tri, PROMPTS[0], {}, decode_mode="ar")          # the server goes on
