@@ -9,7 +9,8 @@ to run if the hooks are not active. It registers
 - the vision-language ``NemotronLabsDiffusionVLMModel``, its config and processor (``vlm.py``);
 - the dLLM algorithm ``NemotronTriMode``;
 - the attention backend ``nemotron`` (``--attention-backend nemotron``: the plugin's kernels);
-- the hooks of ``hooks.py`` and ``surface.py``, and on the CPU platform ``platform.CPU_HOOKS``.
+- the hooks of ``hooks.py``, ``surface.py``, ``prompt_logprobs.py`` and ``vlm.py`` (the image
+  rule), and on the CPU platform ``platform.CPU_HOOKS``.
 """
 
 from __future__ import annotations
