@@ -94,26 +94,37 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.clamp_(0, 255).round_().to(torch.uint8)
 
 
-def check_image(image: torch.Tensor, spec: ImageSpec) -> None:
-    """Refuse what is not an RGB uint8 image [3, H, W] of at least one and at most max_pixels."""
+def check_count(n: int, spec: ImageSpec) -> None:
+    """Refuse more than ``max_images`` images in one request."""
+    if n > spec.max_images:
+        raise ImageError(f"{n} images: at most {spec.max_images} per request")
+
+
+def check_pixels(i: int, h: int, w: int, spec: ImageSpec) -> None:
+    """Refuse image ``i`` of h × w pixels unless it has at least one and at most max_pixels."""
+    if h < 1 or w < 1 or h * w > spec.max_pixels:
+        raise ImageError(f"image {i} has {h} × {w} pixels: at most {spec.max_pixels} pixels, "
+                         f"at least 1 × 1")
+
+
+def check_image(i: int, image: torch.Tensor, spec: ImageSpec) -> None:
+    """Refuse what is not an RGB uint8 image [3, H, W] within ``check_pixels``."""
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ImageError(f"an image must be RGB uint8 [3, H, W], got {image.dtype} "
                          f"{list(image.shape)}")
-    h, w = image.shape[1:]
-    if h < 1 or w < 1 or h * w > spec.max_pixels:
-        raise ImageError(f"image of {h} × {w} pixels: at least 1 × 1 and at most "
-                         f"{spec.max_pixels} pixels")
+    check_pixels(i, image.shape[1], image.shape[2], spec)
 
 
-def check_request(sizes: Sequence[tuple[int, int]], markers: int, spec: ImageSpec) -> None:
-    """A request's images, by their decoded (H, W), against its prompt's ``[IMG]`` count: at
-    most ``max_images``, each within ``max_pixels``, one placeholder per image. (The server's
-    rule; ``expand_prompt`` also takes a prompt without placeholders, putting images first.)"""
-    if len(sizes) > spec.max_images:
-        raise ImageError(f"{len(sizes)} images: at most {spec.max_images} per request")
-    for i, (h, w) in enumerate(sizes):
-        if h < 1 or w < 1 or h * w > spec.max_pixels:
-            raise ImageError(f"image {i} has {h} × {w} pixels: at most {spec.max_pixels}")
+def check_request(sizes: Sequence[tuple[int, int] | None], markers: int, spec: ImageSpec
+                  ) -> None:
+    """A request's images, by their decoded (H, W) (None: not known before decoding, e.g. a
+    remote URL), against its prompt's ``[IMG]`` count: ``check_count``, ``check_pixels``, one
+    placeholder per image. (The server's rule; ``expand_prompt`` also takes a prompt without
+    placeholders, putting images first.)"""
+    check_count(len(sizes), spec)
+    for i, size in enumerate(sizes):
+        if size is not None:
+            check_pixels(i, *size, spec)
     if markers != len(sizes):
         raise ImageError(f"the prompt has {markers} image placeholders for {len(sizes)} images "
                          f"(one [IMG] per image, where it goes)")
@@ -123,13 +134,12 @@ def preprocess(images: Sequence[torch.Tensor], spec: ImageSpec
                ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """RGB uint8 images [3, H, W] → (pixel_values [N, 3, max H', max W'] float32, each image in
     its top-left corner, zeros elsewhere; sizes [(H', W')])."""
-    if len(images) > spec.max_images:
-        raise ImageError(f"{len(images)} images: at most {spec.max_images} per request")
+    check_count(len(images), spec)
     out, sizes = [], []
     mean = torch.tensor(spec.image_mean).view(3, 1, 1)
     std = torch.tensor(spec.image_std).view(3, 1, 1)
-    for image in images:
-        check_image(image, spec)
+    for i, image in enumerate(images):
+        check_image(i, image, spec)
         size = resized_size(image.shape[1], image.shape[2], spec)
         pixels = _resize(image, size).float() * spec.rescale_factor
         out.append((pixels - mean.to(pixels.device)) / std.to(pixels.device))

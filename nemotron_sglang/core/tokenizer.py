@@ -33,33 +33,35 @@ BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = NUM_RESERVED + BYTE_ALPHABET_SIZE + 1  # 385: at least one learned merge
 MODEL_MAX_LENGTH = 4096
 
-CHAT_TEMPLATE = (
-    "{{ '<s>' }}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+# the chat template: every message in turn, then the assistant's turn (opening the reasoning
+# section with ``enable_thinking``); the text and the VLM templates differ in how a message's
+# content is written
+_CHAT_OPEN = "{{ '<s>' }}{% for message in messages %}"
+_CHAT_CLOSE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}"
     "{% endif %}"
+)
+CHAT_TEMPLATE = (
+    _CHAT_OPEN
+    + "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    + _CHAT_CLOSE
 )
 
 # the VLM's: a message's content is a string, or a list of parts ({"type": "text", "text": ...} or
 # {"type": "image"}, as SGLang's chat route hands them over), each image written as [IMG] where it
 # stands (the processor expands it); inferred, the released VLM's template is not readable here
 VLM_CHAT_TEMPLATE = (
-    "{{ '<s>' }}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    _CHAT_OPEN
+    + "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}{{ '[IMG]' }}"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "{{ '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}"
-    "{% endif %}"
+    + _CHAT_CLOSE
 )
 
 _CORPUS = """\

@@ -146,12 +146,16 @@ def processor_config_dict(vc: VisionConfig) -> dict[str, Any]:
             "image_break_token": IMG_BREAK, "image_end_token": IMG_END}
 
 
-def load_image_spec(directory: str | os.PathLike, vc: VisionConfig, **limits) -> ImageSpec:
+def load_image_spec(directory: str | os.PathLike, vc: VisionConfig | None = None,
+                    **limits) -> ImageSpec:
     """The checkpoint's image input rules: its preprocessor settings, the cell its vision config
-    implies, the image token ids its tokenizer gives (``[IMG]`` must be ``image_token_index``)."""
+    implies (``vc``, or read from its config.json), the image token ids its tokenizer gives
+    (``[IMG]`` must be ``image_token_index``)."""
     from .tokenizer import IMG, IMG_BREAK, IMG_END, load_tokenizer
 
     d = Path(directory)
+    if vc is None:
+        _, vc = parse_vlm_config(json.loads((d / "config.json").read_text()))
     tok = load_tokenizer(d)
     image, brk, end = (tok.token_to_id(name) for name in (IMG, IMG_BREAK, IMG_END))
     if image is None or brk is None or end is None or image != vc.image_token_id:

@@ -36,11 +36,11 @@ from sglang.srt.models.mistral import Mistral3ForConditionalGeneration
 from transformers import Mistral3Config
 
 from ..core.config import ARCHITECTURE
-from ..core.images import ImageError, ImageSpec, check_request
+from ..core.images import ImageError, ImageSpec, check_count, check_request
 from ..core.tokenizer import IMG
 from ..core.vision import VisionConfig
 from ..core.vlm_checkpoint import (PREFIX, VLM_ARCHITECTURE, VLM_MODEL_TYPE, load_image_spec,
-                                   parse_vlm_config, vision_weight_shapes)
+                                   vision_weight_shapes)
 from ..core.weights import WeightsError
 from .hf_config import NemotronLabsDiffusionConfig
 from .model import NemotronLabsDiffusionForSGLang
@@ -133,11 +133,7 @@ TOKENIZE_ONE_TARGET = ("sglang.srt.managers.tokenizer_manager.TokenizerManager."
 
 @functools.lru_cache(maxsize=4)
 def _image_spec(model_path: str) -> ImageSpec:
-    import json
-    from pathlib import Path
-
-    _, vc = parse_vlm_config(json.loads((Path(model_path) / "config.json").read_text()))
-    return load_image_spec(model_path, vc)
+    return load_image_spec(model_path)             # read once per server
 
 
 def _image_size(item, i: int) -> tuple[int, int] | None:
@@ -193,14 +189,13 @@ def check_request_images(obj, archs, model_path: str) -> None:
                 images[i] = url[len("file://"):]
     if obj.image_data is not None:
         obj.image_data = images
-    if len(images) > spec.max_images:            # before reading any header
-        check_request([(1, 1)] * len(images), len(images), spec)
+    check_count(len(images), spec)              # before reading any header
     sizes = [_image_size(item, i) for i, item in enumerate(images)]
     if obj.text is not None:
         markers = obj.text.count(IMG)
     else:
         markers = sum(1 for t in (obj.input_ids or []) if t == spec.image_token_id)
-    check_request([s or (1, 1) for s in sizes], markers, spec)
+    check_request(sizes, markers, spec)
 
 
 async def check_images(original, self, obj, *args, **kwargs):
