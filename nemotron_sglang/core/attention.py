@@ -35,7 +35,9 @@ QUADRATIC (their K/V are causal, hence equal to AR's).
 A QUADRATIC pass is computed by its structure (:func:`quadratic_attention`): each query scores
 the prefix, the heads of the rows before its own (R keys) and its own row (B+1 keys), so a
 query costs P + R + B + 1 keys instead of P + R·(B+1); :func:`quadratic_attention_dense` (the
-dense mask above) is its readable twin.
+dense mask above) is its readable twin. Many CAUSAL or BIDIRECTIONAL rows of one query length
+(a step's AR tokens, its drafts, its verify rows) run as one padded call
+(:func:`padded_attention`; twin :func:`padded_attention_rows`).
 """
 
 from __future__ import annotations
@@ -189,6 +191,50 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Ma
     if spec.kind == MaskKind.QUADRATIC:
         return quadratic_attention(q, k, v, prefix_len, spec.block, scale)
     return reference_attention(q, k, v, build_mask(spec, prefix_len, q.shape[0], q.device), scale)
+
+
+def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     prefix_lens: torch.Tensor, spec: MaskSpec, scale: float) -> torch.Tensor:
+    """N rows that share a CAUSAL or BIDIRECTIONAL mask and a query length L, in one call.
+
+    q [N, L, Hq, d]; k, v [N, W + L, Hkv, d]: row n's committed prefix in its first
+    ``prefix_lens[n]`` of W slots (the rest is padding, never attended), then its L new tokens;
+    prefix_lens [N] long. Returns [N, L, Hq, d] in q's dtype, equal to :func:`masked_attention`
+    row by row (:func:`padded_attention_rows`, its twin). Row n = 0 with prefix_lens 2, W = 3,
+    L = 2, CAUSAL (``-`` = padding)::
+
+        k0 k1 -  | n0 n1
+        x  x  .  | x  .
+        x  x  .  | x  x
+
+    One ``scaled_dot_product_attention`` for all rows (float32 accumulation, float64 for float64
+    input), where the twin runs a Python loop over rows.
+    """
+    if spec.kind == MaskKind.QUADRATIC:
+        raise ValueError("padded_attention takes CAUSAL or BIDIRECTIONAL rows")
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    n, length = q.shape[0], q.shape[1]
+    width = k.shape[1] - length
+    prefix = torch.arange(width, device=q.device)[None, :] < prefix_lens.to(q.device)[:, None]
+    new = build_mask(spec, 0, length, device=q.device)
+    mask = torch.cat([prefix[:, None, :].expand(n, length, width),
+                      new[None].expand(n, length, length)], dim=2)          # [N, L, W + L]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.to(acc).transpose(1, 2), k.to(acc).transpose(1, 2), v.to(acc).transpose(1, 2),
+        attn_mask=mask[:, None], scale=scale, enable_gqa=True)               # [N, Hq, L, d]
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def padded_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          prefix_lens: torch.Tensor, spec: MaskSpec, scale: float) -> torch.Tensor:
+    """The readable twin of :func:`padded_attention`: :func:`masked_attention` row by row."""
+    width = k.shape[1] - q.shape[1]
+    out = q.new_empty(*q.shape[:3], v.shape[3])
+    for r, p in enumerate(prefix_lens.tolist()):
+        keys = torch.cat([k[r, :p], k[r, width:]])
+        values = torch.cat([v[r, :p], v[r, width:]])
+        out[r] = masked_attention(q[r], keys, values, spec, p, scale)
+    return out
 
 
 def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache, layer: int,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.attention import MaskSpec, masked_attention
+from ..core.attention import MaskKind, MaskSpec, masked_attention, padded_attention
 from ..core.logits import PassLogits
 from ..kernels import ATTENTION_IMPLS
 
@@ -71,6 +71,48 @@ class _PoolView:
 
 
 @dataclass(frozen=True)
+class _RowGroup:
+    """Rows of one pass that share a (CAUSAL | BIDIRECTIONAL) mask and a query length L: their
+    queries' indices in the pass [N·L], their prefixes' pool slots [N, W] (W = the longest
+    prefix; 0, SGLang's padding slot, past a row's own) and prefix lengths [N]."""
+
+    mask: MaskSpec
+    q_len: int
+    tokens: torch.Tensor
+    slots: torch.Tensor
+    prefix_lens: torch.Tensor
+
+
+def _row_groups(rows: list[RowSpec], table: torch.Tensor) -> tuple[list[_RowGroup], list[int]]:
+    """The groups of ``rows`` that one padded call can take, and the indices of the rest
+    (QUADRATIC rows, attended one by one)."""
+    starts, start = [], 0
+    for r in rows:
+        starts.append(start)
+        start += r.q_len
+    members: dict[tuple[MaskSpec, int], list[int]] = {}
+    single = []
+    for i, r in enumerate(rows):
+        if r.mask.kind == MaskKind.QUADRATIC:
+            single.append(i)
+        else:
+            members.setdefault((r.mask, r.q_len), []).append(i)
+    dev = table.device
+    groups = []
+    for (mask, q_len), idx in members.items():
+        lens = torch.tensor([rows[i].prefix_len for i in idx], dtype=torch.long, device=dev)
+        width = max(rows[i].prefix_len for i in idx)
+        pool_rows = torch.tensor([rows[i].req_pool_index for i in idx], dtype=torch.long,
+                                 device=dev)
+        slots = table[pool_rows, :width].long()
+        slots = slots.masked_fill(torch.arange(width, device=dev)[None, :] >= lens[:, None], 0)
+        tokens = torch.tensor([starts[i] + j for i in idx for j in range(q_len)],
+                              dtype=torch.long, device=dev)
+        groups.append(_RowGroup(mask, q_len, tokens, slots, lens))
+    return groups, single
+
+
+@dataclass(frozen=True)
 class _KernelBatch:
     seq_ids: tuple[int, ...]
     q_lens: tuple[int, ...]
@@ -81,7 +123,9 @@ class _KernelBatch:
 class RowAttention:
     """Attention for one custom pass; called by the model's RadixAttention wrappers.
 
-    ``impl``: ``"reference"`` (core's attention, per row), ``"triton"`` (the plugin's kernel,
+    ``impl``: ``"reference"`` (core's PyTorch attention: the rows of one mask and query length
+    in one padded call, quadratic rows one by one; ``_reference_rows``, row by row, is its
+    twin), ``"triton"`` (the plugin's kernel,
     one launch per layer over SGLang's pool viewed as pages of one token) or ``"flashinfer"``
     (``kernels.flashinfer_attention`` over the same view; CUDA only, not yet run on a GPU).
     """
@@ -95,6 +139,7 @@ class RowAttention:
         self.rows, self.impl, self.kv_writes = rows, impl, kv_writes
         self._meta = None
         self._slots = None
+        self._groups = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer) -> torch.Tensor:
         from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
@@ -126,18 +171,38 @@ class RowAttention:
         return out
 
     def _reference(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
-        hq, dv = q.shape[1], v.shape[2]
+        if self._groups is None:     # one gather plan per pass, shared by every layer
+            self._groups = _row_groups(self.rows, table)
+        groups, single = self._groups
+        hq, hkv, d, dv = q.shape[1], k.shape[1], k.shape[2], v.shape[2]
         out = torch.empty(q.shape[0], hq, dv, dtype=q.dtype, device=q.device)
-        start = 0
+        for g in groups:
+            n = g.prefix_lens.shape[0]
+            keys = torch.cat([k_buf[g.slots].to(k.dtype), k[g.tokens].view(n, g.q_len, hkv, d)], 1)
+            values = torch.cat([v_buf[g.slots].to(v.dtype),
+                                v[g.tokens].view(n, g.q_len, hkv, dv)], 1)
+            out[g.tokens] = padded_attention(q[g.tokens].view(n, g.q_len, hq, d), keys, values,
+                                             g.prefix_lens, g.mask, layer.scaling).flatten(0, 1)
+        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, single)
+        return out
+
+    def _reference_rows(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
+        """The twin of ``_reference``: core's attention row by row."""
+        out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
+        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, range(len(self.rows)))
+        return out
+
+    def _fill_rows(self, out, q, k, v, k_buf, v_buf, table, layer, which) -> None:
+        starts = [0]
         for row in self.rows:
-            end = start + row.q_len
+            starts.append(starts[-1] + row.q_len)
+        for i in which:
+            row, start, end = self.rows[i], starts[i], starts[i + 1]
             slots = table[row.req_pool_index, :row.prefix_len].long()
             keys = torch.cat([k_buf[slots].to(k.dtype), k[start:end]])
             values = torch.cat([v_buf[slots].to(v.dtype), v[start:end]])
             out[start:end] = masked_attention(q[start:end], keys, values, row.mask,
                                               row.prefix_len, layer.scaling)
-            start = end
-        return out
 
     def _kernel_batch(self) -> _KernelBatch:
         return _KernelBatch(tuple(r.req_pool_index for r in self.rows),

@@ -36,13 +36,15 @@ def test_row_attention_reference_and_triton_agree_with_core(monkeypatch, seed):
     float32 error is at most 2x plain PyTorch's in float32 plus a floor; the float64 reference
     is core's dense-mask attention row by row."""
     g = torch.Generator().manual_seed(seed)
-    hq, hkv, d, slots = 4, 2, 16, 64
+    hq, hkv, d, slots = 4, 2, 16, 160
+    # quadratic rows (one by one), and groups of one mask and length (one padded call each)
     rows = [(5, 3 * (4 + 1), quadratic(4)), (0, 2 * (2 + 1), quadratic(2)), (9, 4, CAUSAL),
-            (1, 4, BIDIRECTIONAL)]
+            (1, 4, BIDIRECTIONAL), (0, 1, CAUSAL), (12, 1, CAUSAL), (7, 1, CAUSAL),
+            (3, 4, CAUSAL), (14, 4, BIDIRECTIONAL)]
     # SGLang side: per-layer buffers [slots, hkv, d] and a req_to_token table of scattered slots
     k_buf = torch.randn(slots, hkv, d, generator=g)
     v_buf = torch.randn(slots, hkv, d, generator=g)
-    table = torch.randperm(slots, generator=g)[: 4 * 16].view(4, 16).to(torch.int32)
+    table = torch.randperm(slots, generator=g)[: len(rows) * 16].view(len(rows), 16).to(torch.int32)
     import sglang.srt.model_executor.forward_context as fc
     buffers = {"k": k_buf, "v": v_buf}
     pool = SimpleNamespace(get_key_buffer=lambda layer: buffers["k"],
@@ -63,6 +65,12 @@ def test_row_attention_reference_and_triton_agree_with_core(monkeypatch, seed):
     e_tri = (tri.double() - ref64).abs().max().item()
     e_torch = (ref.double() - ref64).abs().max().item()
     assert e_tri <= 2 * e_torch + 1e-6, f"seed {seed}: triton {e_tri:.3g}, torch {e_torch:.3g}"
+    # the grouped reference against its row-by-row twin, both in float32 against float64
+    twin = RowAttention(specs, "reference")
+    views = (q.view(t, hq, d), k.view(t, hkv, d), v.view(t, hkv, d))
+    rows32 = twin._reference_rows(*views, k_buf, v_buf, table, layer).view(t, hq * d)
+    e_rows = (rows32.double() - ref64).abs().max().item()
+    assert e_torch <= 2 * e_rows + 1e-6, f"seed {seed}: grouped {e_torch:.3g}, rows {e_rows:.3g}"
     # row by row the float64 reference is core's attention over [prefix ; new] under core's mask
     from nemotron_sglang.core.attention import build_mask, reference_attention
     start = 0
@@ -109,7 +117,7 @@ def test_flashinfer_route_hands_the_pool_over_as_a_paged_cache(monkeypatch):
     hq, hkv, d, slots = 4, 2, 16, 64
     rows = [(5, 3 * (4 + 1), quadratic(4)), (0, 4, CAUSAL), (7, 1, CAUSAL), (3, 4, BIDIRECTIONAL)]
     k_buf, v_buf = torch.randn(slots, hkv, d, generator=g), torch.randn(slots, hkv, d, generator=g)
-    table = torch.randperm(slots, generator=g)[: 4 * 16].view(4, 16).to(torch.int32)
+    table = torch.randperm(slots, generator=g)[: len(rows) * 16].view(len(rows), 16).to(torch.int32)
     pool = SimpleNamespace(get_key_buffer=lambda layer: k_buf, get_value_buffer=lambda layer: v_buf)
     t = sum(n for _, n, _ in rows)
     q, k, v = (torch.randn(t, h * d, generator=g) for h in (hq, hkv, hkv))
