@@ -156,23 +156,33 @@ def tight(tmp_path_factory):
 
 def test_kv_pressure_retracts_and_stays_exact(tight, core):
     """Requests arriving together run out of KV for their canvases: the newest is retracted,
-    parked and re-prefilled later (``nld_reprefills``); every output still equals core's."""
+    parked and re-prefilled later (``nld_reprefills``); every output still equals core's.
+    Whether a burst runs short depends on how its requests arrive (one that arrives late waits
+    for room instead), so up to three bursts are sent; every burst must be exact and end idle,
+    and one of them must have retracted."""
     prompts = fixture_prompts(6)
     modes = [SPEC_MODES[k % 4] for k in range(6)]
     want = [core_results(m, [p], max_new=96, model=core)[0] for m, p in zip(modes, prompts)]
-    results: dict = {}
+    reprefills = []
+    for burst in range(3):
+        results: dict = {}
+        start = threading.Barrier(6)
 
-    def worker(k):
-        results[k] = _generate(tight, prompts[k], max_new=96, decode_mode=modes[k])
+        def worker(k):
+            start.wait()
+            results[k] = _generate(tight, prompts[k], max_new=96, decode_mode=modes[k])
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=400)
-    assert len(results) == 6
-    for k in range(6):
-        assert results[k]["output_ids"] == want[k].output_ids, modes[k]
-    assert sum(r["meta_info"]["nld_reprefills"][-1] for r in results.values()) >= 1
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=400)
+        assert len(results) == 6, f"burst {burst}"
+        for k in range(6):
+            assert results[k]["output_ids"] == want[k].output_ids, (burst, modes[k])
+        assert wait_idle(tight) == 0, f"burst {burst}"
+        reprefills.append(sum(r["meta_info"]["nld_reprefills"][-1] for r in results.values()))
+        if reprefills[-1]:
+            break
+    assert reprefills[-1] >= 1, f"no burst ran short of KV: re-prefills per burst {reprefills}"
     assert "retracted request" in tight.log.read_text()
-    assert wait_idle(tight) == 0

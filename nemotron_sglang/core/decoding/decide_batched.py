@@ -59,10 +59,18 @@ def _gather(logits, index: torch.Tensor) -> torch.Tensor:
     return logits.rows_at(index)
 
 
-def _draw(lb: torch.Tensor, rules: list[SamplingRule], u0: torch.Tensor
+def _uniforms(rules: list[SamplingRule], seeds: list[int], draws: list[int], dev
+              ) -> torch.Tensor | None:
+    """The rows' uniform pairs [n, 2], or None when no row samples (greedy rows read none)."""
+    if not any(r.sampled for r in rules):
+        return None
+    return uniforms(_long(seeds, dev), _long(draws, dev))
+
+
+def _draw(lb: torch.Tensor, rules: list[SamplingRule], u: torch.Tensor | None
           ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-    """Tokens [n] for banned, shaped logits [n, V]: argmax, or a draw from the row's law
-    (``sampling.law``) for rows with T > 0. Returns (tokens, the sampled rows' laws [s, V]
+    """Tokens [n] for banned, shaped logits [n, V]: argmax, or a draw with ``u[:, 0]`` from the
+    row's law (``sampling.law``) for rows with T > 0. Returns (tokens, the sampled rows' laws [s, V]
     float64, unnormalised when truncated, or None; their row numbers)."""
     tokens = lb.argmax(-1)
     hot = [i for i, r in enumerate(rules) if r.sampled]
@@ -80,7 +88,7 @@ def _draw(lb: torch.Tensor, rules: list[SamplingRule], u0: torch.Tensor
             probs.index_select(0, ct), _long([r.top_k for r in lim], dev),
             torch.tensor([r.top_p for r in lim], dtype=torch.float64, device=dev),
             torch.tensor([r.min_p for r in lim], dtype=torch.float64, device=dev)))
-    tokens = tokens.index_put((hot_t,), sample(probs, u0.index_select(0, hot_t)))
+    tokens = tokens.index_put((hot_t,), sample(probs, u[:, 0].index_select(0, hot_t)))
     return tokens, probs, hot
 
 
@@ -141,8 +149,8 @@ def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
     n = len(plan.abs)
     lb = L.clone()
     lb[:, mask_id] = float("-inf")
-    u = uniforms(_long(plan.seeds, dev), _long(plan.draws, dev))
-    token, probs, hot = _draw(lb, plan.rules, u[:, 0])
+    u = _uniforms(plan.rules, plan.seeds, plan.draws, dev)
+    token, probs, hot = _draw(lb, plan.rules, u)
     hot_pos = {r: k for k, r in enumerate(hot)}           # row -> row of probs
     accept = torch.zeros(n, dtype=torch.long, device=dev)
     stop = token.clone()
@@ -279,8 +287,7 @@ def _quadratic_drafts(logits, items, quad: list[int], plan: _Plan, accept: torch
     L2 = _shaped(_gather(logits, idx), parts)
     lb = L2.clone()
     lb[:, mask_id] = float("-inf")
-    u = uniforms(_long(seeds, dev), _long(draws, dev))
-    tokens, probs, hot = _draw(lb, rules, u[:, 0])
+    tokens, probs, hot = _draw(lb, rules, _uniforms(rules, seeds, draws, dev))
     q2 = {}
     if probs is not None:
         at = {r: i for i, r in enumerate(hot)}
