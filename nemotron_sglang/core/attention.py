@@ -199,8 +199,7 @@ def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     q [N, L, Hq, d]; k, v [N, W + L, Hkv, d]: row n's committed prefix in its first
     ``prefix_lens[n]`` of W slots (the rest is padding, never attended: any finite values),
-    then its L new tokens;
-    prefix_lens [N] long. Returns [N, L, Hq, d] in q's dtype, equal to :func:`masked_attention`
+    then its L new tokens; prefix_lens [N] long. Returns [N, L, Hq, d] in q's dtype, equal to :func:`masked_attention`
     row by row (:func:`padded_attention_rows`, its twin). Row n = 0 with prefix_lens 2, W = 3,
     L = 2, CAUSAL (``-`` = padding)::
 
