@@ -1,6 +1,7 @@
 """The plugin's row attention for passes SGLang cannot express (the quadratic mask) over an
 SGLang-shaped pool (token→slot table, per-layer K/V buffers): the Triton kernel (interpreted on
-CPU) equals the reference path, which is core's attention row by row."""
+CPU) equals the reference path (rows of one mask and length in one padded call), which equals
+its row-by-row twin and, in float64, core's attention row by row."""
 
 from __future__ import annotations
 
