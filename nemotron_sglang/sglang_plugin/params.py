@@ -84,11 +84,6 @@ class SamplingView(SamplingValues):
         return self.top_k != 0
 
 
-def _refuse_unsupported(s: SamplingView, mode: str) -> None:
-    if s.top_logprobs < 0:
-        raise ParamError("top_logprobs_num", f"must be >= 0 (decode_mode {mode})")
-
-
 def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = (), transform=None
                   ) -> SamplingRule:
     """Core's rule for a request (``stop_ids``: what min_new_tokens bans, SGLang's set: stop
@@ -132,7 +127,8 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
     steps = merged.get("max_steps")
     check_mode_fields(mode, mode_fields(merged), grammar=bool(sampling.grammar))
     canvas, suffix = _infill(merged, block)
-    _refuse_unsupported(sampling, mode)
+    if sampling.top_logprobs < 0:
+        raise ParamError("top_logprobs_num", f"must be >= 0 (decode_mode {mode})")
     if not math.isfinite(sampling.temperature) or sampling.temperature < 0:
         raise ParamError("temperature", f"must be >= 0, got {sampling.temperature}")
     sampling_rule(sampling)                      # ranges (SGLang checks them first, too)

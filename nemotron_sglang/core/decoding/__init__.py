@@ -59,7 +59,8 @@ def generate(model, requests: list[Request], cache=None, decide=decide_batched) 
     return make_decoder(model, cache, decide).run(requests)
 
 
-__all__ = ["Ask", "Decision", "Kind", "SamplingRule", "SamplingValues", "decide_batched", "decide_each", "seed_ask",
+__all__ = ["Ask", "Decision", "Kind", "SamplingRule", "SamplingValues", "decide_batched",
+           "decide_each", "seed_ask",
            "DecodeError", "DecodeParams", "Decoder", "LoopStats", "MODES", "Pass", "Request",
            "RequestState", "Result", "STRATEGIES", "Strategy", "default_cache", "generate",
            "get_strategy", "make_decoder"]
