@@ -4,9 +4,9 @@ Ministral3, with SGLang's own load generator (``python -m sglang.bench_serving``
     pip install datasets                 # bench_serving imports it (not a project dependency)
     python benchmarks/ar_vs_sglang.py --concurrency 1,4,16,0 --markdown      # 0 = unbounded
 
-1. The trained fixture is rewritten as a ``Ministral3ForCausalLM`` checkpoint (``encoder.`` →
-   ``model.``, ``diffusion_head`` → ``lm_head``, ``original_max_position_embeddings`` at the top
-   level) in a temporary folder.
+1. The trained fixture is rewritten as a ``Ministral3ForCausalLM`` checkpoint in a temporary
+   folder (``testing.mistral3.write_ministral3_copy``: ``encoder.`` → ``model.``,
+   ``diffusion_head`` → ``lm_head``, ``original_max_position_embeddings`` at the top level).
 2. One server at a time, same flags (CPU, torch_native, fp32, ``OMP_NUM_THREADS=1``, 4096 KV
    tokens, 16 running requests): vanilla SGLang on that copy with the plugin not loaded
    (``SGLANG_PLUGINS=nemotron_cpu``: only the CPU platform, which SGLang needs on a CPU), then
@@ -33,27 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from nemotron_sglang.testing.bench import BENCH_SERVING, hardware, post_generate, print_table  # noqa: E402
 from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
-
-
-
-def plain_ministral3(src: Path, dst: Path) -> Path:
-    from safetensors.torch import load_file, save_file
-
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file() and f.name not in ("model.safetensors", "config.json"):
-            shutil.copy(f, dst / f.name)
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["architectures"] = ["Ministral3ForCausalLM"]
-    cfg["model_type"] = "ministral3"
-    cfg["original_max_position_embeddings"] = cfg["rope_parameters"]["original_max_position_embeddings"]
-    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
-    tensors = load_file(src / "model.safetensors")
-    renamed = {("lm_head" + k[len("diffusion_head"):]) if k.startswith("diffusion_head")
-               else ("model." + k[len("encoder."):]) if k.startswith("encoder.") else k: v
-               for k, v in tensors.items()}
-    save_file(renamed, dst / "model.safetensors")
-    return dst
+from nemotron_sglang.testing.mistral3 import write_ministral3_copy  # noqa: E402
 
 
 def greedy(port: int, prompts, max_new: int) -> list[list[int]]:
@@ -91,7 +71,7 @@ def main() -> None:
 
     prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), 8, 1_000_000)
     tmp = Path(tempfile.mkdtemp(prefix="ar_vs_sglang-"))
-    plain = plain_ministral3(FIXTURE, tmp / "ministral3")
+    plain = write_ministral3_copy(FIXTURE, tmp / "ministral3")
     yaml = tmp / "ar.yaml"
     yaml.write_text("default_mode: ar\n")
     servers = {
