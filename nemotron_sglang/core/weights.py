@@ -42,6 +42,17 @@ class WeightsError(ValueError):
     """A checkpoint whose tensors do not match the NLD name table."""
 
 
+def ministral3_name(name: str) -> str:
+    """A checkpoint tensor's name in a plain ``Ministral3ForCausalLM`` (SGLang's and
+    transformers' layout): ``encoder.*`` → ``model.*``, ``diffusion_head.*`` → ``lm_head.*``,
+    anything else unchanged."""
+    if name.startswith("encoder."):
+        return "model." + name[len("encoder."):]
+    if name.startswith("diffusion_head."):
+        return "lm_head." + name[len("diffusion_head."):]
+    return name
+
+
 def hf_weight_shapes(cfg: NLDConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of an NLD checkpoint with its shape (9 per layer + 3 globals)."""
     h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size

@@ -27,7 +27,7 @@ from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.models.ministral3 import Ministral3ForCausalLM
 
 from ..core.config import ARCHITECTURE, NLDConfig
-from ..core.weights import WeightsError, hf_weight_shapes
+from ..core.weights import WeightsError, hf_weight_shapes, ministral3_name
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,6 @@ def nld_config_of(config) -> NLDConfig:
     d = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
     d.setdefault("architectures", [ARCHITECTURE])
     return NLDConfig.from_hf_dict(d)
-
-
-def checkpoint_to_sglang_name(name: str) -> str:
-    if name.startswith("encoder."):
-        return "model." + name[len("encoder."):]
-    if name.startswith("diffusion_head."):
-        return "lm_head." + name[len("diffusion_head."):]
-    return name
 
 
 class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
@@ -145,7 +137,7 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
                 # shapes are checked by SGLang's sharded weight loaders: under TP it may pad
                 # the config (e.g. intermediate_size) that core's table would be built from
                 seen.add(name)
-                yield checkpoint_to_sglang_name(name), tensor
+                yield ministral3_name(name), tensor
 
         result = super().load_weights(renamed())
         missing = sorted(set(expected) - seen)

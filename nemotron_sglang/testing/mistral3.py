@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..core.vlm_checkpoint import VISION_KEYS
+from ..core.weights import ministral3_name
 
 _VISION = ("encoder.vision_tower.", "encoder.multi_modal_projector.")
 
@@ -57,15 +58,6 @@ def mistral3_config(d: dict[str, Any]) -> dict[str, Any]:
     return {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
             "text_config": {"model_type": "ministral3", **text}, "tie_word_embeddings": False,
             **{k: d[k] for k in VISION_KEYS}}
-
-
-def ministral3_name(name: str) -> str:
-    """Transformers' Ministral3ForCausalLM name of a text checkpoint tensor."""
-    if name.startswith("encoder."):
-        return "model." + name[len("encoder."):]
-    if name.startswith("diffusion_head."):
-        return "lm_head." + name[len("diffusion_head."):]
-    return name
 
 
 def ministral3_config(d: dict[str, Any]) -> dict[str, Any]:
