@@ -193,15 +193,32 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Ma
     return reference_attention(q, k, v, build_mask(spec, prefix_len, q.shape[0], q.device), scale)
 
 
+def padded_mask(prefix_lens: torch.Tensor, width: int, spec: MaskSpec,
+                length: int) -> torch.Tensor:
+    """The mask of :func:`padded_attention`: [N, 1, L, W + L] bool, row n's first
+    ``prefix_lens[n]`` of W prefix slots visible to every query, then ``spec`` over the L new
+    tokens. A pass builds it once and hands it to every layer."""
+    if spec.kind == MaskKind.QUADRATIC:
+        raise ValueError("padded_attention takes CAUSAL or BIDIRECTIONAL rows")
+    n = prefix_lens.shape[0]
+    dev = prefix_lens.device
+    prefix = torch.arange(width, device=dev)[None, :] < prefix_lens[:, None]       # [N, W]
+    new = build_mask(spec, 0, length, device=dev)                                   # [L, L]
+    return torch.cat([prefix[:, None, :].expand(n, length, width),
+                      new[None].expand(n, length, length)], dim=2)[:, None]
+
+
 def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     prefix_lens: torch.Tensor, spec: MaskSpec, scale: float) -> torch.Tensor:
+                     prefix_lens: torch.Tensor, spec: MaskSpec, scale: float,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """N rows that share a CAUSAL or BIDIRECTIONAL mask and a query length L, in one call.
 
     q [N, L, Hq, d]; k, v [N, W + L, Hkv, d]: row n's committed prefix in its first
     ``prefix_lens[n]`` of W slots (the rest is padding, never attended: any finite values),
-    then its L new tokens; prefix_lens [N] long. Returns [N, L, Hq, d] in q's dtype, equal to :func:`masked_attention`
-    row by row (:func:`padded_attention_rows`, its twin). Row n = 0 with prefix_lens 2, W = 3,
-    L = 2, CAUSAL (``-`` = padding)::
+    then its L new tokens; prefix_lens [N] long; ``mask``: :func:`padded_mask` of these rows when
+    the caller built it already (else built here). Returns [N, L, Hq, d] in q's dtype, equal to
+    :func:`masked_attention` row by row (:func:`padded_attention_rows`, its twin). Row n = 0 with
+    prefix_lens 2, W = 3, L = 2, CAUSAL (``-`` = padding)::
 
         k0 k1 -  | n0 n1
         x  x  .  | x  .
@@ -210,24 +227,21 @@ def padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     One ``scaled_dot_product_attention`` for all rows (float32 accumulation, float64 for float64
     input), where the twin runs a Python loop over rows.
     """
-    if spec.kind == MaskKind.QUADRATIC:
-        raise ValueError("padded_attention takes CAUSAL or BIDIRECTIONAL rows")
+    length = q.shape[1]
+    if mask is None:
+        mask = padded_mask(prefix_lens.to(q.device), k.shape[1] - length, spec, length)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    n, length = q.shape[0], q.shape[1]
-    width = k.shape[1] - length
-    prefix = torch.arange(width, device=q.device)[None, :] < prefix_lens.to(q.device)[:, None]
-    new = build_mask(spec, 0, length, device=q.device)
-    mask = torch.cat([prefix[:, None, :].expand(n, length, width),
-                      new[None].expand(n, length, length)], dim=2)          # [N, L, W + L]
     out = torch.nn.functional.scaled_dot_product_attention(
         q.to(acc).transpose(1, 2), k.to(acc).transpose(1, 2), v.to(acc).transpose(1, 2),
-        attn_mask=mask[:, None], scale=scale, enable_gqa=True)               # [N, Hq, L, d]
+        attn_mask=mask, scale=scale, enable_gqa=True)                        # [N, Hq, L, d]
     return out.transpose(1, 2).to(q.dtype)
 
 
 def padded_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          prefix_lens: torch.Tensor, spec: MaskSpec, scale: float) -> torch.Tensor:
-    """The readable twin of :func:`padded_attention`: :func:`masked_attention` row by row."""
+                          prefix_lens: torch.Tensor, spec: MaskSpec, scale: float,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The readable twin of :func:`padded_attention`: :func:`masked_attention` row by row (each
+    row's own mask; ``mask`` is accepted for the same signature and not read)."""
     width = k.shape[1] - q.shape[1]
     out = q.new_empty(*q.shape[:3], v.shape[3])
     for r, p in enumerate(prefix_lens.tolist()):

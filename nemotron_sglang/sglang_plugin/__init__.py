@@ -9,8 +9,9 @@ to run if the hooks are not active. It registers
 - the vision-language ``NemotronLabsDiffusionVLMModel``, its config and processor (``vlm.py``);
 - the dLLM algorithm ``NemotronTriMode``;
 - the attention backend ``nemotron`` (``--attention-backend nemotron``: the plugin's kernels);
-- the hooks of ``hooks.py``, ``surface.py``, ``prompt_logprobs.py`` and ``vlm.py`` (the image
-  rule), and on the CPU platform ``platform.CPU_HOOKS``.
+- the hooks of ``hooks.py``, ``surface.py``, ``prompt_logprobs.py``, ``metrics.py`` (canvas
+  rounds reported as decode steps) and ``vlm.py`` (the image rule), and on the CPU platform
+  ``platform.CPU_HOOKS``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from transformers import AutoConfig
 
-    from . import attention_backend, hooks, prompt_logprobs, surface, vlm
+    from . import attention_backend, hooks, metrics, prompt_logprobs, surface, vlm
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
     from ..core.config import ARCHITECTURE
@@ -61,6 +62,7 @@ def register() -> None:
             (hooks.STASH_TARGET, hooks.keep_canvas_kv, HookType.AROUND),
             (hooks.SCHEDULE_TARGET, hooks.schedule_with_retraction, HookType.AROUND),
             (prompt_logprobs.TARGET, prompt_logprobs.keep_prompt_logprobs, HookType.AROUND),
+            (metrics.REPORT_TARGET, metrics.report_canvas_round, HookType.AROUND),
             *[(t, surface.copy_top_level_fields, HookType.AFTER)
               for t in surface.CONVERT_TARGETS],
             (surface.TOKENIZE_TARGET, surface.check_tokenized, HookType.AFTER),
@@ -76,7 +78,7 @@ def register() -> None:
     for target, fn, kind in plan:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
         HookRegistry.register(target, fn, kind)
-    for used in hooks.CALLED + prompt_logprobs.CALLED:   # what the hooks call on SGLang's objects
+    for used in hooks.CALLED + prompt_logprobs.CALLED + metrics.CALLED:   # what the hooks call on SGLang's objects
         pkgutil.resolve_name(used)
     surface.allow_usage_extras()
     if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:

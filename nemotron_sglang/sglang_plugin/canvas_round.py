@@ -148,6 +148,7 @@ class CanvasRound:
         if nld.logprobs is not None:       # surface.export_stats hands them to SGLang
             nld.round_logprobs = st.logprobs[nld.returned:nld.returned + n]
         nld.returned += n
+        nld.round_tokens = n
         nld.keep = min(with_kv, n)
         if st.finish_reason == "error":
             return self._fail(row, pending[:n])

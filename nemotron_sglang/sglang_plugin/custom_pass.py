@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.attention import MaskKind, MaskSpec, masked_attention, padded_attention
+from ..core.attention import (MaskKind, MaskSpec, masked_attention, padded_attention,
+                              padded_mask)
 from ..core.logits import PassLogits
 from ..kernels import ATTENTION_IMPLS
 
@@ -73,14 +74,16 @@ class _PoolView:
 @dataclass(frozen=True)
 class _RowGroup:
     """Rows of one pass that share a (CAUSAL | BIDIRECTIONAL) mask and a query length L: their
-    queries' indices in the pass [N·L], their prefixes' pool slots [N, W] (W = the longest
-    prefix; 0, SGLang's padding slot, past a row's own) and prefix lengths [N]."""
+    queries' indices in the pass [N·L] (None: the whole pass, in order), their prefixes' pool
+    slots [N, W] (W = the longest prefix; 0, SGLang's padding slot, past a row's own), prefix
+    lengths [N] and ``core.attention.padded_mask`` [N, 1, L, W + L], built once per pass."""
 
-    mask: MaskSpec
+    spec: MaskSpec
     q_len: int
-    tokens: torch.Tensor
+    tokens: torch.Tensor | None
     slots: torch.Tensor
     prefix_lens: torch.Tensor
+    mask: torch.Tensor
 
 
 def _row_groups(rows: list[RowSpec], table: torch.Tensor) -> tuple[list[_RowGroup], list[int]]:
@@ -99,16 +102,19 @@ def _row_groups(rows: list[RowSpec], table: torch.Tensor) -> tuple[list[_RowGrou
             members.setdefault((r.mask, r.q_len), []).append(i)
     dev = table.device
     groups = []
-    for (mask, q_len), idx in members.items():
+    for (spec, q_len), idx in members.items():
         lens = torch.tensor([rows[i].prefix_len for i in idx], dtype=torch.long, device=dev)
         width = max(rows[i].prefix_len for i in idx)
         pool_rows = torch.tensor([rows[i].req_pool_index for i in idx], dtype=torch.long,
                                  device=dev)
         slots = table[pool_rows, :width].long()
         slots = slots.masked_fill(torch.arange(width, device=dev)[None, :] >= lens[:, None], 0)
-        tokens = torch.tensor([starts[i] + j for i in idx for j in range(q_len)],
-                              dtype=torch.long, device=dev)
-        groups.append(_RowGroup(mask, q_len, tokens, slots, lens))
+        tokens = None
+        if len(idx) < len(rows):         # a group that is not the whole pass gathers its queries
+            tokens = torch.tensor([starts[i] + j for i in idx for j in range(q_len)],
+                                  dtype=torch.long, device=dev)
+        groups.append(_RowGroup(spec, q_len, tokens, slots, lens,
+                                padded_mask(lens, width, spec, q_len)))
     return groups, single
 
 
@@ -174,17 +180,24 @@ class RowAttention:
         if self._groups is None:     # one gather plan per pass, shared by every layer
             self._groups = _row_groups(self.rows, table)
         groups, single = self._groups
-        hq, hkv, d, dv = q.shape[1], k.shape[1], k.shape[2], v.shape[2]
-        out = torch.empty(q.shape[0], hq, dv, dtype=q.dtype, device=q.device)
+        if len(groups) == 1 and groups[0].tokens is None:      # one group: the whole pass
+            g = groups[0]
+            return self._attend_group(g, q, k, v, k_buf, v_buf, layer).flatten(0, 1)
+        out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
         for g in groups:
-            n = g.prefix_lens.shape[0]
-            keys = torch.cat([k_buf[g.slots].to(k.dtype), k[g.tokens].view(n, g.q_len, hkv, d)], 1)
-            values = torch.cat([v_buf[g.slots].to(v.dtype),
-                                v[g.tokens].view(n, g.q_len, hkv, dv)], 1)
-            out[g.tokens] = padded_attention(q[g.tokens].view(n, g.q_len, hq, d), keys, values,
-                                             g.prefix_lens, g.mask, layer.scaling).flatten(0, 1)
+            out[g.tokens] = self._attend_group(g, q[g.tokens], k[g.tokens], v[g.tokens], k_buf,
+                                               v_buf, layer).flatten(0, 1)
         self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, single)
         return out
+
+    @staticmethod
+    def _attend_group(g: _RowGroup, q, k, v, k_buf, v_buf, layer) -> torch.Tensor:
+        """One group's padded call: q [N·L, Hq, d], k / v [N·L, Hkv, d] its new tokens'."""
+        n, hq, hkv = g.prefix_lens.shape[0], q.shape[1], k.shape[1]
+        keys = torch.cat([k_buf[g.slots].to(k.dtype), k.view(n, g.q_len, hkv, -1)], 1)
+        values = torch.cat([v_buf[g.slots].to(v.dtype), v.view(n, g.q_len, hkv, -1)], 1)
+        return padded_attention(q.view(n, g.q_len, hq, -1), keys, values, g.prefix_lens,
+                                g.spec, layer.scaling, mask=g.mask)
 
     def _reference_rows(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
         """The twin of ``_reference``: core's attention row by row."""

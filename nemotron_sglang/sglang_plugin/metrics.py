@@ -1,16 +1,29 @@
-"""Prometheus counters per decode mode, next to SGLang's own metrics on ``/metrics``.
+"""Prometheus counters per decode mode, next to SGLang's own metrics on ``/metrics``; canvas
+rounds reported to SGLang's metrics reporter as the decode iterations they are.
 
 Created lazily in the process that records (the scheduler), never in ``register()``: SGLang
 exports metrics through prometheus_client's multiprocess directory, which must be set before the
 first metric object of a process exists. Names: ``nemotron_sglang_requests_total``,
 ``_tokens_total``, ``_forwards_total`` (labels ``mode``) and the histogram
 ``nemotron_sglang_tokens_per_forward``. A request is recorded once, when it finishes.
+
+SGLang's dLLM path reports every round as a prefill (``report_prefill_stats``: a "Prefill
+batch" log line and the prefill gauges per round, so per token for ``ar``). An AROUND hook on it
+(``report_canvas_round``) reports a NemotronTriMode canvas round as SGLang's AR loop reports a
+decode step (``report_decode_stats``: the generated tokens every round, a "Decode batch" line and
+the running-request gauges every ``--decode-log-interval`` rounds); context rounds stay
+prefills.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+REPORT_TARGET = ("sglang.srt.managers.scheduler_components.metrics_reporter."
+                 "SchedulerMetricsReporter.report_prefill_stats")
+CALLED = ("sglang.srt.managers.scheduler_components.metrics_reporter."
+          "SchedulerMetricsReporter.report_decode_stats",)
 
 _metrics: dict[str, Any] | None = None
 TPF_BUCKETS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 16.0, 32.0)
@@ -48,3 +61,16 @@ def record_finished(mode: str, tokens: int, forwards: int) -> None:
     m["forwards"].labels(mode=mode).inc(forwards)
     if forwards:
         m["tpf"].labels(mode=mode).observe(tokens / forwards)
+
+
+def report_canvas_round(original, self, batch=None, *args, **kwargs):
+    """SGLang's ``report_prefill_stats``, except for a canvas round of NemotronTriMode (its
+    requests carry ``req.nld``), which is counted and reported as a decode step."""
+    if batch is None or not batch.forward_mode.is_dllm_extend() or not any(
+            getattr(r, "nld", None) is not None for r in batch.reqs):
+        return original(self, batch, *args, **kwargs)
+    can_run_cuda_graph = kwargs.get("can_run_cuda_graph", args[1] if len(args) > 1 else False)
+    self.forward_ct_decode = (self.forward_ct_decode + 1) % (1 << 30)    # as SGLang's AR loop
+    tokens = sum(r.nld.round_tokens for r in batch.reqs if getattr(r, "nld", None) is not None)
+    self.report_decode_stats(can_run_cuda_graph, running_batch=batch,
+                             num_generated_tokens=tokens)

@@ -63,6 +63,7 @@ class NLDRequest:
     stats: RequestStats
     state: RequestState | None = None
     returned: int = 0               # len(state.output) already handed to SGLang
+    round_tokens: int = 0           # tokens the last canvas round handed to SGLang
     keep: int = 0
     base_cycles: int = 0            # cycles / tokens of states replaced by a re-prefill
     base_cycle_tokens: int = 0

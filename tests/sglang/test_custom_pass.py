@@ -31,17 +31,27 @@ def _restore_interpret_env():
         os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
 
 
+PASSES = {
+    # quadratic rows (one by one), and groups of one mask and length (one padded call each)
+    "mixed": [(5, 3 * (4 + 1), quadratic(4)), (0, 2 * (2 + 1), quadratic(2)), (9, 4, CAUSAL),
+              (1, 4, BIDIRECTIONAL), (0, 1, CAUSAL), (12, 1, CAUSAL), (7, 1, CAUSAL),
+              (3, 4, CAUSAL), (14, 4, BIDIRECTIONAL)],
+    # one group that is the whole pass (no gather of its queries): an ar step, a step of drafts
+    "ar_step": [(9, 1, CAUSAL), (0, 1, CAUSAL), (13, 1, CAUSAL), (5, 1, CAUSAL)],
+    "drafts": [(3, 4, BIDIRECTIONAL), (14, 4, BIDIRECTIONAL), (8, 4, BIDIRECTIONAL)],
+}
+
+
 @pytest.mark.parametrize("seed", [21, 22])
-def test_row_attention_reference_and_triton_agree_with_core(monkeypatch, seed):
+@pytest.mark.parametrize("name", list(PASSES))
+def test_row_attention_reference_and_triton_agree_with_core(monkeypatch, seed, name):
     """Both paths against float64 (the reference path on float64 copies): the Triton kernel's
     float32 error is at most 2x plain PyTorch's in float32 plus a floor; the float64 reference
-    is core's dense-mask attention row by row."""
+    is core's dense-mask attention row by row. q, k, v are column slices of one qkv tensor, as
+    the model hands them over."""
     g = torch.Generator().manual_seed(seed)
     hq, hkv, d, slots = 4, 2, 16, 160
-    # quadratic rows (one by one), and groups of one mask and length (one padded call each)
-    rows = [(5, 3 * (4 + 1), quadratic(4)), (0, 2 * (2 + 1), quadratic(2)), (9, 4, CAUSAL),
-            (1, 4, BIDIRECTIONAL), (0, 1, CAUSAL), (12, 1, CAUSAL), (7, 1, CAUSAL),
-            (3, 4, CAUSAL), (14, 4, BIDIRECTIONAL)]
+    rows = PASSES[name]
     # SGLang side: per-layer buffers [slots, hkv, d] and a req_to_token table of scattered slots
     k_buf = torch.randn(slots, hkv, d, generator=g)
     v_buf = torch.randn(slots, hkv, d, generator=g)
@@ -53,9 +63,7 @@ def test_row_attention_reference_and_triton_agree_with_core(monkeypatch, seed):
     monkeypatch.setattr(fc, "get_token_to_kv_pool", lambda: pool)
     monkeypatch.setattr(fc, "get_req_to_token_pool", lambda: SimpleNamespace(req_to_token=table))
     t = sum(n for _, n, _ in rows)
-    q = torch.randn(t, hq * d, generator=g)
-    k = torch.randn(t, hkv * d, generator=g)
-    v = torch.randn(t, hkv * d, generator=g)
+    q, k, v = torch.randn(t, (hq + 2 * hkv) * d, generator=g).split([hq * d, hkv * d, hkv * d], 1)
     layer = SimpleNamespace(tp_q_head_num=hq, tp_k_head_num=hkv, qk_head_dim=d, v_head_dim=d,
                             layer_id=0, scaling=d ** -0.5)
     specs = [RowSpec(i, p, n, m) for i, (p, n, m) in enumerate(rows)]

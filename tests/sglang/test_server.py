@@ -179,6 +179,27 @@ def test_prometheus_counters_per_mode(dllm):
     assert "sglang:" in text                 # SGLang's own metrics are still there
 
 
+def test_canvas_rounds_are_logged_as_decode_steps(dllm):
+    """SGLang's dLLM path reports every round as a prefill (a log line per token in ar); canvas
+    rounds are reported as decode steps (``metrics.report_canvas_round``): the prompt's context
+    pass is the request's one "Prefill batch" line, and 48 ar rounds (one per token) give a
+    "Decode batch" line, SGLang's one per --decode-log-interval (40) steps."""
+    import time
+
+    start = len(dllm.log.read_text())
+    status, body = dllm.post("/generate", {"input_ids": [9, 10, 11], "sampling_params": {
+        "max_new_tokens": 48, "temperature": 0, "ignore_eos": True,
+        "custom_params": {"decode_mode": "ar"}}})
+    assert status == 200, body
+    assert len(json.loads(body)["output_ids"]) == 48
+    deadline = time.time() + 10
+    while "Decode batch" not in dllm.log.read_text()[start:] and time.time() < deadline:
+        time.sleep(0.2)
+    new = dllm.log.read_text()[start:]
+    assert new.count("Prefill batch") == 1, new[-3000:]
+    assert "Decode batch, #running-req: 1," in new, new[-3000:]
+
+
 def test_invalid_json_is_a_client_error(dllm):
     import urllib.error
     import urllib.request
