@@ -15,7 +15,7 @@ attention of the ``nemotron`` backend (``attention_backend.py``) for every other
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -257,10 +257,11 @@ def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     dev = forward_batch.input_ids.device
-    view = dataclasses.replace(
-        forward_batch,
-        input_ids=torch.tensor(token_ids, dtype=forward_batch.input_ids.dtype, device=dev),
-        positions=torch.tensor(positions, dtype=forward_batch.positions.dtype, device=dev))
+    # a shallow copy with the step's tokens (dataclasses.replace would rerun the ~100-field
+    # __init__ every step and drop the attributes SGLang set on the batch after it)
+    view = copy.copy(forward_batch)
+    view.input_ids = torch.tensor(token_ids, dtype=forward_batch.input_ids.dtype, device=dev)
+    view.positions = torch.tensor(positions, dtype=forward_batch.positions.dtype, device=dev)
     writes = None
     if kv_writes is not None and kv_writes[0]:
         writes = (torch.tensor(kv_writes[0], dtype=torch.long, device=dev),
