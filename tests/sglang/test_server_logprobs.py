@@ -109,7 +109,11 @@ PROMPT_STARTS = (0, 2)
 
 def _close_nested(a, b, where):
     """Equal structure, ids equal, values within 1e-4 (None where SGLang puts None)."""
-    if isinstance(a, list) and isinstance(b, list):
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert sorted(a) == sorted(b), (where, a, b)
+        for key in a:
+            _close_nested(a[key], b[key], (where, key))
+    elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), (where, a, b)
         for k, (x, y) in enumerate(zip(a, b)):
             _close_nested(x, y, (where, k))
