@@ -78,7 +78,8 @@ def register() -> None:
     for target, fn, kind in plan:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
         HookRegistry.register(target, fn, kind)
-    for used in hooks.CALLED + prompt_logprobs.CALLED + metrics.CALLED:   # what the hooks call on SGLang's objects
+    # what the hooks call on SGLang's objects
+    for used in hooks.CALLED + prompt_logprobs.CALLED + metrics.CALLED:
         pkgutil.resolve_name(used)
     surface.allow_usage_extras()
     if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:
