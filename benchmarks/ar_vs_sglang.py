@@ -14,7 +14,11 @@ Ministral3, with SGLang's own load generator (``python -m sglang.bench_serving``
 3. Both get the same greedy check (``/generate`` on held-out prompts: identical tokens or exit 1)
    and the same ``bench_serving`` load per concurrency: ``--backend sglang --dataset-name
    random-ids --tokenize-prompt``, ``--num-prompts``, input / output lengths, ignore_eos, seed 1.
-Prints output tokens/s per concurrency and the ratio tri-mode / vanilla (DESIGN §6: ≥ 0.95).
+4. ``--repeats`` times, the two servers taking turns (vanilla first in even repeats, tri-mode
+   first in odd ones), so that a drift of the machine's speed within the run (seen here: ±10 %
+   within an hour) falls on both sides of each ratio.
+Prints the median output tokens/s per concurrency, the median ratio tri-mode / vanilla over the
+repeats (each repeat's ratio from its own pair of runs) and their range (DESIGN §6: ≥ 0.95).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +67,7 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--port", type=int, default=30177)
+    p.add_argument("--repeats", type=int, default=3, help="server pairs, taking turns")
     p.add_argument("--markdown", action="store_true")
     a = p.parse_args()
     conc = [int(c) for c in a.concurrency.split(",")]
@@ -79,29 +85,37 @@ def main() -> None:
         "tri-mode server, decode_mode ar": (FIXTURE, ["--dllm-algorithm", "NemotronTriMode",
                                                       "--dllm-algorithm-config", str(yaml)], {}),
     }
-    tps, tokens = {}, {}
-    for name, (model, extra, env) in servers.items():
-        server = CPUServer(model, tmp / f"{name[:7]}.log",
-                           ["--max-total-tokens", "4096", "--max-running-requests", "16",
-                            *extra], env=env, port=a.port)
-        try:
-            tokens[name] = greedy(a.port, prompts, 48)
-            for c in conc:
-                bench(a.port, FIXTURE, c, a, tmp / "warm.jsonl") if c == conc[0] else None
-                r = bench(a.port, FIXTURE, c, a, tmp / f"{len(tps)}-{c}.jsonl")
-                tps[(name, c)] = r["output_throughput"]
-        finally:
-            server.stop()
     names = list(servers)
-    same = tokens[names[0]] == tokens[names[1]]
+    tps: dict = {}
+    outputs = []                          # greedy tokens of each server run
+    for rep in range(a.repeats):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            model, extra, env = servers[name]
+            server = CPUServer(model, tmp / f"{name[:7]}.log",
+                               ["--max-total-tokens", "4096", "--max-running-requests", "16",
+                                *extra], env=env, port=a.port)
+            try:
+                outputs.append(greedy(a.port, prompts, 48))
+                bench(a.port, FIXTURE, conc[0], a, tmp / "warm.jsonl")
+                for c in conc:
+                    r = bench(a.port, FIXTURE, c, a, tmp / f"{rep}-{name[:7]}-{c}.jsonl")
+                    tps.setdefault((name, c), []).append(r["output_throughput"])
+            finally:
+                server.stop()
+    same = all(out == outputs[0] for out in outputs)
     print(f"# hardware: {hardware(triton_interpret=False)}")
     print(f"# command: python {shlex.join(sys.argv)}")
     print(f"# bench_serving: random-ids, input {a.input_len}, output {a.output_len} (ignore_eos), "
-          f"{a.num_prompts} prompts per point; greedy tokens identical on 8 held-out prompts: "
-          f"{same}")
-    rows = [[c or "unbounded", tps[(names[0], c)], tps[(names[1], c)],
-             tps[(names[1], c)] / tps[(names[0], c)]] for c in conc]
-    print_table(["concurrency", "vanilla tok/s", "tri-mode ar tok/s", "ratio"], rows, a.markdown)
+          f"{a.num_prompts} prompts per point, {a.repeats} repeats (servers taking turns); "
+          f"greedy tokens identical on 8 held-out prompts in every run: {same}")
+    rows = []
+    for c in conc:
+        van, tri = tps[(names[0], c)], tps[(names[1], c)]
+        ratios = [t / v for t, v in zip(tri, van)]
+        rows.append([c or "unbounded", statistics.median(van), statistics.median(tri),
+                     statistics.median(ratios), f"{min(ratios):.3f}-{max(ratios):.3f}"])
+    print_table(["concurrency", "vanilla tok/s", "tri-mode ar tok/s", "ratio (median)",
+                 "ratio range"], rows, a.markdown)
     shutil.rmtree(tmp, ignore_errors=True)
     sys.exit(0 if same else 1)
 
