@@ -63,13 +63,14 @@ def record_finished(mode: str, tokens: int, forwards: int) -> None:
         m["tpf"].labels(mode=mode).observe(tokens / forwards)
 
 
-def report_canvas_round(original, self, batch=None, *args, **kwargs):
-    """SGLang's ``report_prefill_stats``, except for a canvas round of NemotronTriMode (its
-    requests carry ``req.nld``), which is counted and reported as a decode step."""
+def report_canvas_round(original, self, batch, prefill_stats, can_run_cuda_graph,
+                        dp_cooperation_info=None):
+    """SGLang's ``report_prefill_stats`` (same signature), except for a canvas round of
+    NemotronTriMode (its requests carry ``req.nld``), which is counted and reported as a decode
+    step."""
     if batch is None or not batch.forward_mode.is_dllm_extend() or not any(
             getattr(r, "nld", None) is not None for r in batch.reqs):
-        return original(self, batch, *args, **kwargs)
-    can_run_cuda_graph = kwargs.get("can_run_cuda_graph", args[1] if len(args) > 1 else False)
+        return original(self, batch, prefill_stats, can_run_cuda_graph, dp_cooperation_info)
     self.forward_ct_decode = (self.forward_ct_decode + 1) % (1 << 30)    # as SGLang's AR loop
     tokens = sum(r.nld.round_tokens for r in batch.reqs if getattr(r, "nld", None) is not None)
     self.report_decode_stats(can_run_cuda_graph, running_batch=batch,
