@@ -10,8 +10,8 @@ to run if the hooks are not active. It registers
 - the dLLM algorithm ``NemotronTriMode``;
 - the attention backend ``nemotron`` (``--attention-backend nemotron``: the plugin's kernels);
 - the hooks of ``hooks.py``, ``surface.py``, ``prompt_logprobs.py``, ``metrics.py`` (canvas
-  rounds reported as decode steps) and ``vlm.py`` (the image rule), and on the CPU platform
-  ``platform.CPU_HOOKS``.
+  rounds reported, and their load published, as decode steps) and ``vlm.py`` (the image
+  rule), and on the CPU platform ``platform.CPU_HOOKS``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def register() -> None:
             (hooks.SCHEDULE_TARGET, hooks.schedule_with_retraction, HookType.AROUND),
             (prompt_logprobs.TARGET, prompt_logprobs.keep_prompt_logprobs, HookType.AROUND),
             (metrics.REPORT_TARGET, metrics.report_canvas_round, HookType.AROUND),
+            (metrics.PUBLISH_TARGET, metrics.publish_canvas_load, HookType.AROUND),
             *[(t, surface.copy_top_level_fields, HookType.AFTER)
               for t in surface.CONVERT_TARGETS],
             (surface.TOKENIZE_TARGET, surface.check_tokenized, HookType.AFTER),

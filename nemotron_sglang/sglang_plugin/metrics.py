@@ -12,7 +12,14 @@ batch" log line and the prefill gauges per round, so per token for ``ar``). An A
 (``report_canvas_round``) reports a NemotronTriMode canvas round as SGLang's AR loop reports a
 decode step (``report_decode_stats``: the generated tokens every round, a "Decode batch" line and
 the running-request gauges every ``--decode-log-interval`` rounds); context rounds stay
-prefills.
+prefills. Likewise SGLang forces a load snapshot (``get_loads``: a walk of the queues, ~65 µs a
+round measured at concurrency 1) after every extend batch, canvas rounds included; an AROUND hook
+on ``Scheduler.publish_load_snapshot`` (``publish_canvas_load``) lets a canvas round publish on
+``--load-snapshot-publish-interval`` like a decode iteration. It reads the batch being processed
+from ``Scheduler.cur_batch_for_debug``, which SGLang 0.5.23's normal event loop (the one the dLLM
+path runs: overlap is off) sets before ``process_batch_result`` and leaves None while idle
+(``tests/sglang/test_metrics_hooks.py`` checks both). The router-facing publisher
+(``--load-publish-endpoint``, off by default) keeps SGLang's per-round forcing.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 REPORT_TARGET = ("sglang.srt.managers.scheduler_components.metrics_reporter."
                  "SchedulerMetricsReporter.report_prefill_stats")
+PUBLISH_TARGET = "sglang.srt.managers.scheduler.Scheduler.publish_load_snapshot"
 CALLED = ("sglang.srt.managers.scheduler_components.metrics_reporter."
           "SchedulerMetricsReporter.report_decode_stats",)
 
@@ -63,15 +71,27 @@ def record_finished(mode: str, tokens: int, forwards: int) -> None:
         m["tpf"].labels(mode=mode).observe(tokens / forwards)
 
 
+def is_canvas_round(batch) -> bool:
+    """A NemotronTriMode canvas round: a DLLM_EXTEND batch whose requests carry ``req.nld``."""
+    return batch is not None and batch.forward_mode.is_dllm_extend() and any(
+        getattr(r, "nld", None) is not None for r in batch.reqs)
+
+
 def report_canvas_round(original, self, batch, prefill_stats, can_run_cuda_graph,
                         dp_cooperation_info=None):
     """SGLang's ``report_prefill_stats`` (same signature), except for a canvas round of
-    NemotronTriMode (its requests carry ``req.nld``), which is counted and reported as a decode
-    step."""
-    if batch is None or not batch.forward_mode.is_dllm_extend() or not any(
-            getattr(r, "nld", None) is not None for r in batch.reqs):
+    NemotronTriMode, which is counted and reported as a decode step."""
+    if not is_canvas_round(batch):
         return original(self, batch, prefill_stats, can_run_cuda_graph, dp_cooperation_info)
     self.forward_ct_decode = (self.forward_ct_decode + 1) % (1 << 30)    # as SGLang's AR loop
     tokens = sum(r.nld.round_tokens for r in batch.reqs if getattr(r, "nld", None) is not None)
     self.report_decode_stats(can_run_cuda_graph, running_batch=batch,
                              num_generated_tokens=tokens)
+
+
+def publish_canvas_load(original, self, force=False):
+    """SGLang's ``Scheduler.publish_load_snapshot`` (same signature); a canvas round's forced
+    publish becomes a throttled one, as for a decode iteration."""
+    if force and is_canvas_round(self.cur_batch_for_debug):
+        force = False
+    return original(self, force)
