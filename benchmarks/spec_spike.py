@@ -199,6 +199,7 @@ def main() -> None:
     print(f"# {a.prompts} held-out corpus prompts in one /generate, {a.max_new_tokens} tokens, "
           f"greedy; flags: {' '.join(COMMON)} (+ {SYNC[0]} unless 'overlap on'); "
           "TRITON_INTERPRET=1; shims in the module docstring")
+    print(f"# server logs (the failures' tracebacks): {tmp}")
     print_table(["candidate", "starts", "serves", "tokens = AR", "tokens / request cycle",
                  "forwards / batched cycle", "forwards (model:mode) or failure"], rows, a.markdown)
 
