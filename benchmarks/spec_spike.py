@@ -112,6 +112,8 @@ DFLASH_CONFIG = {
 COMMON = ["--dtype", "bfloat16", "--attention-backend", "triton",
           "--max-total-tokens", "4096", "--max-running-requests", "8"]
 SYNC = ["--disable-overlap-schedule"]
+AR = "AR (no speculation)"                # the reference every candidate's tokens are checked against
+TARGET = "Ministral3ForCausalLM"         # the target's model class in the forward counts
 
 
 def candidates(tmp: Path, plain: Path) -> dict[str, list[str]]:
@@ -122,7 +124,7 @@ def candidates(tmp: Path, plain: Path) -> dict[str, list[str]]:
               "--speculative-draft-load-format", "dummy",
               "--speculative-draft-attention-backend", "triton"]
     return {
-        "AR (no speculation)": SYNC,
+        AR: SYNC,
         "NGRAM": [*SYNC, "--speculative-algorithm", "NGRAM"],
         "STANDALONE, top-k 1": [*SYNC, "--speculative-algorithm", "STANDALONE",
                                 "--speculative-draft-model-path", str(plain),
@@ -181,17 +183,18 @@ def main() -> None:
             continue
         out = json.loads(text)
         ids = [o["output_ids"] for o in out]
-        reference = reference or ids
+        if name == AR:
+            reference = ids
         tokens = sum(len(i) for i in ids)
         cycles = sum(o["meta_info"].get("spec_verify_ct", 0) for o in out)
         fwd = json.loads(counts.read_text()) if counts.exists() else {}
         # A batched cycle is one verify forward of the target; every forward but the target's
         # prefill (EXTEND) belongs to some cycle.
-        target = "Ministral3ForCausalLM"
-        verifies = fwd.get(f"{target}:TARGET_VERIFY", 0)
-        per_cycle = (f"{(sum(fwd.values()) - fwd.get(f'{target}:EXTEND', 0)) / verifies:.2f}"
+        verifies = fwd.get(f"{TARGET}:TARGET_VERIFY", 0)
+        per_cycle = (f"{(sum(fwd.values()) - fwd.get(f'{TARGET}:EXTEND', 0)) / verifies:.2f}"
                      if verifies else "-")
-        rows.append([name, "yes", "yes", ids == reference,
+        same = "reference" if name == AR else ids == reference    # False if AR did not serve
+        rows.append([name, "yes", "yes", same,
                      f"{tokens / cycles:.2f}" if cycles else "-", per_cycle,
                      "; ".join(f"{k} {v}" for k, v in sorted(fwd.items()))])
     print(f"# hardware: {hardware(triton_interpret=True)}")
