@@ -37,6 +37,7 @@ from .decisions import Ask, Decision, Kind, logprob_rows, logprob_temperature
 from .grammar import unpack
 from .packed import unpack_decisions
 from .processors import RowContext, SamplingRule, shape_logits, truncate
+from . import sampling
 from .sampling import confidence, normalised, sample
 from .uniforms import reduce_seed, uniforms
 
@@ -177,11 +178,10 @@ def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int
         p = normalised(probs.index_select(0, _long([hot_pos[r] for r in s_rows], dev)))
         q = torch.stack(s_q)                               # float64, on the device already
         px, qx = p.gather(1, x).squeeze(1), q.gather(1, x).squeeze(1)
-        hit = (qx > 0) & (u.index_select(0, si)[:, 0] * qx < px)
+        hit = sampling.accepts(u.index_select(0, si)[:, 0], px, qx)
         accept = accept.index_put((si,), hit.long())
-        residual = (p - q).clamp_min(0.0)
-        dist = torch.where((residual.sum(-1) > 0)[:, None], residual, p)
-        stop = stop.index_put((si,), sample(dist, u.index_select(0, si)[:, 1]))
+        stop = stop.index_put((si,), sample(sampling.residual_law(p, q),
+                                            u.index_select(0, si)[:, 1]))
 
     # ---- denoise rows: confidence, commit = conf >= threshold or the ask's first max ----
     d_rows, d_ask, d_thr, d_local, d_ord, d_head = [], [], [], [], [], []

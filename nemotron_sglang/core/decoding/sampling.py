@@ -123,10 +123,10 @@ def speculative_accept(drafts: list[int], draft_probs: torch.Tensor | None,
     position, i.e. it judges ``drafts[i]``; the last row gives the bonus token; ``ctx`` gives
     row i the output before it (drafts[:i] included). Greedy: keep the longest prefix with
     ``argmax == draft``, then emit the verifier's own token. T > 0: accept ``drafts[i]`` iff
-    ``u[i, 0] * q_i(x) < p_i(x)`` (probability min(1, p/q)), p the verifier's law (``law``,
-    normalised); on rejection emit a sample (``u[i, 1]``) of the normalised residual
-    max(0, p_i - q_i) and stop (Leviathan et al.), so the emitted stream is distributed exactly
-    as AR sampling with the same rule.
+    ``u[i, 0] * q_i(x) < p_i(x)`` (``accepts``: probability min(1, p/q)), p the verifier's law
+    (``law``, normalised); on rejection emit a sample (``u[i, 1]``) of the normalised residual
+    max(0, p_i - q_i) (``residual_law``) and stop (Leviathan et al.), so the emitted stream is
+    distributed exactly as AR sampling with the same rule.
     """
     n = len(drafts)
     if target_logits.shape[0] != n + 1:
@@ -147,13 +147,24 @@ def speculative_accept(drafts: list[int], draft_probs: torch.Tensor | None,
     p = normalised(pl)
     out = []
     for i, x in enumerate(drafts):
-        px, qx = float(p[i, x]), float(draft_probs[i, x])
-        if qx > 0 and float(u[i, 0]) * qx < px:
+        if bool(accepts(u[i, 0], p[i, x], draft_probs[i, x])):
             out.append(x)
             continue
-        residual = (p[i] - draft_probs[i]).clamp_min(0.0)
-        dist = residual if float(residual.sum()) > 0 else p[i]
-        out.append(int(sample(dist[None], u[i, 1:2])[0]))
+        out.append(int(sample(residual_law(p[i:i + 1], draft_probs[i:i + 1]), u[i, 1:2])[0]))
         return out
     out.append(int(sample(pl[n:], u[n:, 0])[0]))
     return out
+
+
+def accepts(u0: torch.Tensor, px: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+    """The speculative accept test, elementwise: a draft x drawn from q is kept iff
+    ``u0 · q(x) < p(x)``, i.e. with probability min(1, p(x) / q(x)) (never when q(x) = 0)."""
+    return (qx > 0) & (u0 * qx < px)
+
+
+def residual_law(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """What a rejected draft's slot draws from, rows [n, V] (float64): max(0, p - q), or p where
+    that is all zero (p == q; never reached by a rejection then). Unnormalised; ``sample``
+    normalises. With ``accepts`` this keeps the emitted token's law exactly p."""
+    residual = (p - q).clamp_min(0.0)
+    return torch.where((residual.sum(-1) > 0)[:, None], residual, p)

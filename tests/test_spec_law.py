@@ -1,0 +1,174 @@
+"""Sampled self-speculation keeps AR's law exactly, checked in core by a test that can fail.
+
+The trained fixture, prompt ``PROMPT``, T = ``TEMP``, top-k ``TOP_K``, block 2: the first
+``LENGTH`` output tokens (the bonus token of an accepted draft among them) of ``N[mode]``
+seeded requests per mode against the exact AR law (``spec_law.ar_law``, enumerated from the model's
+forwards). One-sample chi-square, false-alarm rate ``spec_law.ALPHA`` = 1e-4 (asymptotic; cells
+with >= 5 expected draws, the rest pooled). Its power at this N against each broken rule
+(``spec_law.RULES``: a 10 % error in acceptance, the residual replaced by p, the bonus from the
+wrong row, drafts' law != the law the rule divides by) is computed from the rule's exact output
+law and asserted >= 0.99 (``test_the_law_test_has_power``). The negative controls run the real
+decoder with each broken rule swapped in (``BROKEN``) and must be rejected. The draws are seeded from the
+test's seed (conftest), so a failure replays.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from spec_law import ALPHA, RULES, Oracle, ar_law, chi2_test, power, spec_law
+from nemotron_sglang.core.decoding import (DecodeParams, Request, SamplingRule, decide_batched,
+                                           decide_each, generate)
+from nemotron_sglang.core.decoding import decisions, sampling
+from nemotron_sglang.core.tokenizer import load_tokenizer
+from nemotron_sglang.core.weights import load_model
+from nemotron_sglang.data import EMBEDDED
+
+# a prompt whose laws are neither flat nor one-hot at T = 3 and top-2, with drafts close enough
+# to the target that acceptance matters (measured with spec_law: first-cycle acceptance ~0.8)
+PROMPT_TEXT = "Hello"
+TEMP, TOP_K, LENGTH = 3.0, 2, 5
+MIN_POWER = 0.99
+SPEC = ("linear_spec", "quadratic_spec")
+# draws per test: each mode's N gives power >= MIN_POWER against a 10 % error in acceptance
+# (quadratic sees fewer accept decisions in 5 tokens: its first pass only drafts); the other
+# broken rules are caught with fewer draws, so their negative controls take fewer (CONTROL_N,
+# about twice what power 0.995 needs; test_the_law_test_has_power checks each)
+N = {"ar": 2000, "linear_spec": 3500, "quadratic_spec": 8000}
+CONTROL_N = {("linear_spec", "residual_p"): 600, ("linear_spec", "bonus_row"): 400,
+             ("linear_spec", "q_untempered"): 1200, ("quadratic_spec", "residual_p"): 3000,
+             ("quadratic_spec", "bonus_row"): 400, ("quadratic_spec", "q_untempered"): 1500}
+
+
+def draws_for(mode: str, rule: str) -> int:
+    """Draws of the negative control of ``rule`` in ``mode`` (the real test's own N for a 10 %
+    error in acceptance, the rule its power is stated against)."""
+    return N[mode] if rule == "under_10" else CONTROL_N[(mode, rule)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(EMBEDDED, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def oracle(model):
+    prompt = load_tokenizer(EMBEDDED).encode(PROMPT_TEXT).ids
+    return Oracle(load_model(EMBEDDED, dtype=torch.float64), prompt, TEMP, TOP_K)
+
+
+@pytest.fixture(scope="module")
+def ar(oracle):
+    return ar_law(oracle, LENGTH)
+
+
+def observed(output: list[int], eos: int) -> tuple[int, ...]:
+    """An output as the law sees it: its first ``LENGTH`` tokens, cut after EOS."""
+    out = tuple(output[:LENGTH])
+    return out[:out.index(eos) + 1] if eos in out else out
+
+
+def draw(model, oracle, mode: str, n: int, decide=decide_batched) -> list[tuple]:
+    """``n`` requests of ``mode`` with seeds from the test's seed; their observed outputs."""
+    base = random.getrandbits(40)
+    rule = SamplingRule(temperature=TEMP, top_k=TOP_K)
+    reqs = [Request(oracle.prompt, mode, DecodeParams(
+        max_new_tokens=LENGTH, block_length=2, temperature=TEMP, sampling=rule, seed=base + i))
+        for i in range(n)]
+    out = []
+    for i in range(0, n, 1000):
+        out += [observed(r.output_ids, model.config.eos_token_id)
+                for r in generate(model, reqs[i:i + 1000], decide=decide)]
+    return out
+
+
+@pytest.mark.parametrize("mode", SPEC)
+def test_the_law_calculator_agrees_with_the_theorem(oracle, ar, mode):
+    """Under the speculative rule the exact output law is AR's (to rounding); under every broken
+    rule it is not (total variation well above rounding)."""
+    law = spec_law(oracle, mode, LENGTH)
+    assert abs(sum(law.values()) - 1) < 1e-12
+    assert max(abs(law.get(k, 0) - ar.get(k, 0)) for k in set(law) | set(ar)) < 1e-12
+    for rule in RULES[1:]:
+        bad = spec_law(oracle, mode, LENGTH, rule)
+        tv = 0.5 * sum(abs(bad.get(k, 0) - ar.get(k, 0)) for k in set(bad) | set(ar))
+        assert tv > 1e-3, (rule, tv)
+
+
+@pytest.mark.parametrize("mode", SPEC)
+def test_the_law_test_has_power(oracle, ar, mode):
+    """The test as run (N draws, ALPHA) rejects a 10 % error in acceptance with probability
+    >= 0.99, and each negative control's broken rule at its own draws too (simulated through the
+    test's own statistic and asymptotic); its false-alarm rate, simulated under AR's law, is
+    consistent with ALPHA."""
+    assert len(ar) >= 16                                # a law with many outcomes
+    for rule in RULES[1:]:
+        bad = spec_law(oracle, mode, LENGTH, rule)
+        sim, asym = power(ar, bad, draws_for(mode, rule), seed=random.getrandbits(32))
+        assert min(sim, asym) >= MIN_POWER, (rule, sim, asym)
+    false_alarm, _ = power(ar, ar, N[mode], sims=4000, seed=random.getrandbits(32))
+    assert false_alarm <= 2e-3                          # 4000 tables: ALPHA is 0.4 expected
+
+
+@pytest.mark.parametrize("mode", ["ar", *SPEC])
+def test_sampled_modes_follow_the_exact_ar_law(model, oracle, ar, mode):
+    p, df = chi2_test(draw(model, oracle, mode, N[mode]), ar)
+    assert p >= ALPHA, (mode, p, df)
+
+
+# ---- negative controls: the real decoder with one part of the rule broken -------------------
+
+def _under_10(u0, px, qx):
+    return (qx > 0) & (u0 * qx < 0.9 * torch.minimum(px, qx))
+
+
+def _residual_p(p, q):
+    return p
+
+
+def _bonus_row(real):
+    def accept(drafts, draft_probs, target_logits, rule, mask_id, u, ctx=None):
+        out = real(drafts, draft_probs, target_logits, rule, mask_id, u, ctx)
+        n = len(drafts)
+        if n and rule.sampled and len(out) == n + 1:    # all accepted: bonus from row n - 1
+            law = sampling.law(target_logits[n - 1:n], rule, mask_id)
+            out[-1] = int(sampling.sample(law, u[n:, 0])[0])
+        return out
+    return accept
+
+
+def _q_untempered(real):
+    def draft(logits, rule, mask_id, u, ctx=None):
+        tokens, q = real(logits, rule, mask_id, u, ctx)
+        if q is not None:
+            wrong = SamplingRule(temperature=1.0, top_k=rule.top_k)
+            q = sampling.normalised(sampling.law(logits.double(), wrong, mask_id))
+        return tokens, q
+    return draft
+
+
+# rule -> (patches: (module, name, make(real) -> broken), the decision layer that runs it):
+# the accept test and the residual are shared by both layers (``sampling``), so their controls
+# run the product's batched layer; the bonus row and the drafts' proposals are per-layer code,
+# broken here in the per-request twin
+BROKEN = {
+    "under_10": ([(sampling, "accepts", lambda real: _under_10)], decide_batched),
+    "residual_p": ([(sampling, "residual_law", lambda real: _residual_p)], decide_batched),
+    "bonus_row": ([(decisions, "speculative_accept", _bonus_row)], decide_each),
+    "q_untempered": ([(decisions, "draft_tokens", _q_untempered)], decide_each),
+}
+
+
+@pytest.mark.parametrize("rule", RULES[1:])
+@pytest.mark.parametrize("mode", SPEC)
+def test_negative_control_a_broken_rule_is_rejected(model, oracle, ar, monkeypatch, mode, rule):
+    """The same test on the real decoder with one part of the rule broken: rejected."""
+    assert set(BROKEN) == set(RULES[1:])
+    patches, decide = BROKEN[rule]
+    for module, name, make in patches:
+        monkeypatch.setattr(module, name, make(getattr(module, name)))
+    p, _ = chi2_test(draw(model, oracle, mode, draws_for(mode, rule), decide=decide), ar)
+    assert p < ALPHA, (mode, rule, p)
