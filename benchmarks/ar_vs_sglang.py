@@ -1,20 +1,25 @@
 """``ar`` on the tri-mode server against unmodified SGLang serving the same weights as a plain
 Ministral3, with SGLang's own load generator (``python -m sglang.bench_serving``).
 
-    pip install datasets                 # bench_serving imports it (not a project dependency)
     python benchmarks/ar_vs_sglang.py --concurrency 1,4,16,0 --markdown      # 0 = unbounded
+    python benchmarks/ar_vs_sglang.py --caps defaults                        # one table only
 
 1. The trained fixture is rewritten as a ``Ministral3ForCausalLM`` checkpoint in a temporary
    folder (``testing.mistral3.write_ministral3_copy``: ``encoder.`` → ``model.``,
    ``diffusion_head`` → ``lm_head``, ``original_max_position_embeddings`` at the top level).
 2. One server at a time, same flags (CPU, torch_native, fp32, ``OMP_NUM_THREADS=1``, 4096 KV
-   tokens, 16 running requests): vanilla SGLang on that copy with the plugin not loaded
-   (``SGLANG_PLUGINS=nemotron_cpu``: only the CPU platform, which SGLang needs on a CPU), then
-   ``--dllm-algorithm NemotronTriMode`` on the fixture with ``default_mode: ar``.
-3. Both get the same greedy check (``/generate`` on held-out prompts: identical tokens or exit 1)
+   tokens): vanilla SGLang on that copy with the plugin not loaded (``SGLANG_PLUGINS=nemotron_cpu``:
+   only the CPU platform, which SGLang needs on a CPU), then ``--dllm-algorithm NemotronTriMode``
+   on the fixture with ``default_mode: ar``.
+3. ``--caps``, one table each: ``defaults``, neither server gets ``--max-running-requests`` (each
+   runs as a user runs it: SGLang's own limit from its KV pool, the tri-mode server's derived by
+   the plugin, ``core/limits.py``), and ``N``, both get ``--max-running-requests N`` (equal caps).
+   Each table's heading names the cap each server ran at (read from its start-up log).
+4. Both get the same greedy check (``/generate`` on held-out prompts: identical tokens or exit 1)
    and the same ``bench_serving`` load per concurrency: ``--backend sglang --dataset-name
-   random-ids --tokenize-prompt``, ``--num-prompts``, input / output lengths, ignore_eos, seed 1.
-4. ``--repeats`` times, the two servers taking turns (vanilla first in even repeats, tri-mode
+   random-ids --tokenize-prompt``, ``--num-prompts``, input / output lengths, ignore_eos, seed 1
+   (``testing.bench.BENCH_SERVING``: no ``datasets`` install needed).
+5. ``--repeats`` times, the two servers taking turns (vanilla first in even repeats, tri-mode
    first in odd ones), so that a drift of the machine's speed within the run (seen here: ±10 %
    within an hour) falls on both sides of each ratio.
 Prints the median output tokens/s per concurrency, the median ratio tri-mode / vanilla over the
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -60,9 +66,28 @@ def bench(port: int, tokenizer: Path, concurrency: int, a, out: Path) -> dict:
     return json.loads(lines[-1])
 
 
+def running_cap(log: Path, vanilla: bool) -> str:
+    """The cap a server ran at, from its start-up log (SGLang's line; the plugin's for tri-mode)."""
+    text = log.read_text()
+    m = re.search(r"max_running_requests=(\d+)" if vanilla else
+                  r"NemotronTriMode: max_running_requests (\d+)", text)
+    return m.group(1) if m else "?"
+
+
+def parse_caps(text: str) -> list[int | None]:
+    """``defaults,16`` → [None, 16] (None: no ``--max-running-requests``)."""
+    caps: list[int | None] = []
+    for item in text.split(","):
+        caps.append(None if item.strip() == "defaults" else int(item))
+    return caps
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--concurrency", default="1,4,16,0", help="comma list; 0 = unbounded")
+    p.add_argument("--caps", default="defaults,16",
+                   help="comma list, one table each: 'defaults' (no --max-running-requests for "
+                        "either server) or N (--max-running-requests N for both)")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=64)
@@ -71,6 +96,7 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true")
     a = p.parse_args()
     conc = [int(c) for c in a.concurrency.split(",")]
+    caps = parse_caps(a.caps)
 
     from nemotron_sglang.core.tokenizer import load_tokenizer
     from tpf import corpus_prompts
@@ -87,35 +113,45 @@ def main() -> None:
     }
     names = list(servers)
     tps: dict = {}
+    ran_at: dict = {}                     # (cap, name) -> the cap the server logged
     outputs = []                          # greedy tokens of each server run
-    for rep in range(a.repeats):
-        for name in (names if rep % 2 == 0 else names[::-1]):
-            model, extra, env = servers[name]
-            server = CPUServer(model, tmp / f"{name[:7]}.log",
-                               ["--max-total-tokens", "4096", "--max-running-requests", "16",
-                                *extra], env=env, port=a.port)
-            try:
-                outputs.append(greedy(a.port, prompts, 48))
-                bench(a.port, FIXTURE, conc[0], a, tmp / "warm.jsonl")
-                for c in conc:
-                    r = bench(a.port, FIXTURE, c, a, tmp / f"{rep}-{name[:7]}-{c}.jsonl")
-                    tps.setdefault((name, c), []).append(r["output_throughput"])
-            finally:
-                server.stop()
+    for cap in caps:
+        flags = ["--max-total-tokens", "4096"] + \
+            ([] if cap is None else ["--max-running-requests", str(cap)])
+        for rep in range(a.repeats):
+            for name in (names if rep % 2 == 0 else names[::-1]):
+                model, extra, env = servers[name]
+                log = tmp / f"{name[:7]}-{cap}.log"
+                server = CPUServer(model, log, [*flags, *extra], env=env, port=a.port)
+                try:
+                    ran_at[(cap, name)] = running_cap(log, name == names[0])
+                    outputs.append(greedy(a.port, prompts, 48))
+                    bench(a.port, FIXTURE, conc[0], a, tmp / "warm.jsonl")
+                    for c in conc:
+                        r = bench(a.port, FIXTURE, c, a, tmp / f"{rep}-{name[:7]}-{cap}-{c}.jsonl")
+                        tps.setdefault((cap, name, c), []).append(r["output_throughput"])
+                finally:
+                    server.stop()
     same = all(out == outputs[0] for out in outputs)
     print(f"# hardware: {hardware(triton_interpret=False)}")
     print(f"# command: python {shlex.join(sys.argv)}")
     print(f"# bench_serving: random-ids, input {a.input_len}, output {a.output_len} (ignore_eos), "
-          f"{a.num_prompts} prompts per point, {a.repeats} repeats (servers taking turns); "
-          f"greedy tokens identical on 8 held-out prompts in every run: {same}")
-    rows = []
-    for c in conc:
-        van, tri = tps[(names[0], c)], tps[(names[1], c)]
-        ratios = [t / v for t, v in zip(tri, van)]
-        rows.append([c or "unbounded", statistics.median(van), statistics.median(tri),
-                     statistics.median(ratios), f"{min(ratios):.3f}-{max(ratios):.3f}"])
-    print_table(["concurrency", "vanilla tok/s", "tri-mode ar tok/s", "ratio (median)",
-                 "ratio range"], rows, a.markdown)
+          f"{a.num_prompts} prompts per point, {a.repeats} repeats (servers taking turns), "
+          f"4096 KV tokens each; greedy tokens identical on 8 held-out prompts in every run: "
+          f"{same}")
+    for cap in caps:
+        how = "defaults (no --max-running-requests)" if cap is None else \
+            f"equal caps (--max-running-requests {cap} for both)"
+        print(f"\n# {how}: vanilla ran at max_running_requests {ran_at[(cap, names[0])]}, "
+              f"tri-mode at {ran_at[(cap, names[1])]}")
+        rows = []
+        for c in conc:
+            van, tri = tps[(cap, names[0], c)], tps[(cap, names[1], c)]
+            ratios = [t / v for t, v in zip(tri, van)]
+            rows.append([c or "unbounded", statistics.median(van), statistics.median(tri),
+                         statistics.median(ratios), f"{min(ratios):.3f}-{max(ratios):.3f}"])
+        print_table(["concurrency", "vanilla tok/s", "tri-mode ar tok/s", "ratio (median)",
+                     "ratio range"], rows, a.markdown)
     shutil.rmtree(tmp, ignore_errors=True)
     sys.exit(0 if same else 1)
 

@@ -31,6 +31,8 @@ def test_cpu_defaults(tmp_path, monkeypatch, ckpt_dirs):
     assert value(cmd, "--device") == "cpu" and value(cmd, "--attention-backend") == "torch_native"
     assert value(cmd, "--dtype") == "float32" and "--enable-metrics" in cmd
     assert env["NEMOTRON_SGLANG_CPU_PLATFORM"] == "1"
+    # no running-request cap: the plugin derives it from the KV pool (core/limits.py)
+    assert not any(a.startswith("--max-running-requests") for a in cmd)
     yaml = (tmp_path / value(cmd, "--dllm-algorithm-config").split("/")[-1]).read_text()
     assert "default_mode: linear_spec" in yaml and "threshold: 0.9" in yaml
     assert f"auto_max_batch: {serve.AUTO_MAX_BATCH['cpu']}" in yaml
@@ -56,6 +58,8 @@ def test_auto_max_batch_per_device_and_flag(tmp_path, monkeypatch, ckpt_dirs):
 def test_cuda_defaults_and_passthrough_wins(tmp_path, monkeypatch, ckpt_dirs):
     monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
     monkeypatch.delenv("NEMOTRON_SGLANG_CPU_PLATFORM", raising=False)
+    bare, _ = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), [], cuda=True)
+    assert not any(a.startswith("--max-running-requests") for a in bare)
     cmd, env = serve.build_command(args(model=str(ckpt_dirs["s0_lora"]), default_mode="ar"),
                                    ["--max-running-requests", "4", "--tp-size", "2"], cuda=True)
     assert value(cmd, "--attention-backend") == "triton" and "--device" not in cmd
@@ -140,7 +144,8 @@ def test_launch_script_is_serve(tmp_path):
                      SGLANG_ARGS="--dry-run") == want
     got = exec_line(["bash", str(root / "launch" / "serve_cpu.sh"), str(serve.FIXTURE), "30123"],
                     SGLANG_ARGS="--dry-run --max-running-requests 3")
-    assert "--max-running-requests 3" in got[0] and "--max-running-requests 16" not in got[0]
+    assert "--max-running-requests 3" in got[0] and got[0].count("--max-running-requests") == 1
+    assert "--max-running-requests" not in want[0]
 
 
 def test_strict_thinking_turns_the_budget_filter_on(tmp_path, monkeypatch, ckpt_dirs):

@@ -13,7 +13,9 @@ process with SGLang's (no HTTP server of its own):
   processes share the cores; 1 thread measured ~7× faster than torch's default on 2 cores) and a
   KV pool sized for a small machine; on CUDA: the triton attention backend (with
   ``--attention-backend nemotron``, the plugin's own kernels: ``--disable-cuda-graph`` added);
-- ``--enable-metrics`` and ``--max-running-requests 16`` unless given;
+- ``--enable-metrics`` unless given; no ``--max-running-requests``: the plugin derives the
+  running-request cap from the device's memory (``core/limits.py``, logged at start-up), and a
+  ``--max-running-requests`` passed here wins;
 - with ``--enable-strict-thinking`` (per-request thinking budgets: ``thinking_budget``),
   ``SGLANG_MAX_THINK_TOKENS`` set to ``NO_THINK_LIMIT`` unless set: SGLang's reasoning wrapper
   only filters tokens (and so enforces a request's budget) when a server default is >= 0.
@@ -39,7 +41,8 @@ from ..core.modes import DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_thres
 # CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
 # out-served ar at every concurrency tried, 1..64, so there is no crossover below 64.
 # CUDA: not measured (no GPU lent yet); 8 is DESIGN §6's estimate of where 32-token spec passes
-# reach an H100's compute roof. Re-measure with benchmarks/serving.py and pass --auto-max-batch.
+# reach an H100's compute roof (the server logs it as unmeasured: auto_plan.switch_point_note).
+# Measure a cost table (benchmarks/cost_model.py --json) and pass --cost-model.
 AUTO_MAX_BATCH = {"cpu": 64, "cuda": 8}
 # the adaptive block's cost table of the embedded default on a 2-core CPU (benchmarks/cost_model.py)
 CPU_COST_TABLE = Path(__file__).with_name("cost_cpu.json")
@@ -139,8 +142,7 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     env = dict(os.environ)
     if _has_flag(passthrough, "--enable-strict-thinking"):
         env.setdefault("SGLANG_MAX_THINK_TOKENS", str(NO_THINK_LIMIT))
-    defaults: list[tuple[str, str | None]] = [("--max-running-requests", "16"),
-                                              ("--enable-metrics", None)]
+    defaults: list[tuple[str, str | None]] = [("--enable-metrics", None)]
     if cuda:
         defaults += [("--attention-backend", "triton")]
         if _flag(passthrough, "--attention-backend") == "nemotron":

@@ -61,6 +61,7 @@ def register() -> None:
             (hooks.TP_WORKER_TARGET, hooks.attach_requests, HookType.AROUND),
             (hooks.STASH_TARGET, hooks.keep_canvas_kv, HookType.AROUND),
             (hooks.SCHEDULE_TARGET, hooks.schedule_with_retraction, HookType.AROUND),
+            (hooks.INIT_TARGET, hooks.cap_running_requests, HookType.AROUND),
             (prompt_logprobs.TARGET, prompt_logprobs.keep_prompt_logprobs, HookType.AROUND),
             (metrics.REPORT_TARGET, metrics.report_canvas_round, HookType.AROUND),
             (metrics.PUBLISH_TARGET, metrics.publish_canvas_load, HookType.AROUND),

@@ -8,9 +8,14 @@ chosen block becomes the request's strategy and block. A request is re-planned o
 
     round rows:  [auto idle] [auto idle] [linear mid-cycle] [diffusion] [auto finished]
                   \\_______ choose ______/  \\__________ other_tokens __________/
+
+``switch_point_note``: the start-up log line saying where ``auto``'s switch point comes from
+(a measured cost table, or ``auto_max_batch``, unmeasured on that device).
 """
 
 from __future__ import annotations
+
+import logging
 
 from ..core.block_policy import AcceptanceTally, CostTable, acceptance_rate, choose_block
 from ..core.decoding import get_strategy
@@ -88,3 +93,27 @@ def set_block(nld, block: int, has_lora: bool) -> None:
         nld.state.lora = nld.strategy.uses_lora and has_lora
     if block > 1:
         nld.state.block = block
+
+
+def switch_point_note(table: CostTable | None, auto_max_batch: int, device: str
+                      ) -> tuple[int, str]:
+    """(log level, text) of the start-up line on ``auto``'s switch point on ``device``
+    (SGLang's device name: ``cuda``, ``cpu``, ...): INFO with a cost table (where it was
+    measured), WARNING without one (``auto_max_batch`` is no measurement of this device)."""
+    if table is not None:
+        return logging.INFO, (f"auto: the block (or ar) of each round from the YAML's "
+                              f"cost_model, measured on: {table.device or 'unnamed device'}")
+    if str(device).startswith("cuda"):
+        origin = (f"{auto_max_batch} (serve's CUDA default 8 is DESIGN §6's estimate of an "
+                  f"H100's compute roof, not a measurement)")
+        measure = ("python benchmarks/cost_model.py --model DIR --json cost.json on this GPU, "
+                   "then serve --cost-model cost.json (or --write YOUR.yaml)")
+    else:
+        origin = (f"{auto_max_batch} (serve's CPU default 64 was measured for the embedded "
+                  f"default on a 2-core CPU only)")
+        measure = ("python benchmarks/cost_model.py --server --model DIR --write YOUR.yaml "
+                   "(or --json cost.json, then serve --cost-model cost.json)")
+    return logging.WARNING, (f"auto: no cost_model in the YAML: linear_spec while a round holds "
+                             f"<= auto_max_batch requests, ar beyond; its switch point is "
+                             f"unmeasured on this {device} device: auto_max_batch {origin}; "
+                             f"measure it: {measure}")

@@ -3,7 +3,14 @@
 - AROUND ``DllmConfig.from_server_args``: SGLang hard-codes block size and mask id per dLLM
   architecture; for an NLD checkpoint this builds the ``DllmConfig`` from the checkpoint's own
   config (block size, mask id; YAML ``block_size`` may lower it), turns FDFO off (our rounds
-  commit a variable number of tokens) and passes the model path on to the algorithm.
+  commit a variable number of tokens) and passes the model path on to the algorithm. Without
+  ``--max-running-requests`` its cap is SGLang's own 1 (``UNSET_CAP``) until the scheduler
+  derives it (next item).
+- AROUND ``SchedulerDllmMixin.init_diffusion_llm`` (after SGLang sized its pools): the running
+  cap from the device's memory, core's rule (``core/limits.py``: min(request slots, KV pool //
+  (block + 1)); the flag wins within the slots), set on the ``DllmConfig`` and the
+  ``DllmManager`` and logged with its derivation, plus where ``auto``'s switch point comes from
+  (``auto_plan.switch_point_note``).
 - AROUND ``TpModelWorker._forward_batch_generation_dllm``: hands the batch's ``Req`` objects to
   the algorithm's ``run`` (``forward_batch.nld_reqs``), where per-request modes, seeds and
   counters live.
@@ -34,6 +41,7 @@ import functools
 import logging
 
 from ..core.config import NLDConfig
+from ..core.limits import running_request_cap
 from ..core.vlm_checkpoint import text_config_of
 from ..core.modes import RuleError, check_block_length
 from .canvas_round import RESEED
@@ -44,12 +52,16 @@ DLLM_CONFIG_TARGET = "sglang.srt.dllm.config.DllmConfig.from_server_args"
 TP_WORKER_TARGET = "sglang.srt.managers.tp_worker.TpModelWorker._forward_batch_generation_dllm"
 STASH_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin._stash_dllm_context"
 SCHEDULE_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.get_new_batch_dllm"
+INIT_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.init_diffusion_llm"
 ALGORITHM_NAME = "NemotronTriMode"
 # SGLang methods the hooks call (checked at registration, like the targets)
 CALLED = ("sglang.srt.constrained.grammar_manager.GrammarManager.get_ready_grammar_requests",
           "sglang.srt.constrained.grammar_manager.GrammarManager.has_waiting_grammars",
-          "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue")
-DEFAULT_MAX_RUNNING_REQUESTS = 16
+          "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue",
+          "sglang.srt.runtime_context.get_parallel")
+# the DllmConfig's cap without --max-running-requests until the scheduler derives it
+# (cap_running_requests): SGLang's own dLLM default, which no round outside the scheduler reads
+UNSET_CAP = 1
 
 
 @functools.lru_cache(maxsize=16)
@@ -97,8 +109,35 @@ def dllm_config_from_server_args(original, server_args):
     return TriModeConfig(
         algorithm=ALGORITHM_NAME, algorithm_config=algorithm_config, block_size=block,
         mask_id=nld.mask_token_id,
-        max_running_requests=cfg.max_running_requests or DEFAULT_MAX_RUNNING_REQUESTS,
+        max_running_requests=cfg.max_running_requests or UNSET_CAP,
         first_done_first_out_mode=False, requires_separate_context_encoding=True)
+
+
+def cap_running_requests(original, self):
+    """SGLang's ``init_diffusion_llm``; then, on an NLD server, the running-request cap from the
+    pools SGLang sized (``init_model_worker`` ran first) by core's rule, logged once."""
+    original(self)
+    from sglang.srt.arg_groups.overrides import resolving_view
+    from sglang.srt.runtime_context import get_parallel
+
+    from ..core.block_policy import CostTable
+    from .auto_plan import switch_point_note
+    from .server_config import TriModeConfig
+
+    config = self.dllm_config
+    if not isinstance(config, TriModeConfig):
+        return
+    slots = min(self.max_running_requests, self.req_to_token_pool.size)
+    cap, why = running_request_cap(self.max_total_num_tokens, slots, config.block_size,
+                                   resolving_view(self.server_args).max_running_requests)
+    config.max_running_requests = self.dllm_manager.max_running_reqs = cap
+    if get_parallel().tp_rank != 0:
+        return
+    logger.info("NemotronTriMode: %s", why)
+    table = (config.algorithm_config or {}).get("cost_model")
+    level, note = switch_point_note(None if table is None else CostTable.from_mapping(table),
+                                    config.defaults.auto_max_batch, str(self.device))
+    logger.log(level, "NemotronTriMode: %s", note)
 
 
 def attach_requests(original, self, forward_batch, batch=None, *args, **kwargs):

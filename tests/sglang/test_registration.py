@@ -316,7 +316,7 @@ def test_dllm_config_from_checkpoint(loaded, nld_tiny_b8):
     assert c["fdfo"] is False
     assert c["separate_context"] is True
     assert c["algorithm_config"] == {"model_path": str(nld_tiny_b8)}
-    assert c["max_running_requests"] == 16            # hooks.DEFAULT_MAX_RUNNING_REQUESTS
+    assert c["max_running_requests"] == 1     # hooks.UNSET_CAP until the scheduler derives it
 
 
 def test_dllm_config_block_from_other_checkpoint(loaded):

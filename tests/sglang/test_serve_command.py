@@ -1,13 +1,19 @@
 """``nemotron-sglang serve`` end to end: with no ``--model`` it serves the embedded default through
-SGLang's own server, prints the URL and a curl line, and answers the OpenAI routes in every mode."""
+SGLang's own server, prints the URL and a curl line, and answers the OpenAI routes in every mode.
+With no ``--max-running-requests`` the running cap is core's rule on the pools SGLang sized
+(logged with its derivation), and more than 16 requests run in one round."""
 
 from __future__ import annotations
 
 import json
+import random
+import re
 import sys
 
 import pytest
 
+from nemotron_sglang.core.limits import running_request_cap
+from nemotron_sglang.data import EMBEDDED
 from sglang_server import Server
 
 pytest.importorskip("sglang")
@@ -60,3 +66,49 @@ def test_embedded_default_answers_by_the_rule(served, mode):
         assert status == 200, body
         text = json.loads(body)["choices"][0]["text"]
         assert text.startswith(expected), (mode, prompt, text)
+
+
+def sglang_pools(log: str) -> tuple[int, int]:
+    """SGLang's own start-up line: (KV pool tokens, request slots) it sized."""
+    m = re.search(r"max_total_num_tokens=(\d+),.*?max_running_requests=(\d+),", log)
+    assert m, log[-3000:]
+    return int(m.group(1)), int(m.group(2))
+
+
+def running_counts(log: str) -> list[int]:
+    """``#running-req`` of every canvas round SGLang logged (a "Decode batch" line per
+    ``--decode-log-interval`` rounds: ``metrics.report_canvas_round``)."""
+    return [int(n) for n in re.findall(r"Decode batch, #running-req: (\d+),", log)]
+
+
+def run_together(server, n: int, tokens: int) -> list[int]:
+    """``n`` ar requests of ``tokens`` tokens (ignore_eos) sent in one batched ``/generate``;
+    the running counts logged meanwhile."""
+    start = len(server.log.read_text())
+    prompts = [[random.randrange(20, 200) for _ in range(random.randint(4, 12))] for _ in range(n)]
+    status, body = server.post("/generate", {"input_ids": prompts, "sampling_params": {
+        "max_new_tokens": tokens, "temperature": 0, "ignore_eos": True,
+        "custom_params": {"decode_mode": "ar"}}}, timeout=600)
+    assert status == 200, body
+    assert [len(o["output_ids"]) for o in json.loads(body)] == [tokens] * n
+    return running_counts(server.log.read_text()[start:])
+
+
+def test_running_cap_is_derived_from_memory(served):
+    """No flag: the cap SGLang's dLLM server would run at (1) is replaced by core's rule on the
+    KV pool and request slots SGLang logged, and the derivation is logged; so is where auto's
+    switch point comes from (the shipped CPU table: measured)."""
+    log = served.log.read_text()
+    kv, slots = sglang_pools(log)
+    block = json.loads((EMBEDDED / "config.json").read_text())["block_size"]
+    cap, why = running_request_cap(kv, slots, block)
+    assert f"NemotronTriMode: {why}" in log, log[-3000:]
+    assert cap == min(slots, kv // (block + 1)) > 16
+    assert "NemotronTriMode: auto: the block (or ar) of each round from the YAML's cost_model, " \
+           "measured on: x86_64 CPU" in log
+
+
+def test_more_than_16_requests_run_in_one_round(served):
+    """24 requests sent at once all run in the same canvas rounds (the old fixed cap was 16)."""
+    counts = run_together(served, 24, 120)
+    assert counts and max(counts) == 24, counts
