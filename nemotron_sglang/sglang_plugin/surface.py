@@ -199,6 +199,12 @@ def export_stats(self, reqs, *args, **kwargs):
         nld = getattr(req, "nld", None)
         if nld is None:
             continue
+        lp = getattr(req, "logprob", None)
+        if lp is not None and lp.output_token_logprobs_val is not None:
+            # SGLang's streamer sends logprobs up to max(len(output_ids), 1), as if a prefill had
+            # emitted the first token: a round that returned none must not skip the first entry
+            req.send_output_token_logprobs_offset = min(
+                req.send_output_token_logprobs_offset, len(lp.output_token_logprobs_val))
         if nld.round_logprobs:
             attach_logprobs(req, nld)
         stats = nld.stats
