@@ -1,6 +1,11 @@
 """Shared fixtures: tiny NLD checkpoints generated once per session, models in float64; the
 session's random seed (fresh per run, ``NLD_TEST_SEED`` pins it) seeds ``random`` and torch for
-every test from (seed, test id), and a failing test's report names the line that replays it."""
+every test from (seed, test id), and a failing test's report names the line that replays it.
+
+In CI (``CI`` in 1/true/yes) nothing skips silently: a missing test dependency fails the session
+at its start, and any skip or xfail whose reason is not in ``ALLOWED_SKIPS`` (or whose condition
+does not hold on this machine) turns into a failure naming the test and the reason — at run time
+and at collection (a module-level ``pytest.importorskip``, even of a missing transitive import)."""
 
 from __future__ import annotations
 
@@ -17,7 +22,60 @@ from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
 torch.set_num_threads(1)
 
 # what the test modules import or skip without; CI installs all of them (scripts/install.sh)
-TEST_DEPENDENCIES = ("sglang", "triton", "openai", "jinja2", "scipy", "ruff", "mypy")
+TEST_DEPENDENCIES = ("sglang", "triton", "openai", "jinja2", "scipy", "ruff", "mypy", "xgrammar",
+                     "transformers", "PIL")
+
+
+def _no_cuda() -> bool:
+    return not torch.cuda.is_available()
+
+
+# the only skips a CI run accepts: the reason exactly as the skip states it -> a check, made when
+# the skip happens, that the reason is true on this machine. Every other skip (and every xfail)
+# fails a CI run; tests/test_ci.py checks that each entry is still used by some test.
+ALLOWED_SKIPS = {
+    # GPU-only (@pytest.mark.gpu): real-shape bf16 Triton kernels, KV write (tests/kernels)
+    "needs a CUDA device": _no_cuda,
+    # GPU-only (@pytest.mark.gpu): the image resize on CUDA against transformers (test_images)
+    "needs CUDA": _no_cuda,
+    # GPU host only: SGLang's CUDA platform wins there, so ours stays off (sglang/test_registration)
+    "the CPU platform stays off on a CUDA host": torch.cuda.is_available,
+    # GPU host only: with flashinfer installed its missing-package error cannot be raised
+    # (kernels/test_kernels_package; benchmarks/kernels.py runs that path instead)
+    "flashinfer is installed; benchmarks/kernels.py exercises its path":
+        lambda: importlib.util.find_spec("flashinfer") is not None,
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_reason(rep) -> str | None:
+    """The reason of a skipped or xfailed (test or collect) report; None when it did not skip."""
+    if not rep.skipped:
+        return None
+    if hasattr(rep, "wasxfail"):
+        return f"xfail: {rep.wasxfail}"
+    msg = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    return msg.removeprefix("Skipped: ")
+
+
+def enforce_skip_policy(rep, nodeid: str) -> None:
+    """In CI, turn ``rep`` into a failure when it skipped for a reason ``ALLOWED_SKIPS`` lacks or
+    whose condition is false here."""
+    reason = skip_reason(rep)
+    if reason is None or not in_ci():
+        return
+    allowed = ALLOWED_SKIPS.get(reason)
+    if allowed is not None and allowed():
+        return
+    why = "is not in ALLOWED_SKIPS" if allowed is None else "is false on this machine"
+    if hasattr(rep, "wasxfail"):
+        del rep.wasxfail
+    rep.outcome = "failed"
+    rep.longrepr = (f"CI: {nodeid} skipped: {reason!r}; that reason {why} (tests/conftest.py), "
+                    f"and in CI no other skip is allowed")
 
 
 # one seed per session; each test draws from random / torch seeded by (SEED, its node id), so a
@@ -46,9 +104,16 @@ def _seeded(request):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    enforce_skip_policy(rep, item.nodeid)
     if rep.failed:
         rep.sections.append(("random seed", f"replay: NLD_TEST_SEED={SEED} python -m pytest "
                                             f"'{item.nodeid}'"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    enforce_skip_policy(outcome.get_result(), collector.nodeid or str(collector.path))
 
 
 def pytest_report_header(config):
@@ -61,7 +126,7 @@ def missing_modules(names) -> list[str]:
 
 def pytest_sessionstart(session):
     """In CI (``CI`` set) a missing test dependency fails the run instead of skipping modules."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         missing = missing_modules(TEST_DEPENDENCIES)
         if missing:
             raise pytest.UsageError(f"CI: test dependencies {missing} are not installed; in CI a "

@@ -1,5 +1,6 @@
 """CI runs every test: a missing test dependency fails the session (``conftest.py``) rather than
-skipping whole modules through ``pytest.importorskip``."""
+skipping whole modules through ``pytest.importorskip``, and in CI any skip outside
+``conftest.ALLOWED_SKIPS`` (GPU-only ones) fails the run, at collection as at run time."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TEST_DEPENDENCIES, missing_modules
+from conftest import ALLOWED_SKIPS, TEST_DEPENDENCIES, missing_modules
+
+TESTS = Path(__file__).parent
 
 
 def test_every_test_dependency_is_installed_and_a_missing_one_is_named():
@@ -53,3 +56,77 @@ def test_random_tests_are_reproducible_and_a_failure_names_its_seed(tmp_path):
     b, _ = run(123)
     c, _ = run(124)
     assert a == b and a != c, (a, b, c)
+
+
+def test_every_allowed_skip_is_used_by_a_test():
+    """No stale entry: each allowed reason is a skip reason some test module states."""
+    sources = "\n".join(p.read_text() for p in TESTS.rglob("test_*.py"))
+    for reason in ALLOWED_SKIPS:
+        assert f'"{reason}"' in sources or f"'{reason}'" in sources, reason
+
+
+def test_ci_fails_every_skip_but_the_allowed_ones(tmp_path):
+    """pytest runs (``CI=true``, this conftest) on tiny test files: an allowed skip whose reason
+    holds here passes; a skip with another reason, an allowed reason that is false here, an xfail,
+    and a module-level ``importorskip`` each fail, naming the test and the reason. Without CI all
+    of them skip as before."""
+    import shutil
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    true_here = next(r for r, holds in ALLOWED_SKIPS.items() if holds())
+    false_here = next(r for r, holds in ALLOWED_SKIPS.items() if not holds())
+    files = {
+        "test_allowed.py": f"""
+import pytest
+@pytest.mark.skipif(True, reason={true_here!r})
+def test_gpu(): pass
+def test_ok(): pass
+""",
+        "test_other.py": """
+import pytest
+def test_lazy():
+    pytest.skip("no network here")
+""",
+        "test_false.py": f"""
+import pytest
+@pytest.mark.skipif(True, reason={false_here!r})
+def test_false_claim(): pass
+""",
+        "test_xfail.py": """
+import pytest
+@pytest.mark.xfail(reason="known bug")
+def test_xf(): assert False
+""",
+        "test_module.py": """
+import pytest
+pytest.importorskip("no_such_module_xyz")
+def test_x(): pass
+""",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    def start(ci: bool, *paths):
+        env = {k: v for k, v in os.environ.items() if k != "CI"}
+        if ci:
+            env["CI"] = "true"
+        return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-rs", "-p",
+                                 "no:cacheprovider", *paths], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    runs = {"allowed": start(True, "test_allowed.py"),
+            "run time": start(True, "test_other.py", "test_false.py", "test_xfail.py"),
+            "collection": start(True, "test_module.py"), "no CI": start(False, *files)}
+    out = {name: (p.wait(timeout=300), p.stdout.read()) for name, p in runs.items()}
+    rc, text = out["allowed"]
+    assert rc == 0 and "1 passed, 1 skipped" in text, text[-3000:]
+    rc, text = out["run time"]
+    assert rc == 1 and "2 failed, 1 error" in text, text[-3000:]
+    for name, reason in [("test_other.py::test_lazy", "no network here"),
+                         ("test_false.py::test_false_claim", false_here),
+                         ("test_xfail.py::test_xf", "xfail: known bug")]:
+        assert f"CI: {name} skipped: {reason!r}" in text, (name, text[-3000:])
+    rc, text = out["collection"]
+    assert rc != 0 and "CI: test_module.py skipped: " in text, text[-3000:]
+    assert "No module named 'no_such_module_xyz'" in text, text[-3000:]
+    rc, text = out["no CI"]
+    assert rc == 0 and "1 passed, 4 skipped, 1 xfailed" in text, text[-3000:]

@@ -1,11 +1,19 @@
 """A real SGLang server process on the CPU, for the tests and the benchmarks: ``sglang.launch_server``
 (torch_native attention, fp32, ``OMP_NUM_THREADS=1``, the plugin's CPU platform) on a loopback
-port, polled until healthy, stopped with its whole process group; plus a JSON POST."""
+port, polled until healthy, stopped with its whole process group; plus a JSON POST.
+
+The server's process group also dies with the process that started it, even one killed by
+SIGKILL (a suite killed by a timeout): a watchdog (``python -m nemotron_sglang.testing.cpu_server
+PGID``, in a session of its own so a signal to the starter's group spares it) reads a pipe whose
+write end only the starter holds; EOF on it — the starter closed it or died — makes the watchdog
+SIGTERM the group, then SIGKILL what is left. (SGLang's own scheduler and detokenizer processes
+only follow ``launch_server``'s main process, by ``PR_SET_PDEATHSIG``; nothing kills that one.)"""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -14,6 +22,48 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+
+WATCHDOG_GRACE_S = 30.0      # SIGTERM to SIGKILL, for the watchdog as for ``stop``
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """The pids of the live (not zombie) processes in process group ``pgid`` (Linux ``/proc``)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path("/proc", name, "stat").read_text()
+        except OSError:                                   # exited meanwhile
+            continue
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]   # after "pid (comm) "
+        if int(pgrp) == pgid and state not in "ZX":
+            pids.append(int(name))
+    return pids
+
+
+def watch(pgid: int, grace_s: float = WATCHDOG_GRACE_S) -> None:
+    """The watchdog's loop, stdin the read end of the starter's pipe: returns when group ``pgid``
+    has no live process left (checked every second), or, after EOF on stdin, once it has SIGTERMed
+    the group and SIGKILLed whatever outlived ``grace_s``."""
+    while live_group_members(pgid):
+        if select.select([sys.stdin], [], [], 1.0)[0] and not os.read(sys.stdin.fileno(), 4096):
+            break                                          # EOF: the starter is gone
+    else:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while live_group_members(pgid):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        else:
+            return
 
 
 def free_port() -> int:
@@ -53,11 +103,19 @@ class CPUServer:
         self.log = Path(log)
         env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **(env or {}))
         cmd = [*(command or launch_command(model)), "--port", str(self.port), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        # the pipe's write end is not inheritable: only this process holds it (module docstring)
+        with open(self.log, "a") as out:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-m", "nemotron_sglang.testing.cpu_server", str(self.proc.pid)],
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
         deadline = time.time() + wait_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=2)
@@ -78,16 +136,25 @@ class CPUServer:
         return json.loads(text)
 
     def stop(self) -> None:
+        """Stop the whole process group: SIGTERM, SIGKILL after ``WATCHDOG_GRACE_S``; returns when
+        no process of the group is alive (the watchdog, told by EOF, waits for the rest)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=WATCHDOG_GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        if self.watchdog.stdin and not self.watchdog.stdin.closed:
+            self.watchdog.stdin.close()
+        self.watchdog.wait(timeout=2 * WATCHDOG_GRACE_S + 10)
 
     def __enter__(self) -> "CPUServer":
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]))

@@ -4,10 +4,12 @@ On a machine without CUDA the kernels run under ``TRITON_INTERPRET=1`` (set belo
 Triton kernel is decorated; triton 3.x reads it at decoration time) in fp32 and fp16 — the
 interpreter gets bf16 wrong. Accuracy rule: relative error (Frobenius) against an fp64
 reference (core's ``paged_attention`` on float64 copies of the same inputs) must be at most
-2× the error plain PyTorch ``reference_attention`` gets in the same dtype, plus a tiny floor.
+2× the error plain PyTorch ``reference_attention`` gets in the same dtype, plus a tiny floor,
+in each case; and over a sweep of every scenario, the median ratio per dtype is at most
+``MEDIAN_RATIO_MAX`` (a systematically worse kernel fails there even when each case is within 2×).
 Seeds are fresh per session (``NLD_TEST_SEED`` pins one); every message names its seed.
 ``@pytest.mark.gpu`` tests run real shapes (32/8 heads, head_dim 128, bf16) on CUDA only.
-Run with ``-s`` to see the table of measured error ratios.
+Run the sweep with ``-s`` to see its table of measured error ratios.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import statistics
 
 import pytest
 import torch
@@ -38,7 +41,10 @@ from nemotron_sglang.kernels import (attention_for_forward, commit_lengths_, kv_
 DEV = torch.device("cuda" if CUDA else "cpu")
 from conftest import SEED  # noqa: E402  (the session seed; NLD_TEST_SEED pins it)
 FLOOR = {torch.float32: 1e-7, torch.float16: 1e-5, torch.bfloat16: 1e-4}
-RATIOS: list[tuple[str, float, float, float]] = []      # (case, kernel err, torch err, ratio)
+# the sweep's bound on the median (per dtype) of kernel err / torch err. Measured on 15 seeds:
+# fp32 0.95-1.03, fp16 1.09-1.15; a kernel keeping its running output in fp16 gets 1.51-1.65
+# there while each of its cases stays within the 2x bound
+MEDIAN_RATIO_MAX = 1.3
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,7 +103,8 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref).norm() / ref.norm())
 
 
-def check_against_oracle(name, q, k, v, cache, batch, layer=1, **overrides):
+def errors_against_oracle(name, q, k, v, cache, batch, layer=1, **overrides):
+    """(kernel rel err, plain torch rel err in q's dtype), both against the fp64 reference."""
     scale = q.shape[-1] ** -0.5
     ref64 = paged_attention(q.double(), k.double(), v.double(), as_float64(cache), layer, batch,
                             scale)
@@ -105,12 +112,14 @@ def check_against_oracle(name, q, k, v, cache, batch, layer=1, **overrides):
     out = paged_attention_triton(q, k, v, cache, layer, batch, scale, **overrides)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert torch.isfinite(out).all(), f"{name} seed {SEED}: non-finite output"
-    e_k, e_t = rel_err(out, ref64), rel_err(torch_out, ref64)
-    RATIOS.append((name, e_k, e_t, e_k / e_t if e_t else float("inf")))
-    bound = 2 * e_t + FLOOR[q.dtype]
-    assert e_k <= bound, \
+    return rel_err(out, ref64), rel_err(torch_out, ref64)
+
+
+def check_against_oracle(name, q, k, v, cache, batch, layer=1, **overrides):
+    e_k, e_t = errors_against_oracle(name, q, k, v, cache, batch, layer, **overrides)
+    assert e_k <= 2 * e_t + FLOOR[q.dtype], \
         f"{name} seed {SEED}: kernel rel err {e_k:.3e} > 2 × torch {e_t:.3e} + floor"
-    return out
+    return e_k, e_t
 
 
 # ---- scenarios ------------------------------------------------------------------------------
@@ -270,18 +279,31 @@ def test_device_rollback_bookkeeping():
     assert lengths.tolist() == [5 + 3, 0 + 1, 11 + 5]
 
 
-# ---- report ---------------------------------------------------------------------------------
+# ---- the sweep: error ratios in aggregate -------------------------------------------------------
 
-def test_zz_report_error_ratios(capsys):
-    """Not a check: prints the measured error ratios of this session (``pytest -s`` shows them)."""
-    if not RATIOS:
-        pytest.skip("no accuracy case ran")
-    with capsys.disabled():
-        worst = max(RATIOS, key=lambda r: r[3])
-        print(f"\n[kernel accuracy, seed {SEED}] {len(RATIOS)} cases; "
-              f"worst ratio {worst[3]:.2f} ({worst[0]})")
-        for name, e_k, e_t, ratio in RATIOS:
-            print(f"  {name:28s} kernel {e_k:.2e}  torch {e_t:.2e}  ratio {ratio:.2f}")
+def test_median_error_ratio_over_a_sweep():
+    """Every scenario in fp32 and fp16 (page size 16, the default launch heuristics), fresh
+    seeds: per dtype, the median of (kernel err / torch err), both against the fp64 reference, is
+    at most ``MEDIAN_RATIO_MAX``, and each case is within the per-case bound. Prints the table."""
+    ratios: dict[torch.dtype, list[float]] = {torch.float32: [], torch.float16: []}
+    failures = []
+    print(f"\n[kernel accuracy, seed {SEED}]")
+    for i, scenario in enumerate(SCENARIOS):
+        for dtype in ratios:
+            seed = SEED + 104729 + 7919 * i + (dtype == torch.float16)
+            rows, (hq, hkv, d) = _scenario(scenario, random.Random(seed))
+            q, k, v, cache, batch = make_case(seed, dtype, 16, rows, hq, hkv, d)
+            name = f"{scenario}/{str(dtype)[6:]}"
+            e_k, e_t = errors_against_oracle(name, q, k, v, cache, batch)
+            ratios[dtype].append(e_k / e_t if e_t else float("inf"))
+            print(f"  {name:24s} kernel {e_k:.2e}  torch {e_t:.2e}  ratio {ratios[dtype][-1]:.2f}")
+            if e_k > 2 * e_t + FLOOR[dtype]:
+                failures.append(f"{name}: kernel {e_k:.3e} > 2 × torch {e_t:.3e} + floor")
+    medians = {str(dt)[6:]: round(statistics.median(r), 3) for dt, r in ratios.items()}
+    print(f"  median ratio per dtype: {medians}")
+    assert all(m <= MEDIAN_RATIO_MAX for m in medians.values()), \
+        f"seed {SEED}: median kernel/torch error ratio {medians} > {MEDIAN_RATIO_MAX}"
+    assert not failures, f"seed {SEED}: {failures}"
 
 
 # ---- GPU: real shapes -------------------------------------------------------------------------
