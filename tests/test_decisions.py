@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
-from host_reads import HostReads
+from nemotron_sglang.testing.host_reads import HostReads
 from nemotron_sglang.core.decoding import Ask, Kind, SamplingRule, decide_batched, decide_each
 from nemotron_sglang.core.decoding.grammar import unpack, words
 from nemotron_sglang.core.decoding.uniforms import stream_uniforms

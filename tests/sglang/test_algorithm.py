@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import random_prompts
-from host_reads import HostReads
+from nemotron_sglang.testing.host_reads import HostReads
 from nemotron_sglang.core.attention import CAUSAL, MaskKind
 from nemotron_sglang.core.batch import ForwardBatch, PassRow
 from nemotron_sglang.core.decoding import DecodeParams, Request, generate
