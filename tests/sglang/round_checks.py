@@ -1,5 +1,6 @@
 """What the serving-round tests share: the trained fixture's held-out prompts, core's results for
-them, the comparison of a server's per-request counters with core's, and KV polling.
+them, the comparison of a server's per-request counters with core's, KV polling, and requests
+by rid: /generate, its stream, ``/abort_request``.
 
 The trained fixture is used because its drafts are accepted (acceptance ~23 of 32 at block 32)
 and its LoRA changes the drafts of some prompts: a server that lost the adapter, or re-encoded,
@@ -8,7 +9,9 @@ text is the same."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 import torch
 
@@ -63,5 +66,44 @@ def wait_idle(server, timeout: float = 30.0) -> int:
     used = used_tokens(server)
     while used != 0 and time.monotonic() < deadline:
         time.sleep(0.25)
+        used = used_tokens(server)
+    return used
+
+
+def post_generate(server, ids, max_new: int = MAX_NEW, decode_mode=None, rid=None,
+                  custom=None, **sampling) -> tuple[int, dict | str]:
+    """A greedy /generate of ``ids``; (status, decoded body or the error text)."""
+    sp = {"max_new_tokens": max_new, "temperature": 0, **sampling}
+    custom = dict(custom or {}, **({"decode_mode": decode_mode} if decode_mode else {}))
+    if custom:
+        sp["custom_params"] = custom
+    body = {"input_ids": ids, "sampling_params": sp, **({"rid": rid} if rid else {})}
+    status, text = server.post("/generate", body, timeout=300)
+    return status, (json.loads(text) if status == 200 else text)
+
+
+def stream_chunks(server, body: dict):
+    """The decoded ``data:`` chunks of a streamed /generate, as they arrive."""
+    req = urllib.request.Request(server.url + "/generate",
+                                 data=json.dumps({**body, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        for line in r:
+            line = line.decode().strip()
+            if line.startswith("data:") and line != "data: [DONE]":
+                yield json.loads(line[len("data:"):])
+
+
+def abort_rid(server, rid: str) -> None:
+    status, text = server.post("/abort_request", {"rid": rid}, timeout=30)
+    assert status == 200, text
+
+
+def wait_used_above(server, floor: int, timeout: float = 120.0) -> int:
+    """Poll ``num_used_tokens`` until it exceeds ``floor``; its value then (or the last one)."""
+    deadline = time.monotonic() + timeout
+    used = used_tokens(server)
+    while used <= floor and time.monotonic() < deadline:
+        time.sleep(0.02)
         used = used_tokens(server)
     return used

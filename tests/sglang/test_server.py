@@ -166,17 +166,45 @@ def test_auto_mode_reports_its_choice(dllm, core32):
     assert meta["nld_block_length"][-1] == first, meta
 
 
-def test_prometheus_counters_per_mode(dllm):
-    for mode in ("ar", "diffusion"):
-        dllm.generate_ids([9, 10, 11], 4, decode_mode=mode)
+METRIC = {"requests": "nemotron_sglang_requests_total", "tokens": "nemotron_sglang_tokens_total",
+          "forwards": "nemotron_sglang_forwards_total",
+          "tokens_per_forward_count": "nemotron_sglang_tokens_per_forward_count"}
+
+
+def _nld_metrics(server) -> dict:
+    """The plugin's per-mode counters and TPF histogram counts: (name, mode) -> value."""
     import urllib.request
-    text = urllib.request.urlopen(dllm.url + "/metrics", timeout=30).read().decode()
-    for mode in ("ar", "diffusion"):
-        line = next(l for l in text.splitlines()
-                    if l.startswith("nemotron_sglang_requests_total") and f'mode="{mode}"' in l)
-        assert float(line.split()[-1]) >= 1
-    assert "nemotron_sglang_tokens_per_forward_bucket" in text
+
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
     assert "sglang:" in text                 # SGLang's own metrics are still there
+    out: dict = {}
+    for line in text.splitlines():
+        if line.startswith(tuple(METRIC.values())):
+            name, mode = line.split("{")[0], line.split('mode="')[1].split('"')[0]
+            out[(name, mode)] = out.get((name, mode), 0.0) + float(line.split()[-1])
+    return out
+
+
+def test_prometheus_counters_per_mode(dllm):
+    """This test's own requests move the counters: one request, its tokens and forwards, and
+    one TPF observation per mode (read before and after; nothing else runs meanwhile)."""
+    import time
+
+    before = _nld_metrics(dllm)
+    sent = {}
+    for mode in ("ar", "diffusion"):
+        meta = dllm.generate_ids([9, 10, 11], 4, decode_mode=mode)["meta_info"]
+        sent[mode] = {"requests": 1, "tokens": meta["completion_tokens"],
+                      "forwards": meta["nld_forwards"][-1], "tokens_per_forward_count": 1}
+    deadline = time.monotonic() + 10
+    while True:                      # the scheduler's counters reach /metrics shortly after
+        after = _nld_metrics(dllm)
+        moved = {mode: {k: after.get((METRIC[k], mode), 0.0) - before.get((METRIC[k], mode), 0.0)
+                        for k in want} for mode, want in sent.items()}
+        if moved == sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert moved == sent
 
 
 def test_canvas_rounds_are_logged_as_decode_steps(dllm):

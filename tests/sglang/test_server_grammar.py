@@ -130,5 +130,13 @@ def test_a_grammar_the_rule_cannot_meet_is_a_400(tri, mode):
 
 
 def test_the_server_is_idle_after_grammar_requests(tri):
-    from sglang_server import used_tokens
-    assert used_tokens(tri) == 0
+    """Its own traffic (it holds alone): a finished and a refused grammar request per mode."""
+    from round_checks import wait_idle
+
+    for mode in MODES:
+        assert valid("regex", post(tri, PROMPTS[1], GRAMMARS["regex"], mode))
+        status, body = tri.post("/generate", {"input_ids": PROMPTS[0], "sampling_params": {
+            "max_new_tokens": 12, "temperature": 0, "regex": "ab", "min_new_tokens": 5,
+            "custom_params": {"decode_mode": mode}}})
+        assert status == 400, body
+    assert wait_idle(tri) == 0

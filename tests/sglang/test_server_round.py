@@ -7,22 +7,30 @@
 - The KV the round keeps is exactly the committed text's (equal outputs prove its content) and
   every path ends idle (``/v1/loads`` 0): length, EOS, stop strings, stop token ids, a stream
   whose client goes away, a flush.
-- Under KV pressure (``--max-total-tokens`` below what the requests need together) requests wait
-  for KV, still equal core, and the server ends idle.
+- ``/abort_request`` by rid, mid-generation, streamed and not, in every mode: the request ends
+  with finish reason ``abort``, the requests beside it still equal core, the server ends idle.
+- Core finishing first (an infill region complete, SGLang's stop rules would go on:
+  ``canvas_round.InfillDone``): core's tokens, finish reason ``stop`` with no match, idle.
+- ``auto`` without a cost table (no YAML here): a lone request runs core's linear_spec exactly.
+- Under KV pressure (``--max-total-tokens`` below what the requests need together, page size 1
+  and 4) requests are retracted and wait for KV, still equal core, and the server ends idle.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 
 import pytest
 import torch
 
+from nemotron_sglang.core.decoding import DecodeParams, Request, generate
 from nemotron_sglang.core.weights import load_model
-from round_checks import (FIXTURE, MAX_NEW, assert_counts_equal_core, core_results,
-                          fixture_prompts, wait_idle)
+from round_checks import (FIXTURE, MAX_NEW, abort_rid, assert_counts_equal_core, core_results,
+                          fixture_prompts, post_generate, stream_chunks, wait_idle,
+                          wait_used_above)
 from sglang_server import Server
 
 pytest.importorskip("sglang")
@@ -50,6 +58,7 @@ def server(request, tmp_path_factory):
     s = Server(FIXTURE, tmp_path_factory.mktemp("logs") / f"round{request.param}.log",
                ["--dllm-algorithm", "NemotronTriMode", "--max-running-requests", "8",
                 "--page-size", str(request.param)])
+    s.page_size = request.param
     yield s
     s.stop()
 
@@ -142,14 +151,125 @@ def test_every_ending_leaves_the_kv_idle(server, prompts, want, mode):
     assert wait_idle(server) == 0
 
 
-@pytest.fixture(scope="module")
-def tight(tmp_path_factory):
+ABORTED = 1500     # ignore_eos tokens of a request aborted mid-generation: it cannot finish first
+
+
+def test_abort_request_mid_generation_frees_the_kv(server, core, prompts, want):
+    """``/abort_request`` with the rid of a running request, in every mode. Alone and not
+    streamed: sent once the request holds KV beyond its prompt and a canvas (it has committed
+    output). Streamed, beside a finishing request of every mode: sent after two chunks. Each
+    aborted request ends with ``abort``; the others equal core; the KV returns to idle; the
+    same prompts then decode as core's (no KV left behind)."""
+    assert wait_idle(server) == 0
+    block, page = core.config.block_size, server.page_size
+    for k, mode in enumerate(SPEC_MODES):
+        ids, rid, out = prompts[k], f"abort-{mode}-{server.page_size}-{time.monotonic_ns()}", {}
+        t = threading.Thread(target=lambda: out.update(r=post_generate(
+            server, ids, ABORTED, mode, rid=rid, ignore_eos=True)))
+        t.start()
+        floor = len(ids) + block + 2 * page
+        assert wait_used_above(server, floor) > floor, mode
+        abort_rid(server, rid)
+        t.join(timeout=120)
+        status, got = out["r"]
+        assert status == 200 and got["meta_info"]["finish_reason"]["type"] == "abort", got
+        assert wait_idle(server) == 0, mode
+    streamed, finished = {}, {}
+
+    def victim(mode, ids):
+        rid = f"abort-stream-{mode}-{server.page_size}-{time.monotonic_ns()}"
+        chunks = streamed[mode] = []
+        for c in stream_chunks(server, {"input_ids": ids, "rid": rid, "sampling_params": {
+                "max_new_tokens": ABORTED, "temperature": 0, "ignore_eos": True,
+                "custom_params": {"decode_mode": mode}}}):
+            chunks.append(c)
+            if len(chunks) == 2:
+                abort_rid(server, rid)
+
+    def survivor(mode, i):
+        finished[mode] = post_generate(server, prompts[i], MAX_NEW, mode)
+
+    threads = [threading.Thread(target=f, args=(m, a)) for k, m in enumerate(SPEC_MODES)
+               for f, a in ((victim, prompts[k]), (survivor, 4 + k))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for k, mode in enumerate(SPEC_MODES):
+        chunks = streamed[mode]
+        assert len(chunks) >= 2 and chunks[-1]["meta_info"]["finish_reason"]["type"] == "abort"
+        assert chunks[-1]["meta_info"]["completion_tokens"] < ABORTED, mode
+        status, got = finished[mode]
+        assert status == 200, got
+        assert_counts_equal_core(got, want[mode][4 + k], mode)
+    assert wait_idle(server) == 0
+    for k, mode in enumerate(SPEC_MODES):
+        status, got = post_generate(server, prompts[k], MAX_NEW, mode)
+        assert status == 200 and got["output_ids"] == want[mode][k].output_ids, mode
+    assert wait_idle(server) == 0
+
+
+def test_core_finishing_an_infill_first_ends_the_request(server, core, prompts, want):
+    """A diffusion canvas (infill) whose region core completes while SGLang's stop rules would
+    go on (``max_new_tokens`` above the region, no EOS in it): the request ends there with
+    core's tokens and finish reason ``stop`` without a match (``InfillDone``), no re-prefill,
+    streamed or not, beside a running linear_spec request that still equals core; then idle."""
+    assert wait_idle(server) == 0
+    mask, eos = core.config.mask_token_id, core.config.eos_token_id
+    cases = []
+    for ids in prompts:
+        canvas = (mask, mask, ids[-1], mask, mask)       # a kept token between masked slots
+        (w,) = generate(core, [Request(ids, "diffusion", DecodeParams(max_new_tokens=MAX_NEW,
+                                                                     canvas=canvas))])
+        if eos not in w.output_ids:
+            cases.append((ids, canvas, w.output_ids))
+    assert len(cases) >= 2, "every infill of the prompts holds an EOS: nothing for core to end"
+    for stream in (False, True):
+        ids, canvas, out = cases[stream]
+        assert len(out) == len(canvas) < MAX_NEW
+        side: dict = {}
+        t = threading.Thread(target=lambda: side.update(r=post_generate(
+            server, prompts[6], MAX_NEW, "linear_spec")))
+        t.start()
+        custom = {"decode_mode": "diffusion", "canvas": list(canvas)}
+        if stream:
+            chunks = list(stream_chunks(server, {"input_ids": ids, "sampling_params": {
+                "max_new_tokens": MAX_NEW, "temperature": 0, "custom_params": custom}}))
+            got = chunks[-1]                  # SGLang's default stream: cumulative output_ids
+        else:
+            status, got = post_generate(server, ids, MAX_NEW, custom=custom)
+            assert status == 200, got
+        t.join(timeout=300)
+        meta = got["meta_info"]
+        assert got["output_ids"] == out, stream
+        assert meta["finish_reason"] == {"type": "stop", "matched": None}, meta
+        assert meta["nld_reprefills"][-1] == 0 and meta["completion_tokens"] == len(out)
+        assert_counts_equal_core(side["r"][1], want["linear_spec"][6], "linear_spec")
+        assert wait_idle(server) == 0, stream
+
+
+def test_lone_auto_without_a_table_runs_linear_spec(server, core, prompts, want):
+    """No cost table (no YAML): ``auto`` runs linear_spec at the request's block while a round
+    holds at most ``auto_max_batch`` requests (``ServerDefaults``), so a lone request is core's
+    linear_spec exactly (tokens, forwards, cycles, acceptance)."""
+    from nemotron_sglang.sglang_plugin.params import ServerDefaults
+
+    assert ServerDefaults().auto_max_batch >= 1
+    assert wait_idle(server) == 0
+    status, got = post_generate(server, prompts[3], MAX_NEW, "auto")
+    assert status == 200, got
+    assert got["meta_info"]["nld_mode"][-1] == f"auto(linear_spec/{core.config.block_size})"
+    assert_counts_equal_core(got, want["linear_spec"][3], "linear_spec")
+
+
+@pytest.fixture(scope="module", params=[1, 4], ids=["page1", "page4"])
+def tight(request, tmp_path_factory):
     # six requests of 13-89 prompt + 96 new tokens need ~900 slots with their canvases: 320
     # hold two or three, so the requests run out of KV while running (measured: 5-17 retractions
     # per burst, in 3 of 3 bursts; without the hook SGLang's idle check killed the server)
-    s = Server(FIXTURE, tmp_path_factory.mktemp("logs") / "tight.log",
+    s = Server(FIXTURE, tmp_path_factory.mktemp("logs") / f"tight{request.param}.log",
                ["--dllm-algorithm", "NemotronTriMode", "--max-running-requests", "6",
-                "--max-total-tokens", "320"])
+                "--max-total-tokens", "320", "--page-size", str(request.param)])
     yield s
     s.stop()
 
