@@ -9,9 +9,9 @@ to run if the hooks are not active. It registers
 - the vision-language ``NemotronLabsDiffusionVLMModel``, its config and processor (``vlm.py``);
 - the dLLM algorithm ``NemotronTriMode``;
 - the attention backend ``nemotron`` (``--attention-backend nemotron``: the plugin's kernels);
-- the hooks of ``hooks.py``, ``surface.py``, ``prompt_logprobs.py``, ``metrics.py`` (canvas
-  rounds reported, and their load published, as decode steps) and ``vlm.py`` (the image
-  rule), and on the CPU platform ``platform.CPU_HOOKS``.
+- the hooks of ``hooks.py``, ``retraction.py``, ``surface.py``, ``prompt_logprobs.py``,
+  ``metrics.py`` (canvas rounds reported, and their load published, as decode steps) and
+  ``vlm.py`` (the image rule), and on the CPU platform ``platform.CPU_HOOKS``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from transformers import AutoConfig
 
-    from . import attention_backend, hooks, metrics, prompt_logprobs, surface, vlm
+    from . import attention_backend, hooks, metrics, prompt_logprobs, retraction, surface, vlm
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
     from ..core.config import ARCHITECTURE
@@ -60,7 +60,8 @@ def register() -> None:
     plan = [(hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args, HookType.AROUND),
             (hooks.TP_WORKER_TARGET, hooks.attach_requests, HookType.AROUND),
             (hooks.STASH_TARGET, hooks.keep_canvas_kv, HookType.AROUND),
-            (hooks.SCHEDULE_TARGET, hooks.schedule_with_retraction, HookType.AROUND),
+            (retraction.SCHEDULE_TARGET, retraction.schedule_with_retraction, HookType.AROUND),
+            (retraction.ABORT_TARGET, retraction.abort_parked, HookType.AFTER),
             (hooks.INIT_TARGET, hooks.cap_running_requests, HookType.AROUND),
             (prompt_logprobs.TARGET, prompt_logprobs.keep_prompt_logprobs, HookType.AROUND),
             (metrics.REPORT_TARGET, metrics.report_canvas_round, HookType.AROUND),
@@ -81,7 +82,7 @@ def register() -> None:
         pkgutil.resolve_name(target)          # raises if SGLang moved it
         HookRegistry.register(target, fn, kind)
     # what the hooks call on SGLang's objects
-    for used in hooks.CALLED + prompt_logprobs.CALLED + metrics.CALLED:
+    for used in hooks.CALLED + retraction.CALLED + prompt_logprobs.CALLED + metrics.CALLED:
         pkgutil.resolve_name(used)
     surface.allow_usage_extras()
     if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:

@@ -22,17 +22,8 @@
 
     canvas slots after a linear_spec round (c = 2 drafts accepted, B = 8):
         [ s  d1 d2 | x  x  x  x  x ]      kept: 3 (s, d1, d2), freed: 5; bonus held as next seed
-- AROUND ``SchedulerDllmMixin.get_new_batch_dllm``: SGLang's dLLM scheduler tries prefills first
-  and runs nothing when they do not fit, and it never retracts: once the requests hold so much KV
-  that no prefill and no canvas fits, nothing runs, and SGLang's idle check reports the held KV
-  as a leak and kills the server (seen on CPU with ``--max-total-tokens 320``). This runs the
-  decodes when no prefill fits and, when no canvas fits either, retracts the newest KV-holding
-  request (its KV freed, its committed output kept; SGLang's ``release_req``) and parks
-  it until the pool has room for its re-prefill plus two canvases, or nothing else runs; it then
-  re-enters as a prefill, and its next context pass starts a fresh core state from the AR-exact
-  seed. Parked requests are kept on the scheduler (``scheduler.nld_parked``). First it moves
-  the requests whose grammar is compiled from SGLang's grammar queue to the waiting queue
-  (``release_ready_grammars``: SGLang's dLLM path never does, and they would wait forever).
+- the scheduling hooks (retraction under KV pressure, aborts of parked requests) live in
+  ``retraction.py``.
 """
 
 from __future__ import annotations
@@ -51,14 +42,10 @@ logger = logging.getLogger(__name__)
 DLLM_CONFIG_TARGET = "sglang.srt.dllm.config.DllmConfig.from_server_args"
 TP_WORKER_TARGET = "sglang.srt.managers.tp_worker.TpModelWorker._forward_batch_generation_dllm"
 STASH_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin._stash_dllm_context"
-SCHEDULE_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.get_new_batch_dllm"
 INIT_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.init_diffusion_llm"
 ALGORITHM_NAME = "NemotronTriMode"
 # SGLang methods the hooks call (checked at registration, like the targets)
-CALLED = ("sglang.srt.constrained.grammar_manager.GrammarManager.get_ready_grammar_requests",
-          "sglang.srt.constrained.grammar_manager.GrammarManager.has_waiting_grammars",
-          "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue",
-          "sglang.srt.runtime_context.get_parallel")
+CALLED = ("sglang.srt.runtime_context.get_parallel",)
 # the DllmConfig's cap without --max-running-requests until the scheduler derives it
 # (cap_running_requests): SGLang's own dLLM default, which no round outside the scheduler reads
 UNSET_CAP = 1
@@ -181,92 +168,3 @@ def keep_canvas_kv(original, self, req):
     req.full_untruncated_fill_ids = req.full_untruncated_fill_ids[:min(context_len, committed)]
     req.refresh_fill_ids()
     self.stash_chunked_request(req)
-
-
-def _parked(scheduler) -> list:
-    parked = getattr(scheduler, "nld_parked", None)
-    if parked is None:
-        parked = scheduler.nld_parked = []
-    return parked
-
-
-def schedule_with_retraction(original, self, running_batch):
-    """SGLang's dLLM batch choice, plus decode-when-prefill-is-blocked and retraction when
-    KV-starved (see the docstring)."""
-    release_ready_grammars(self)
-    manager, parked = self.dllm_manager, _parked(self)
-    block = self.dllm_config.block_size
-    allocator = self.token_to_kv_pool_allocator
-    parked[:] = [r for r in parked if not r.finished()]
-    while parked:                  # readmit the oldest parked request once it fits
-        req = parked[0]
-        need = len(req.origin_input_ids) + len(req.output_ids) + 2 * block
-        if _holders(manager) and allocator.available_size() < need:
-            break
-        manager.waiting_queue.insert(0, parked.pop(0))
-    batch = original(self, running_batch)
-    if batch is not None:
-        return batch
-    # SGLang tries prefills first and runs nothing when they do not fit: run the decodes
-    batch = _decode_batch(self, running_batch)
-    while batch is None:
-        holders = _holders(manager)
-        if len(holders) < 2:       # a lone request always fits: SGLang checked its length
-            return None
-        _retract(self, holders[-1])
-        batch = _decode_batch(self, running_batch)
-    return batch
-
-
-def release_ready_grammars(scheduler) -> None:
-    """Requests whose grammar SGLang's backend has compiled go to the waiting queue, as
-    SGLang's AR scheduler does first thing (``_get_new_batch_prefill_raw``); its dLLM path
-    never polls the grammar queue, so a grammar request would wait forever."""
-    grammars = scheduler.grammar_manager
-    if grammars.has_waiting_grammars():
-        for req in grammars.get_ready_grammar_requests():
-            scheduler._add_request_to_queue(req)
-
-
-def _holders(manager) -> list:
-    return [r for r in manager.waiting_queue
-            if r.kv.holds_kv and not r.finished() and not r.is_dllm_prefill()]
-
-
-def _decode_batch(scheduler, running_batch):
-    """The decode half of SGLang's ``get_new_batch_dllm`` (its own steps, in its order), for
-    a round in which no prefill fits."""
-    from sglang.srt.dllm.mixin.req import DllmReqPhase
-    from sglang.srt.model_executor.forward_batch_info import ForwardMode
-    from sglang.srt.observability.req_time_stats import set_time_batch
-
-    decode = scheduler.dllm_manager.get_decode_requests()
-    if not decode:
-        return None
-    adder = scheduler._create_dllm_prefill_adder(len(running_batch.reqs),
-                                                 running_batch=running_batch)
-    scheduler._process_batch_by_phase(adder, decode, DllmReqPhase.STAGING_DECODE,
-                                      DllmReqPhase.INCOMING_DECODE, running_batch=running_batch)
-    if not adder.can_run_list:
-        return None
-    set_time_batch(adder.can_run_list, "set_forward_entry_time")
-    scheduler._update_state_for_batch(adder.can_run_list, adder)
-    return scheduler._create_dllm_batch(adder.can_run_list, ForwardMode.DLLM_EXTEND,
-                                        adder=adder, running_batch=running_batch)
-
-
-def _retract(scheduler, req) -> None:
-    from sglang.srt.dllm.mixin.req import DllmReqPhase
-    from sglang.srt.managers.schedule_batch import release_req
-
-    release_req(req=req, remaing_req_count=0, req_to_token_pool=scheduler.req_to_token_pool,
-                token_to_kv_pool_allocator=scheduler.token_to_kv_pool_allocator,
-                tree_cache=scheduler.tree_cache, hisparse_coordinator=None, offload_kv=False)
-    req.dllm_phase = DllmReqPhase.INCOMING_PREFILL
-    nld = getattr(req, "nld", None)
-    if nld is not None:
-        nld.keep = 0
-    scheduler.dllm_manager.waiting_queue.remove(req)
-    _parked(scheduler).append(req)
-    logger.info("NemotronTriMode: retracted request %s under KV pressure (%d output tokens "
-                "kept; it re-prefills when the pool has room)", req.rid, len(req.output_ids))

@@ -13,12 +13,15 @@
   ``canvas_round.InfillDone``): core's tokens, finish reason ``stop`` with no match, idle.
 - ``auto`` without a cost table (no YAML here): a lone request runs core's linear_spec exactly.
 - Under KV pressure (``--max-total-tokens`` below what the requests need together, page size 1
-  and 4) requests are retracted and wait for KV, still equal core, and the server ends idle.
+  and 4) requests are retracted and wait for KV, still equal core, and the server ends idle; an
+  abort reaches a request while it is parked; a lone request that outgrows the whole pool ends
+  with an abort naming the pool (the server lives on, idle).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -306,3 +309,70 @@ def test_kv_pressure_retracts_and_stays_exact(tight, core):
             break
     assert reprefills[-1] >= 1, f"no burst ran short of KV: re-prefills per burst {reprefills}"
     assert "retracted request" in tight.log.read_text()
+
+
+def test_an_abort_reaches_a_parked_request(tight, core):
+    """A request retracted under KV pressure waits in the plugin's parked list, where SGLang's
+    ``abort_request`` never looks: aborted there (``retraction.abort_parked``), it ends with
+    finish reason ``abort`` and never runs again; the others still equal core; idle after. Up
+    to three bursts, until an abort lands while its request is parked (the log says so)."""
+    prompts = fixture_prompts(6)
+    modes = [SPEC_MODES[k % 4] for k in range(6)]
+    want = [core_results(m, [p], max_new=96, model=core)[0] for m, p in zip(modes, prompts)]
+    hit = False
+    for burst in range(3):
+        tag = f"park{burst}-{time.monotonic_ns()}"
+        rids = [f"{tag}-{k}" for k in range(6)]
+        results: dict = {}
+        start = threading.Barrier(6)
+
+        def worker(k):
+            start.wait()
+            results[k] = post_generate(tight, prompts[k], 96, modes[k], rid=rids[k])
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        aborted, t0 = None, time.time()
+        while aborted is None and any(t.is_alive() for t in threads) and time.time() - t0 < 300:
+            found = re.findall(rf"retracted request ({tag}-\d)", tight.log.read_text())
+            if found:
+                aborted = found[0]
+                abort_rid(tight, aborted)
+            time.sleep(0.01)
+        for t in threads:
+            t.join(timeout=400)
+        assert len(results) == 6, f"burst {burst}"
+        for k in range(6):
+            status, got = results[k]
+            assert status == 200, got
+            if rids[k] == aborted:
+                assert got["meta_info"]["finish_reason"]["type"] == "abort", got["meta_info"]
+            else:
+                assert got["output_ids"] == want[k].output_ids, (burst, modes[k])
+        assert wait_idle(tight) == 0, f"burst {burst}"
+        log = tight.log.read_text()
+        if aborted and f"aborted parked request {aborted}" in log:
+            hit = True
+            after = log.split(f"aborted parked request {aborted}", 1)[1]
+            assert f"retracted request {aborted}" not in after, "the aborted request ran again"
+            break
+    assert hit, "no abort landed while its request was parked in 3 bursts"
+
+
+def test_a_lone_request_that_outgrows_the_pool_is_aborted(tight, core):
+    """One request whose prompt plus output outgrow the whole pool: once its next canvas cannot
+    fit and nothing else holds KV, it ends with an abort naming the pool (SGLang's idle check
+    killed the server here before); the server then serves the next request exactly, idle."""
+    assert wait_idle(tight) == 0
+    prompt = max(fixture_prompts(6), key=len)
+    status, got = post_generate(tight, prompt, 400, "linear_spec", ignore_eos=True)
+    text = json.dumps(got)
+    assert "KV cache pool too small" in text, (status, text[:2000])
+    assert wait_idle(tight) == 0
+    small = fixture_prompts(6)[0]
+    want = core_results("ar", [small], max_new=16, model=core)[0]
+    status, got = post_generate(tight, small, 16, "ar")
+    assert status == 200, got
+    assert got["output_ids"] == want.output_ids
+    assert wait_idle(tight) == 0
