@@ -158,8 +158,9 @@ def abort_lone(scheduler, req) -> None:
 
 
 def abort_parked(result, scheduler, recv_req) -> None:
-    """AFTER ``Scheduler.abort_request`` (``result``: its None): parked requests matching the abort (its rid prefix,
-    or all) leave ``nld_parked`` and get SGLang's abort answer; they hold no KV."""
+    """AFTER ``Scheduler.abort_request`` (``result``: its None): parked requests matching the
+    abort (its rid prefix, or all) leave ``nld_parked`` and get SGLang's abort answer; they hold
+    no KV."""
     from sglang.srt.managers.scheduler import _make_abort_req
 
     parked = _parked(scheduler)

@@ -5,7 +5,7 @@ block 2 and output length as core's law test (``tests/test_spec_law.py``, which 
 negative controls), each request with its own ``sampling_seed`` drawn from the test's seed (a
 failure replays with ``NLD_TEST_SEED``). The first 5 output tokens of ``N[mode]`` requests, the
 bonus token of an accepted draft among them, against the exact AR law enumerated from core's
-model: one-sample chi-square at a false-alarm rate of ``spec_law.ALPHA`` = 1e-4, whose power
+model: one-sample chi-square at a false-alarm rate <= ``spec_law.FALSE_ALARM`` = 1e-4, whose power
 against a 10 % error in acceptance at these N is >= 0.99 (computed from that rule's exact law
 and asserted here too, so a changed fixture cannot silently weaken the test). The negative
 control: a second server whose rule draws a rejected slot from p instead of the residual (the
