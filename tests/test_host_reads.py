@@ -171,7 +171,8 @@ def test_sites_summary_pause_and_the_interpreter():
     assert reads.elements == 9
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the device's own sync check: CUDA")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_table_agrees_with_cuda_sync_debug_mode():
     """Each syncing row (reads and blocking uploads) raises under the sync debug mode, and no
     other row does."""

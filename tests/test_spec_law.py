@@ -165,8 +165,13 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("rule", RULES[1:])
-@pytest.mark.parametrize("mode", SPEC)
+# every broken rule in both modes, but the 10 % error in acceptance in linear_spec only: its
+# power is computed for both (test_the_law_test_has_power), and quadratic's run would take 8000
+# draws for what linear's 3500 show
+CONTROLS = [(m, r) for m in SPEC for r in RULES[1:] if (m, r) != ("quadratic_spec", "under_10")]
+
+
+@pytest.mark.parametrize("mode,rule", CONTROLS)
 def test_negative_control_a_broken_rule_is_rejected(model, oracle, ar, monkeypatch, mode, rule):
     """The same test on the real decoder with one part of the rule broken: rejected."""
     assert set(BROKEN) == set(RULES[1:])

@@ -1,7 +1,9 @@
 """A CPU test server (``nemotron_sglang.testing.cpu_server``) dies with the process that started
-it: a Python process starts a real SGLang server of the embedded checkpoint and is SIGKILLed (as a
-suite killed by a timeout would be); within ``DEATH_BOUND_S`` the server's port stops answering,
-its process group has no live process, and the watchdog has exited."""
+it: a Python process starts a ``CPUServer`` and is SIGKILLed (as a suite killed by a timeout
+would be); within ``DEATH_BOUND_S`` the server's port stops answering, its process group has no
+live process, and the watchdog has exited. The server is a stand-in with SGLang's shape (a main
+process answering ``/health`` on ``--port`` and a child process of its own, as launch_server's
+scheduler and detokenizer are), so the test costs seconds, not an SGLang start."""
 
 from __future__ import annotations
 
@@ -12,22 +14,31 @@ import sys
 import time
 import urllib.request
 
-import pytest
 
-pytest.importorskip("sglang")
-
-from nemotron_sglang.testing.cpu_server import WATCHDOG_GRACE_S, live_group_members  # noqa: E402
+from nemotron_sglang.testing.cpu_server import WATCHDOG_GRACE_S, live_group_members
 
 # the watchdog SIGTERMs at once and SIGKILLs after its grace; plus the 1 s of its EOF poll and
 # slack for a loaded machine
 DEATH_BOUND_S = 2 * WATCHDOG_GRACE_S + 15
 
+# the stand-in server: a child process of its own, then /health on the port CPUServer passes
+SERVER = r"""
+import http.server, subprocess, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
 STARTER = r"""
 import sys, time
 from pathlib import Path
-from nemotron_sglang.data import EMBEDDED
 from nemotron_sglang.testing.cpu_server import CPUServer
-s = CPUServer(EMBEDDED, Path(sys.argv[1]), ["--max-total-tokens", "4096"])
+s = CPUServer(None, Path(sys.argv[1]), command=[sys.executable, "-c", sys.argv[2]])
 print("UP", s.proc.pid, s.port, s.watchdog.pid, flush=True)
 time.sleep(3600)
 """
@@ -44,7 +55,7 @@ def answers(port: int) -> bool:
 def test_server_group_dies_when_its_starter_is_sigkilled(tmp_path):
     log, err = tmp_path / "server.log", tmp_path / "starter.err"
     with open(err, "w") as err_out:
-        starter = subprocess.Popen([sys.executable, "-c", STARTER, str(log)], text=True,
+        starter = subprocess.Popen([sys.executable, "-c", STARTER, str(log), SERVER], text=True,
                                    stdout=subprocess.PIPE, stderr=err_out)
     pgid = watchdog = None
     try:
@@ -53,6 +64,7 @@ def test_server_group_dies_when_its_starter_is_sigkilled(tmp_path):
         pgid, port, watchdog = map(int, line.split()[1:])
         assert answers(port)
         assert pgid in live_group_members(pgid), "the server leads its own process group"
+        assert len(live_group_members(pgid)) >= 2, "the server and its child"
         assert live_group_members(watchdog) == [watchdog], "the watchdog runs in its own group"
 
         starter.kill()                            # SIGKILL: no cleanup of the starter's runs
