@@ -106,6 +106,26 @@ def confidence(row: torch.Tensor, token: int) -> float:
     return float(torch.softmax(row, dim=-1)[token])
 
 
+def candidate_margin(row: torch.Tensor, mask_id: int) -> float:
+    """How far the greedy choice is from a tie: softmax probability of the best token minus the
+    second's (mask id excluded)."""
+    p = torch.softmax(row.double(), dim=-1)
+    p[mask_id] = -1.0
+    top = p.topk(2).values
+    return float(top[0] - top[1])
+
+
+def commit_margin(conf: dict[int, float], threshold: float) -> float:
+    """How far a pass's commit decision is from flipping: each confidence's distance to the
+    threshold, and, when the most confident slot commits only for being the most confident, its
+    lead over the next. A server computing in another dtype may decide differently within it."""
+    gaps = [abs(c - threshold) for c in conf.values()]
+    ranked = sorted(conf.values(), reverse=True)
+    if len(ranked) > 1 and ranked[0] < threshold:
+        gaps.append(ranked[0] - ranked[1])
+    return min(gaps)
+
+
 def logprob(row: torch.Tensor, token: int) -> float:
     """The reported logprob: log softmax(row / 1)[token] (greedy: T = 1), mask id included."""
     return float(torch.log_softmax(row, dim=-1)[token])
@@ -133,6 +153,9 @@ class Trace:
     # per block begun: how many slots each of its denoise passes committed
     commits: list[list[int]] = field(default_factory=list)
     finish_reason: str = "length"
+    # the closest any decision came to flipping (candidate_margin, commit_margin): a comparison
+    # with a server in float32 is decidable only well above its rounding
+    margin: float = float("inf")
 
 
 def decided(block: list[int], mask_id: int, eos_id: int, need: int) -> int | None:
@@ -153,6 +176,7 @@ def diffuse(net: Ministral3Net, prompt: list[int], max_new_tokens: int, block_le
     out = Trace()
     text = list(prompt)                                       # committed: prompt + emitted
     last = net.logits(text)[-1]                               # context pass (not counted)
+    out.margin = candidate_margin(last, mask_id)
     seed = candidate(last, mask_id)
     seed_lp = logprob(last, seed)
     while True:
@@ -168,7 +192,10 @@ def diffuse(net: Ministral3Net, prompt: list[int], max_new_tokens: int, block_le
             masked = [s for s, t in enumerate(block) if t == mask_id]
             cand = {s: candidate(rows[s], mask_id) for s in masked}
             conf = {s: confidence(rows[s], cand[s]) for s in masked}
-            chosen = committed(conf, pass_threshold(threshold, step, max_steps))
+            thr = pass_threshold(threshold, step, max_steps)
+            chosen = committed(conf, thr)
+            out.margin = min([out.margin, commit_margin(conf, thr)] +     # what commits, and
+                             [candidate_margin(rows[s], mask_id) for s in chosen])  # as what
             for s in chosen:
                 block[s], lps[s] = cand[s], logprob(rows[s], cand[s])
             out.commits[-1].append(len(chosen))
@@ -183,5 +210,6 @@ def diffuse(net: Ministral3Net, prompt: list[int], max_new_tokens: int, block_le
         text += block
         out.forwards += 1                                     # refresh pass: next seed
         last = net.logits(text)[-1]
+        out.margin = min(out.margin, candidate_margin(last, mask_id))
         seed = candidate(last, mask_id)
         seed_lp = logprob(last, seed)

@@ -148,7 +148,10 @@ def abort_lone(scheduler, req) -> None:
                f"{scheduler.dllm_config.block_size}-slot canvas does not fit the "
                f"{pool}-token pool (--max-total-tokens); {len(req.output_ids)} tokens were "
                f"generated")
-    scheduler.dllm_manager.waiting_queue.remove(req)
+    manager = scheduler.dllm_manager
+    for queue in (manager.waiting_queue, manager.staging_queue):
+        if req in queue:
+            queue.remove(req)
     scheduler._release_aborted_request(req)
     reason = {"type": "abort", "message": message,
               "status_code": HTTPStatus.INTERNAL_SERVER_ERROR, "err_type": None}

@@ -35,6 +35,7 @@ pytest.importorskip("transformers")
 THRESHOLDS = (0.0, 0.9, 1.0)
 BUDGETS = (None, 2)
 TOL = 1e-4
+MARGIN = 1e-4        # decisions closer than this to flipping are not compared (``decidable``)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,19 @@ def served(tmp_path_factory):
     return reqs, got, want
 
 
-def test_server_tokens_and_forwards_equal_the_reference(served):
+def decidable(served):
+    """The requests whose every decision is further than ``MARGIN`` from flipping in the
+    reference (fp64): the fp32 server may decide a closer one the other way (a confidence of
+    0.99999999 is 1.0 in fp32, and threshold 1 commits it). At least two thirds of them."""
     reqs, got, want = served
-    for q, g, w in zip(reqs, got, want):
+    keep = [(q, g, w) for q, g, w in zip(reqs, got, want) if w.margin > MARGIN]
+    assert 3 * len(keep) >= 2 * len(reqs), [w.margin for w in want]
+    return keep
+
+
+def test_server_tokens_and_forwards_equal_the_reference(served):
+    reqs, _, want = served
+    for q, g, w in decidable(served):
         where = q[1:]
         assert g["output_ids"] == w.tokens, where
         assert g["meta_info"]["finish_reason"]["type"] == w.finish_reason, where
@@ -81,8 +92,7 @@ def test_server_tokens_and_forwards_equal_the_reference(served):
 
 
 def test_server_logprobs_equal_the_reference(served):
-    reqs, got, want = served
-    for q, g, w in zip(reqs, got, want):
+    for q, g, w in decidable(served):
         where = q[1:]
         lps = g["meta_info"]["output_token_logprobs"]
         assert [t for _, t, _ in lps] == g["output_ids"] == w.tokens, where
