@@ -192,9 +192,8 @@ def spec_law(o: Oracle, mode: str, length: int, rule: str = "correct"
 
 
 def cells(null: dict) -> tuple[list, np.ndarray]:
-    """The test's cells: outcomes with at least ``MIN_EXPECTED`` expected draws per 1 draw
-    × n are decided by ``chi2_test``; here the outcomes sorted by probability, and their
-    probabilities."""
+    """The null law's outcomes, most probable first, and their probabilities: the test's cells
+    before ``_pool`` joins those with fewer than ``MIN_EXPECTED`` expected draws."""
     keys = sorted(null, key=lambda k: -null[k])
     return keys, np.array([null[k] for k in keys])
 
