@@ -139,7 +139,6 @@ def abort_lone(scheduler, req) -> None:
     """End ``req``, the only request holding KV, whose next canvas does not fit the whole pool:
     its KV freed, an abort answered with the reason (what SGLang's dLLM abort path does for a
     queued request, with a message)."""
-    from sglang.srt.managers.scheduler import _make_abort_req
     from sglang.srt.mem_cache.common import release_kv_cache
 
     pool = scheduler.max_total_num_tokens
@@ -152,10 +151,9 @@ def abort_lone(scheduler, req) -> None:
     for queue in (manager.waiting_queue, manager.staging_queue):
         if req in queue:
             queue.remove(req)
-    scheduler._release_aborted_request(req)
-    reason = {"type": "abort", "message": message,
-              "status_code": HTTPStatus.INTERNAL_SERVER_ERROR, "err_type": None}
-    scheduler.send_abort_output(_make_abort_req(req, finished_reason=reason), req)
+    _answer_abort(scheduler, req, {"type": "abort", "message": message,
+                                   "status_code": HTTPStatus.INTERNAL_SERVER_ERROR,
+                                   "err_type": None})
     release_kv_cache(req, scheduler.tree_cache, checkpoint=False)
     logger.warning("NemotronTriMode: aborted request %s: %s", req.rid, message)
 
@@ -164,13 +162,18 @@ def abort_parked(result, scheduler, recv_req) -> None:
     """AFTER ``Scheduler.abort_request`` (``result``: its None): parked requests matching the
     abort (its rid prefix, or all) leave ``nld_parked`` and get SGLang's abort answer; they hold
     no KV."""
-    from sglang.srt.managers.scheduler import _make_abort_req
-
     parked = _parked(scheduler)
     hit = [r for r in parked if recv_req.abort_all or r.rid.startswith(recv_req.rid)]
     for req in hit:
         parked.remove(req)
-        scheduler._release_aborted_request(req)
-        scheduler.send_abort_output(
-            _make_abort_req(req, finished_reason=recv_req.finished_reason), req)
+        _answer_abort(scheduler, req, recv_req.finished_reason)
         logger.info("NemotronTriMode: aborted parked request %s", req.rid)
+
+
+def _answer_abort(scheduler, req, finished_reason) -> None:
+    """SGLang's answer to an aborted queued request (its ``abort_request`` steps): the cache-side
+    state dropped, the abort sent to the tokenizer with ``finished_reason`` (None: generic)."""
+    from sglang.srt.managers.scheduler import _make_abort_req
+
+    scheduler._release_aborted_request(req)
+    scheduler.send_abort_output(_make_abort_req(req, finished_reason=finished_reason), req)
