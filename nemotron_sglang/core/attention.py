@@ -82,13 +82,19 @@ class MaskSpec:
             raise ValueError(f"quadratic q_len {q_len} is not a multiple of B+1={self.block + 1}")
         return q_len // (self.block + 1)
 
-    def kv_write_index(self, q_len: int) -> torch.Tensor:
-        """Indices (into the new tokens) whose K/V a KV-writing pass stores, in position order."""
+    def kv_write_offsets(self, q_len: int) -> range:
+        """The one rule of which new tokens a KV-writing pass stores, in position order: all of
+        a causal pass, the row heads of a quadratic one (their K/V are causal by the mask)."""
         if self.kind == MaskKind.CAUSAL:
-            return torch.arange(q_len)
+            return range(q_len)
         if self.kind == MaskKind.QUADRATIC:
-            return torch.arange(self.rows(q_len)) * (self.block + 1)
+            return range(0, self.rows(q_len) * (self.block + 1), self.block + 1)
         raise ValueError("a BIDIRECTIONAL pass never writes KV")
+
+    def kv_write_index(self, q_len: int) -> torch.Tensor:
+        """``kv_write_offsets`` as a tensor (indices into the new tokens)."""
+        offsets = self.kv_write_offsets(q_len)
+        return torch.arange(offsets.start, offsets.stop, offsets.step)
 
 
 CAUSAL = MaskSpec(MaskKind.CAUSAL)

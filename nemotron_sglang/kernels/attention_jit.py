@@ -21,9 +21,10 @@ no overlap; they run in the last split only. Softmax is online in fp32 (base-2 e
 with several it writes (output, log2-sum-exp) partials that :func:`merge_splits_kernel`
 combines.
 
-Shapes (all int tensors int32): Q ``[T, Hq, D]``, K_new/V_new ``[T, Hkv, D]``,
-K_cache/V_cache one layer ``[S, Hkv, D]`` (``S = pages * page_size``), PAGE_TABLE ``[R, P]``,
-ROW_* ``[R]``, TILE_ROW/TILE_TOK0 ``[n_tiles]``, O_PART ``[splits, T, Hq, D]`` fp32,
+Shapes (int tensors int32 or int64): Q ``[T, Hq, D]``, K_new/V_new ``[T, Hkv, D]``,
+K_cache/V_cache one layer ``[S, Hkv, D]`` (``S = pages * page_size``), PAGE_TABLE ``[N, P]``
+(row ``ROW_TABLE[r]`` lists row r's pages: SGLang's ``req_to_token`` as it is), ROW_* ``[R]``,
+TILE_ROW/TILE_TOK0 ``[n_tiles]``, O_PART ``[splits, T, Hq, D]`` fp32,
 LSE_PART ``[splits, T, Hq]`` fp32, OUT ``[T, Hq, D]``. Last dims are contiguous.
 """
 
@@ -57,7 +58,7 @@ def _online_step(q, k, v, allowed, acc, m_i, l_i, qk_scale, PREC: tl.constexpr):
 @triton.jit
 def paged_attention_kernel(
         Q, K_new, V_new, K_cache, V_cache, OUT, O_PART, LSE_PART,
-        PAGE_TABLE, ROW_Q_START, ROW_Q_LEN, ROW_PREFIX, ROW_KIND, ROW_WIDTH,
+        PAGE_TABLE, ROW_Q_START, ROW_Q_LEN, ROW_PREFIX, ROW_KIND, ROW_WIDTH, ROW_TABLE,
         TILE_ROW, TILE_TOK0,
         qk_scale, page_size, chunk, num_tokens,
         s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ct, s_ch, s_cvt, s_cvh, s_ot, s_oh, s_pt,
@@ -75,6 +76,7 @@ def paged_attention_kernel(
     prefix = tl.load(ROW_PREFIX + r)
     kind = tl.load(ROW_KIND + r)
     width = tl.load(ROW_WIDTH + r)       # B + 1 for quadratic rows, 1 otherwise
+    table_row = tl.load(ROW_TABLE + r).to(tl.int64)   # the row's row of PAGE_TABLE
 
     offs_m = tl.arange(0, BLOCK_M)
     tok = tok0 + offs_m // GROUP                     # token index inside the row
@@ -98,7 +100,7 @@ def paged_attention_kernel(
     for start in range(kv_lo, kv_hi, BLOCK_N):
         pos = start + offs_n
         n_valid = pos < kv_hi
-        page = tl.load(PAGE_TABLE + r.to(tl.int64) * s_pt + pos // page_size, mask=n_valid, other=0)
+        page = tl.load(PAGE_TABLE + table_row * s_pt + pos // page_size, mask=n_valid, other=0)
         slot = page.to(tl.int64) * page_size + (pos % page_size)
         ld_mask = n_valid[:, None] & d_valid[None, :]
         k = tl.load(K_cache + slot[:, None] * s_ct + kvh * s_ch + offs_d[None, :], mask=ld_mask,

@@ -16,9 +16,9 @@ memoised for the last (batch, cache, prefix pages) seen, so the per-layer calls 
 forward pay the build and the copy once; checking the memo still lists each row's prefix pages
 (O(total prefix pages) Python work per layer call). :func:`attention_for_forward` skips even
 that: it builds the metadata once and returns an ``attention_fn`` bound to one forward.
-No device->host synchronisation happens. A server that keeps page tables and
-lengths on the device (SGLang's ``req_to_token``) should build :class:`AttentionMetadata`
-from those tensors instead and call :func:`paged_attention_with_metadata`.
+No device->host synchronisation happens. The server's canvas steps build none of this: a
+``core.step_plan.StepPlan`` carries the rows and tiles in its one upload and the kernel reads
+SGLang's ``req_to_token`` through each row's table row (:func:`metadata_from_plan`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import torch
 from ..core.attention import MaskKind
 
 __all__ = ["AttentionMetadata", "LaunchConfig", "attention_for_forward", "build_metadata",
-           "choose_config", "paged_attention_triton", "paged_attention_with_metadata",
-           "triton_available"]
+           "choose_config", "metadata_from_plan", "paged_attention_triton",
+           "paged_attention_with_metadata", "plan_config", "triton_available"]
 
 
 
@@ -127,11 +127,12 @@ def choose_config(q_lens, prefix_lens, group: int, num_kv_heads: int, head_dim: 
 
 @dataclass
 class AttentionMetadata:
-    """Device tensors describing one pass (int32), plus the host ints the launch needs.
+    """Device tensors describing one pass, plus the host ints the launch needs.
 
-    ``rows`` [5, R]: q_start, q_len, prefix_len, mask kind (0 causal, 1 bidirectional,
-    2 quadratic), width (B + 1 for quadratic, else 1). ``page_table`` [R, P] (pages covering
-    each prefix; padded with 0, never read past the prefix). ``tiles`` [2, n_tiles]: row and
+    ``rows`` [6, R]: q_start, q_len, prefix_len, mask kind (0 causal, 1 bidirectional,
+    2 quadratic), width (B + 1 for quadratic, else 1), page-table row (``core.step_plan``'s row
+    table). ``page_table`` [N, P]: row ``rows[5, r]`` lists row r's pages (padded with 0, never
+    read past the prefix; SGLang's ``req_to_token`` as it is). ``tiles`` [2, n_tiles]: row and
     first token of each query tile.
     """
 
@@ -142,6 +143,38 @@ class AttentionMetadata:
     page_size: int
     chunk: int
     config: LaunchConfig
+
+
+def _chunk(max_prefix: int, config: LaunchConfig) -> int:
+    chunk = -(-max(max_prefix, 1) // config.num_splits)
+    return -(-chunk // config.block_n) * config.block_n
+
+
+def plan_config(plan_rows, group: int, num_kv_heads: int, head_dim: int, device: torch.device,
+                bucket=None, **overrides) -> LaunchConfig:
+    """The launch configuration of a step's rows (``core.step_plan.PlanRow``), chosen before the
+    plan is built (its tiles are this config's query tiles); a ``bucket``'s own tile and split
+    count when the step is padded to one (the same launch for any row mix)."""
+    if bucket is not None and bucket.tile_tokens:
+        return choose_config([bucket.tile_tokens], [max(bucket.max_prefix, 1)], group,
+                             num_kv_heads, head_dim, device, block_m=bucket.tile_tokens * group,
+                             num_splits=bucket.splits)
+    return choose_config([r.q_len for r in plan_rows], [r.prefix_len for r in plan_rows], group,
+                         num_kv_heads, head_dim, device, **overrides)
+
+
+def metadata_from_plan(plan, page_table: torch.Tensor, page_size: int,
+                       config: LaunchConfig) -> AttentionMetadata:
+    """Metadata of a ``core.step_plan.StepPlan`` built with ``tile_tokens = block_m // group``:
+    its row table and tiles as they are on the device, ``page_table`` (SGLang: ``req_to_token``)
+    read by the kernel through the rows' table row. No host work beyond ints, no copy."""
+    if plan.tiles is None:
+        raise ValueError("the step plan has no tiles: build it with the kernel's tile_tokens")
+    bucket = plan.bucket
+    longest = bucket.max_prefix if bucket is not None and bucket.max_prefix else plan.max_prefix
+    return AttentionMetadata(rows=plan.table, page_table=page_table, tiles=plan.tiles,
+                             num_tokens=int(plan.ids.shape[0]), page_size=page_size,
+                             chunk=_chunk(longest, config), config=config)
 
 
 def build_metadata(batch, cache, group: int, head_dim: int, device: torch.device,
@@ -169,7 +202,7 @@ def build_metadata(batch, cache, group: int, head_dim: int, device: torch.device
             tile_row.append(r)
             tile_tok0.append(t0)
     n_tiles = len(tile_row)
-    host = torch.zeros(5 * n_rows + n_rows * max_pages + 2 * n_tiles, dtype=torch.int32)
+    host = torch.zeros(6 * n_rows + n_rows * max_pages + 2 * n_tiles, dtype=torch.int32)
     starts = [0]
     for n in q_lens[:-1]:
         starts.append(starts[-1] + n)
@@ -181,27 +214,24 @@ def build_metadata(batch, cache, group: int, head_dim: int, device: torch.device
             widths.append(m.block + 1)
         else:
             widths.append(1)
-    host[: 5 * n_rows] = torch.tensor(starts + q_lens + prefix_lens + kinds + widths,
-                                      dtype=torch.int32)
+    host[: 6 * n_rows] = torch.tensor(starts + q_lens + prefix_lens + kinds + widths
+                                      + list(range(n_rows)), dtype=torch.int32)
     pt = torch.zeros(n_rows, max_pages, dtype=torch.int32)
     for r, p in enumerate(pages):
         if p:
             pt[r, : len(p)] = torch.tensor(p, dtype=torch.int32)
-    host[5 * n_rows: 5 * n_rows + n_rows * max_pages] = pt.flatten()
-    host[5 * n_rows + n_rows * max_pages:] = torch.tensor(tile_row + tile_tok0, dtype=torch.int32)
+    host[6 * n_rows: 6 * n_rows + n_rows * max_pages] = pt.flatten()
+    host[6 * n_rows + n_rows * max_pages:] = torch.tensor(tile_row + tile_tok0, dtype=torch.int32)
     if torch.device(device).type == "cuda":
         dev = host.pin_memory().to(device, non_blocking=True)     # the caching host allocator
     else:                                                           # keeps it alive till copied
         dev = host.to(device)
-    rows = dev[: 5 * n_rows].view(5, n_rows)
-    page_table = dev[5 * n_rows: 5 * n_rows + n_rows * max_pages].view(n_rows, max_pages)
-    tiles = dev[5 * n_rows + n_rows * max_pages:].view(2, n_tiles)
-    max_prefix = max(prefix_lens)
-    chunk = -(-max(max_prefix, 1) // config.num_splits)
-    chunk = -(-chunk // config.block_n) * config.block_n
+    rows = dev[: 6 * n_rows].view(6, n_rows)
+    page_table = dev[6 * n_rows: 6 * n_rows + n_rows * max_pages].view(n_rows, max_pages)
+    tiles = dev[6 * n_rows + n_rows * max_pages:].view(2, n_tiles)
     return AttentionMetadata(rows=rows, page_table=page_table, tiles=tiles,
-                             num_tokens=sum(q_lens), page_size=page_size, chunk=chunk,
-                             config=config)
+                             num_tokens=sum(q_lens), page_size=page_size,
+                             chunk=_chunk(max(prefix_lens), config), config=config)
 
 
 def paged_attention_with_metadata(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
@@ -237,7 +267,8 @@ def paged_attention_with_metadata(q: torch.Tensor, k_new: torch.Tensor, v_new: t
     grid = (tiles.shape[1], hkv, splits)
     jit.paged_attention_kernel[grid](
         q, k_new, v_new, k_cache, v_cache, out, o_part, lse_part,
-        meta.page_table, rows[0], rows[1], rows[2], rows[3], rows[4], tiles[0], tiles[1],
+        meta.page_table, rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], tiles[0],
+        tiles[1],
         scale * math.log2(math.e), meta.page_size, meta.chunk, t,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1), v_new.stride(0),
         v_new.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),

@@ -33,6 +33,8 @@ from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 
 from ..core.block_policy import CostTable
+from ..core.logits import PassLogits
+from ..core.step_plan import PlanRow
 from ..core.vlm_checkpoint import SERVED_ARCHITECTURES
 from ..core.modes import infill_canvas
 from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
@@ -41,7 +43,7 @@ from ..core.weights import LORA_DIR, load_lora
 from ..kernels import choose_attention
 from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
-from .custom_pass import RowSpec, run_custom_pass
+from .custom_pass import run_custom_pass
 from .grammar import SGLangGrammar, constrains
 from .params import parse, sampling_rule
 from .request import NLDRequest, RequestStats
@@ -162,8 +164,6 @@ class NemotronTriMode(DllmAlgorithm):
     def _context_round(self, model_runner, forward_batch, reqs) -> DllmRunOutput:
         if forward_batch.input_ids.numel() == 0:
             return None, [], None, None, False
-        model = model_runner.model
-        model.lora_active = False        # SGLang's own causal forward
         out = model_runner.forward(forward_batch, pp_proxy_tensors=None)
         logits = out.logits_output.next_token_logits
         states = [self._begin(req) for req in reqs]
@@ -251,18 +251,11 @@ class NemotronTriMode(DllmAlgorithm):
         return {"canvas": prm.canvas} if prm.canvas else {}
 
     # ---- the forward of a round step, for CanvasRound --------------------------------------
-    def step_forward(self, model_runner, forward_batch, ids, pos, specs: list[RowSpec],
-                     lora, kv_writes) -> torch.Tensor:
-        """One forward of every row's own pass (``run_custom_pass``): its tokens, positions and
-        mask, the LoRA per token, K/V written only for ``kv_writes``; lazy logits [T, V]
+    def step_forward(self, model_runner, forward_batch, rows: list[PlanRow]) -> PassLogits:
+        """One forward of every row's own pass (``run_custom_pass``): its tokens, positions,
+        mask and LoRA, K/V written only where its plan says; lazy logits [T, V]
         (``core.logits.PassLogits``)."""
-        model = model_runner.model
-        model.lora_active = lora         # every attention call is routed by the rows' masks
-        try:
-            return run_custom_pass(model_runner, forward_batch, ids, pos, specs,
-                                   self.custom_attention, kv_writes)
-        finally:
-            model.lora_active = False
+        return run_custom_pass(model_runner, forward_batch, rows, self.custom_attention)
 
 
 Algorithm = NemotronTriMode

@@ -16,7 +16,8 @@ pass instead):
       q2   1  1 |  1  1  1             q2   1  1 |  1  1  1
 
 A decode pass is the causal case with q = 1 per request. Per request the rows are
-``RowSpec(req_pool_index, prefix_len = extend_prefix_len, q_len = extend_len, mask)``; the new
+``PlanRow(req_pool_index, prefix_len = extend_prefix_len, q_len = extend_len, mask)``
+(``core.step_plan``; one read of the pass's pool indices, outside any canvas step); the new
 K/V are written to ``out_cache_loc`` first (as every SGLang backend does) and attended from the
 pass's own ``k, v``.
 
@@ -35,7 +36,8 @@ import logging
 
 from ..core.attention import MaskKind, MaskSpec
 from ..kernels import IMPL_ENV, choose_attention  # noqa: F401 - IMPL_ENV: the backend's override
-from .custom_pass import RowAttention, RowSpec
+from ..core.step_plan import PlanRow
+from .custom_pass import HeadShape, RowAttention
 
 BACKEND_NAME = "nemotron"
 logger = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def _make_backend_class():
         def init_forward_metadata(self, forward_batch) -> None:
             self._batch, self._rows = forward_batch, {}
 
-        def _row_attention(self, forward_batch, causal: bool) -> RowAttention:
+        def _row_attention(self, forward_batch, causal: bool, layer) -> RowAttention:
             if forward_batch is not self._batch:          # a batch SGLang did not announce
                 self.init_forward_metadata(forward_batch)
             if causal not in self._rows:
@@ -79,9 +81,10 @@ def _make_backend_class():
                     prefix = list(forward_batch.extend_prefix_lens_cpu)
                     q_len = list(forward_batch.extend_seq_lens_cpu)
                 mask = MaskSpec(MaskKind.CAUSAL if causal else MaskKind.BIDIRECTIONAL)
-                rows = [RowSpec(int(i), int(p), int(n), mask)
+                rows = [PlanRow(int(i), int(p), int(n), mask)
                         for i, p, n in zip(pool_idx, prefix, q_len)]
-                self._rows[causal] = RowAttention(rows, self.impl)
+                heads = HeadShape(layer.tp_q_head_num, layer.tp_k_head_num, layer.qk_head_dim)
+                self._rows[causal] = RowAttention.planned(rows, self.impl, self.device, heads)
             return self._rows[causal]
 
         # ---- the two entry points SGLang's AttentionBackend.forward dispatches to
@@ -94,7 +97,7 @@ def _make_backend_class():
                 self.token_to_kv_pool.set_kv_buffer(
                     layer, KVWriteLoc(forward_batch.out_cache_loc, None), k, v)
             q = q.reshape(-1, layer.tp_q_head_num * layer.qk_head_dim)
-            rows = self._row_attention(forward_batch, causal)
+            rows = self._row_attention(forward_batch, causal, layer)
             return rows.attend(q, k, v, layer, self.token_to_kv_pool,
                                self.req_to_token_pool.req_to_token)
 

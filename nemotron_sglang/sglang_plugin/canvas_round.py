@@ -36,9 +36,8 @@ from typing import Any
 import torch
 from sglang.srt.managers.schedule_batch import BaseFinishReason
 
-from ..core.attention import MaskKind
 from ..core.decoding import Pass
-from .custom_pass import RowSpec
+from ..core.step_plan import PlanRow
 
 RESEED = -1                          # ``keep`` that asks the KV hook for a context pass
 
@@ -58,13 +57,9 @@ class Row:
 
 
 def kv_offsets(p: Pass) -> range:
-    """Token offsets of a pass whose K/V are written: all of a causal pass, the row heads of a
-    quadratic one (their K/V are causal by the mask), none of a bidirectional one."""
-    if not p.write_kv:
-        return range(0)
-    if p.mask.kind == MaskKind.QUADRATIC:
-        return range(0, len(p.token_ids), p.mask.block + 1)
-    return range(len(p.token_ids))
+    """Token offsets of a pass whose K/V are written (core's one rule,
+    ``MaskSpec.kv_write_offsets``); none for a pass that writes nothing."""
+    return p.mask.kv_write_offsets(len(p.token_ids)) if p.write_kv else range(0)
 
 
 class CanvasRound:
@@ -90,22 +85,16 @@ class CanvasRound:
         return [self._finish(row) for row in self.rows]
 
     def _step(self, members: list[tuple[Row, Pass]]) -> bool:
-        specs, ids, pos, lora, writes, slots = [], [], [], [], [], []
-        loc = self.fb.out_cache_loc.view(self.fb.batch_size, self.b)
+        plan = []
         for row, p in members:
-            offsets = kv_offsets(p)
-            if p.positions[0] != row.start or len(offsets) > self.b:
+            writes = len(kv_offsets(p))
+            if p.positions[0] != row.start or writes > self.b:
                 raise RuntimeError(f"{row.nld.strategy.name}: pass does not fit the {self.b}-slot "
                                    f"canvas at position {row.start}")
-            writes += [len(ids) + o for o in offsets]
-            slots.append(loc[row.index, :len(offsets)])
-            specs.append(RowSpec(row.pool, row.start, len(p.token_ids), p.mask))
-            ids += p.token_ids
-            pos += p.positions
-            lora += [float(p.lora)] * len(p.token_ids)
-        lora_t = torch.tensor(lora) if any(lora) else False
-        logits = self.algo.step_forward(self.runner, self.fb, ids, pos, specs, lora_t,
-                                        (writes, torch.cat(slots)) if writes else None)
+            plan.append(PlanRow(row.pool, row.start, len(p.token_ids), p.mask, p.token_ids,
+                                p.positions, bool(p.lora), writes, row.index * self.b))
+        # the step planned once, copied up once (core.step_plan); no host read until decisions
+        logits = self.algo.step_forward(self.runner, self.fb, plan)
         items, start = [], 0
         for _, p in members:
             items.append((start, start + len(p.token_ids), p.ask))

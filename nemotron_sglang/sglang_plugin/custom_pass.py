@@ -2,58 +2,57 @@
 
 A step carries each row's own pass: a causal AR token, a bidirectional block, a quadratic pass
 of R·(B+1) tokens (rows ``[d_i, mask × B]``, model_spec §2.5) — ragged lengths and per-row masks
-that no SGLang backend and no B-slot canvas can hold. This module runs such a forward through
-the model itself (SGLang's layers, weights and LoRA branch) on a copy of the canvas
-``ForwardBatch`` with the step's tokens and positions, and routes every attention call to
-``RowAttention``: each row's queries attend to that request's committed KV in SGLang's paged
-pool plus the pass's own K/V under the row's core ``MaskSpec`` (core's reference attention, or
-the Triton / FlashInfer paths of ``nemotron_sglang.kernels`` with the same contract). Only the
-tokens named in ``kv_writes`` (causal rows, quadratic row heads) write their K/V to the pool,
-into the request's canvas slots; the round keeps the accepted ones. ``RowAttention`` is also the
-attention of the ``nemotron`` backend (``attention_backend.py``) for every other pass.
+that no SGLang backend and no B-slot canvas can hold. The step arrives planned
+(``core.step_plan.StepPlan``: its rows, tokens, LoRA per token, K/V writes and kernel tiles,
+already on the device in one copy). This module runs its forward through the model itself
+(SGLang's layers, weights and LoRA branch) on a copy of the canvas ``ForwardBatch`` whose ids
+and positions are the plan's, under a per-step attention backend (``StepBackend``, SGLang's own
+seam: the forward context's ``attn_backend``, which every ``RadixAttention`` call reaches) that
+routes each layer to ``RowAttention``: each row's queries attend to its request's committed KV
+in SGLang's paged pool (located on the device through ``req_to_token``, never read back) plus
+the pass's own K/V under the row's mask (core's reference attention, or the Triton / FlashInfer
+paths of ``nemotron_sglang.kernels`` with the same contract). Only the plan's writes (causal
+rows, quadratic row heads) store K/V, into the rows' canvas slots; the round keeps the accepted
+ones. ``RowAttention`` is also the attention of the ``nemotron`` backend (``attention_backend.py``)
+for every other pass.
+
+Host work per step: the plan (ints) and Python over the layers; no device→host read (the
+FlashInfer path excepted: it lists pages on the host, ``_SlotTable``; unrun, no GPU yet).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from ..core.attention import (MaskKind, MaskSpec, masked_attention, padded_attention,
-                              padded_mask)
+from ..core.attention import masked_attention, padded_attention, padded_mask
+from ..core.batch import ForwardBatch
 from ..core.logits import PassLogits
+from ..core.step_plan import PlanRow, StepPlan
 from ..kernels import ATTENTION_IMPLS
-
-
-@dataclass(frozen=True)
-class RowSpec:
-    req_pool_index: int             # the request's row in SGLang's req_to_token table
-    prefix_len: int                 # committed tokens it attends to
-    q_len: int
-    mask: MaskSpec
+from ..kernels.step import HeadShape, plan_step
 
 
 class _SlotTable:
-    """SGLang's token→slot table seen as core's paged cache with page size 1 (kernel metadata).
-
-    Only the rows' prefixes are read, in one device→host copy of ``table[rows, :max_prefix]``
-    (a row of ``req_to_token`` spans the whole context length)."""
+    """SGLang's token→slot table seen as core's paged cache with page size 1, for the FlashInfer
+    path only: the rows' prefixes read back in one device→host copy."""
 
     page_size = 1
 
-    def __init__(self, table: torch.Tensor, num_kv_heads: int, rows: list[RowSpec]):
+    def __init__(self, table: torch.Tensor, num_kv_heads: int, plan: StepPlan):
         self.num_kv_heads = num_kv_heads
         longest: dict[int, int] = {}
-        for r in rows:
-            longest[r.req_pool_index] = max(longest.get(r.req_pool_index, 0), r.prefix_len)
+        for r in plan.rows:
+            longest[r.table_row] = max(longest.get(r.table_row, 0), r.prefix_len)
         index = list(longest)
         width = max(longest.values(), default=0)
         host = table[torch.tensor(index, dtype=torch.long, device=table.device), :width].cpu()
         self._slots = {i: host[n, :longest[i]].tolist() for n, i in enumerate(index)}
 
-    def page_table(self, req_pool_index: int) -> list[int]:
-        return self._slots[req_pool_index]
+    def page_table(self, table_row: int) -> list[int]:
+        return self._slots[table_row]
 
 
 class _PoolView:
@@ -67,85 +66,43 @@ class _PoolView:
         self.k, self.v = k_buf.unsqueeze(0), v_buf.unsqueeze(0)
         self.num_pages, self.num_kv_heads = k_buf.shape[0], k_buf.shape[1]
 
-    def page_table(self, req_pool_index: int) -> list[int]:
-        return self._slots.page_table(req_pool_index)
-
-
-@dataclass(frozen=True)
-class _RowGroup:
-    """Rows of one pass that share a (CAUSAL | BIDIRECTIONAL) mask and a query length L: their
-    queries' indices in the pass [N·L] (None: the whole pass, in order), their prefixes' pool
-    slots [N, W] (W = the longest prefix; 0, SGLang's padding slot, past a row's own), prefix
-    lengths [N] and ``core.attention.padded_mask`` [N, 1, L, W + L], built once per pass."""
-
-    spec: MaskSpec
-    q_len: int
-    tokens: torch.Tensor | None
-    slots: torch.Tensor
-    prefix_lens: torch.Tensor
-    mask: torch.Tensor
-
-
-def _row_groups(rows: list[RowSpec], table: torch.Tensor) -> tuple[list[_RowGroup], list[int]]:
-    """The groups of ``rows`` that one padded call can take, and the indices of the rest
-    (QUADRATIC rows, attended one by one)."""
-    starts, start = [], 0
-    for r in rows:
-        starts.append(start)
-        start += r.q_len
-    members: dict[tuple[MaskSpec, int], list[int]] = {}
-    single = []
-    for i, r in enumerate(rows):
-        if r.mask.kind == MaskKind.QUADRATIC:
-            single.append(i)
-        else:
-            members.setdefault((r.mask, r.q_len), []).append(i)
-    dev = table.device
-    groups = []
-    for (spec, q_len), idx in members.items():
-        lens = torch.tensor([rows[i].prefix_len for i in idx], dtype=torch.long, device=dev)
-        width = max(rows[i].prefix_len for i in idx)
-        pool_rows = torch.tensor([rows[i].req_pool_index for i in idx], dtype=torch.long,
-                                 device=dev)
-        slots = table[pool_rows, :width].long()
-        slots = slots.masked_fill(torch.arange(width, device=dev)[None, :] >= lens[:, None], 0)
-        tokens = None
-        if len(idx) < len(rows):         # a group that is not the whole pass gathers its queries
-            tokens = torch.tensor([starts[i] + j for i in idx for j in range(q_len)],
-                                  dtype=torch.long, device=dev)
-        groups.append(_RowGroup(spec, q_len, tokens, slots, lens,
-                                padded_mask(lens, width, spec, q_len)))
-    return groups, single
-
-
-@dataclass(frozen=True)
-class _KernelBatch:
-    seq_ids: tuple[int, ...]
-    q_lens: tuple[int, ...]
-    prefix_lens: tuple[int, ...]
-    masks: tuple[MaskSpec, ...]
+    def page_table(self, table_row: int) -> list[int]:
+        return self._slots.page_table(table_row)
 
 
 class RowAttention:
-    """Attention for one custom pass; called by the model's RadixAttention wrappers.
+    """Attention for one planned pass; called by the per-step backend (``StepBackend``) and by
+    the ``nemotron`` backend.
 
-    ``impl``: ``"reference"`` (core's PyTorch attention: the rows of one mask and query length
-    in one padded call, quadratic rows one by one; ``_reference_rows``, row by row, is its
-    twin), ``"triton"`` (the plugin's kernel,
-    one launch per layer over SGLang's pool viewed as pages of one token) or ``"flashinfer"``
-    (``kernels.flashinfer_attention`` over the same view; CUDA only, not yet run on a GPU).
+    ``impl``: ``"reference"`` (core's PyTorch attention: the plan's groups of one mask and query
+    length in one padded call each, quadratic rows one by one; ``_reference_rows``, row by row,
+    is its twin), ``"triton"`` (the plugin's kernel, one launch per layer, reading the plan's
+    row table and tiles and SGLang's ``req_to_token`` as they are on the device) or
+    ``"flashinfer"`` (``kernels.flashinfer_attention`` over the pool viewed as pages of one token;
+    CUDA only, not yet run on a GPU). ``kv_slots`` [Wp]: the pool slots of the plan's K/V writes.
     """
 
     IMPLS = tuple(ATTENTION_IMPLS)
 
-    def __init__(self, rows: list[RowSpec], impl: str = "reference",
-                 kv_writes: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def __init__(self, plan: StepPlan, impl: str = "reference", config=None,
+                 kv_slots: torch.Tensor | None = None):
         if impl not in self.IMPLS:
             raise ValueError(f"unknown row attention {impl!r}: {' | '.join(self.IMPLS)}")
-        self.rows, self.impl, self.kv_writes = rows, impl, kv_writes
+        if impl == "triton" and (config is None or plan.tiles is None):
+            raise ValueError("triton row attention needs the launch config its plan was tiled for "
+                             "(RowAttention.planned)")
+        self.plan, self.impl, self.config, self.kv_slots = plan, impl, config, kv_slots
         self._meta = None
         self._slots = None
         self._groups = None
+
+    @classmethod
+    def planned(cls, rows: Sequence[PlanRow], impl: str, device, heads: HeadShape,
+                bucket=None, pack=None) -> "RowAttention":
+        """Plan ``rows`` for ``impl`` (``kernels.step.plan_step``: the Triton kernel's tiles
+        included) in one upload, with what ``pack`` holds beside it."""
+        plan, config = plan_step(rows, impl, device, heads, bucket, pack)
+        return cls(plan, impl, config)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer) -> torch.Tensor:
         from sglang.srt.model_executor.forward_context import (get_req_to_token_pool,
@@ -161,119 +118,166 @@ class RowAttention:
         returns [T, Hq·Dv]. The pass's own K/V are taken from ``k, v``, never from the pool."""
         hq, hkv = layer.tp_q_head_num, layer.tp_k_head_num
         d, dv = layer.qk_head_dim, layer.v_head_dim
-        q = q.view(-1, hq, d)
-        k = k.view(-1, hkv, d)
-        v = v.view(-1, hkv, dv)
+        q = q.reshape(-1, hq, d)
+        k = k.reshape(-1, hkv, d)
+        v = v.reshape(-1, hkv, dv)
         k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
         if self.impl == "triton":
-            out = self._triton(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
+            out = self._triton(q, k, v, k_buf, v_buf, table, layer)
         elif self.impl == "flashinfer":
-            out = self._flashinfer(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
+            out = self._flashinfer(q, k, v, k_buf, v_buf, table, layer)
         else:
-            out = self._reference(q, k, v, k_buf, v_buf, table, layer).view(q.shape[0], hq * dv)
-        if self.kv_writes is not None:   # after attention: the pass reads its own K/V from k, v
-            index, slots = self.kv_writes
-            pool.set_kv_buffer(layer, slots, k[index], v[index])
-        return out
+            out = self._reference(q, k, v, k_buf, v_buf, table, layer)
+        if self.kv_slots is not None:    # after attention: the pass reads its own K/V from k, v
+            index = self.plan.write_token
+            pool.set_kv_buffer(layer, self.kv_slots, k.index_select(0, index),
+                               v.index_select(0, index))
+        return out.reshape(q.shape[0], hq * dv)
 
     def _reference(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
+        plan = self.plan
         if self._groups is None:     # one gather plan per pass, shared by every layer
-            self._groups = _row_groups(self.rows, table)
-        groups, single = self._groups
-        if len(groups) == 1 and groups[0].tokens is None:      # one group: the whole pass
-            g = groups[0]
-            return self._attend_group(g, q, k, v, k_buf, v_buf, layer).flatten(0, 1)
-        out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
-        for g in groups:
-            out[g.tokens] = self._attend_group(g, q[g.tokens], k[g.tokens], v[g.tokens], k_buf,
-                                               v_buf, layer).flatten(0, 1)
-        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, single)
+            self._groups = [_group_tensors(plan, g, table) for g in plan.groups]
+        whole = (len(plan.groups) == 1 and not plan.singles and plan.bucket is None)
+        if whole:                    # one group that is the whole pass, in order
+            g, (slots, lens, mask) = plan.groups[0], self._groups[0]
+            return _attend_group(g, slots, lens, mask, q, k, v, k_buf, v_buf,
+                                 layer).flatten(0, 1)
+        out = q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
+        for g, (slots, lens, mask) in zip(plan.groups, self._groups):
+            tok = plan.order_tokens[g.tokens]
+            part = _attend_group(g, slots, lens, mask, q.index_select(0, tok),
+                                 k.index_select(0, tok), v.index_select(0, tok), k_buf, v_buf,
+                                 layer)
+            out.index_copy_(0, tok, part.flatten(0, 1))
+        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, plan.singles)
         return out
-
-    @staticmethod
-    def _attend_group(g: _RowGroup, q, k, v, k_buf, v_buf, layer) -> torch.Tensor:
-        """One group's padded call: q [N·L, Hq, d], k / v [N·L, Hkv, d] its new tokens'."""
-        n, hq, hkv = g.prefix_lens.shape[0], q.shape[1], k.shape[1]
-        keys = torch.cat([k_buf[g.slots].to(k.dtype), k.view(n, g.q_len, hkv, -1)], 1)
-        values = torch.cat([v_buf[g.slots].to(v.dtype), v.view(n, g.q_len, hkv, -1)], 1)
-        return padded_attention(q.view(n, g.q_len, hq, -1), keys, values, g.prefix_lens,
-                                g.spec, layer.scaling, mask=g.mask)
 
     def _reference_rows(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
         """The twin of ``_reference``: core's attention row by row."""
-        out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
-        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, range(len(self.rows)))
+        out = q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
+        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, range(len(self.plan.rows)))
         return out
 
     def _fill_rows(self, out, q, k, v, k_buf, v_buf, table, layer, which) -> None:
-        starts = [0]
-        for row in self.rows:
-            starts.append(starts[-1] + row.q_len)
         for i in which:
-            row, start, end = self.rows[i], starts[i], starts[i + 1]
-            slots = table[row.req_pool_index, :row.prefix_len].long()
+            row, start = self.plan.rows[i], self.plan.q_starts[i]
+            end = start + row.q_len
+            slots = table[row.table_row, :row.prefix_len].long()
             keys = torch.cat([k_buf[slots].to(k.dtype), k[start:end]])
             values = torch.cat([v_buf[slots].to(v.dtype), v[start:end]])
             out[start:end] = masked_attention(q[start:end], keys, values, row.mask,
                                               row.prefix_len, layer.scaling)
 
-    def _kernel_batch(self) -> _KernelBatch:
-        return _KernelBatch(tuple(r.req_pool_index for r in self.rows),
-                            tuple(r.q_len for r in self.rows),
-                            tuple(r.prefix_len for r in self.rows),
-                            tuple(r.mask for r in self.rows))
-
     def _slot_table(self, table: torch.Tensor, num_kv_heads: int) -> _SlotTable:
         if self._slots is None:      # one slot read per pass, shared by every layer
-            self._slots = _SlotTable(table, num_kv_heads, self.rows)
+            self._slots = _SlotTable(table, num_kv_heads, self.plan)
         return self._slots
 
     def _flashinfer(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
         from ..kernels import flashinfer_attention
 
+        rows = self.plan.rows
+        batch = ForwardBatch(self.plan.ids[:self.plan.num_tokens],
+                             self.plan.positions[:self.plan.num_tokens],
+                             tuple(r.table_row for r in rows), tuple(r.q_len for r in rows),
+                             tuple(r.prefix_len for r in rows), tuple(r.mask for r in rows))
         view = _PoolView(self._slot_table(table, k.shape[1]), k_buf.to(k.dtype), v_buf.to(k.dtype))
         return flashinfer_attention.paged_attention_flashinfer(
-            q, k, v.to(k.dtype), view, 0, self._kernel_batch(), layer.scaling)
+            q[:self.plan.num_tokens], k[:self.plan.num_tokens],
+            v[:self.plan.num_tokens].to(k.dtype), view, 0, batch, layer.scaling)
 
     def _triton(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
-        from ..kernels.triton_attention import build_metadata, paged_attention_with_metadata
+        from ..kernels.triton_attention import metadata_from_plan, paged_attention_with_metadata
 
-        if self._meta is None:       # one metadata build per pass, shared by every layer
-            slots = self._slot_table(table, k.shape[1])
-            self._meta = build_metadata(self._kernel_batch(), slots,
-                                        q.shape[1] // k.shape[1], q.shape[2], q.device)
+        if self._meta is None:       # one metadata per pass, shared by every layer
+            self._meta = metadata_from_plan(self.plan, table, 1, self.config)
         return paged_attention_with_metadata(q, k, v.to(k.dtype), k_buf.to(k.dtype),
                                              v_buf.to(k.dtype), self._meta, layer.scaling)
 
 
-def run_custom_pass(model_runner, forward_batch, token_ids: list[int], positions: list[int],
-                    rows: list[RowSpec], impl: str = "reference",
-                    kv_writes: tuple[list[int], torch.Tensor] | None = None) -> PassLogits:
-    """One forward of ``token_ids`` at ``positions`` with per-row masks; its logits [T, V] as a
-    :class:`~nemotron_sglang.core.logits.PassLogits` (the head runs only for the rows read).
+def _group_tensors(plan: StepPlan, g, table: torch.Tensor):
+    """A group's prefix slots [N, W] (0, SGLang's padding slot, past a row's own prefix), its
+    prefix lengths [N] and ``core.attention.padded_mask`` [N, 1, L, W + L]: device ops on the
+    plan's row table and ``req_to_token``, built once per pass."""
+    rows = plan.order_rows[g.rows]
+    lens = plan.field("prefix_len").index_select(0, rows)
+    pool_rows = plan.field("table_row").index_select(0, rows)
+    slots = table.index_select(0, pool_rows)[:, :g.width].long()
+    slots = slots.masked_fill(torch.arange(g.width, device=slots.device)[None, :] >= lens[:, None],
+                              0)
+    return slots, lens, padded_mask(lens, g.width, g.mask, g.q_len)
 
-    ``kv_writes`` = (token indices of the pass, pool slots [W]): those tokens' K/V are written to
-    SGLang's pool in every layer (causal rows, quadratic row heads)."""
+
+def _attend_group(g, slots, lens, mask, q, k, v, k_buf, v_buf, layer) -> torch.Tensor:
+    """One group's padded call: q [N·L, Hq, d], k / v [N·L, Hkv, d] its new tokens'."""
+    n, hq, hkv = lens.shape[0], q.shape[1], k.shape[1]
+    keys = torch.cat([k_buf[slots].to(k.dtype), k.view(n, g.q_len, hkv, -1)], 1)
+    values = torch.cat([v_buf[slots].to(v.dtype), v.view(n, g.q_len, hkv, -1)], 1)
+    return padded_attention(q.view(n, g.q_len, hq, -1), keys, values, lens, g.mask,
+                            layer.scaling, mask=mask)
+
+
+class StepBackend:
+    """The attention backend of one canvas step: SGLang's forward context holds it while the
+    step's forward runs, so every ``RadixAttention`` reaches ``forward`` (SGLang's seam; no
+    model method is overridden) and attends under the step's plan. It also carries the step's
+    LoRA scale per token (``lora``: [T] in the model's dtype, None when no row drafts), which
+    the model's LoRA branch reads from it. The pools are the server backend's."""
+
+    def __init__(self, base, attention: RowAttention, lora: torch.Tensor | None):
+        self.token_to_kv_pool = base.token_to_kv_pool
+        self.req_to_token_pool = base.req_to_token_pool
+        self.attention, self.lora = attention, lora
+
+    def forward(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        return self.attention.attend(q, k, v, layer, self.token_to_kv_pool,
+                                     self.req_to_token_pool.req_to_token)
+
+
+def step_lora() -> torch.Tensor | None:
+    """The LoRA scale per token [T] of the canvas step whose forward is running, else None
+    (SGLang's own passes never draft)."""
+    from sglang.srt.model_executor.forward_context import get_attn_backend, has_forward_context
+
+    if not has_forward_context():
+        return None
+    backend = get_attn_backend()
+    return backend.lora if isinstance(backend, StepBackend) else None
+
+
+def run_custom_pass(model_runner, forward_batch, rows: Sequence[PlanRow], impl: str = "reference",
+                    bucket=None) -> PassLogits:
+    """One forward of a step's ``rows`` (``core.step_plan``: tokens, positions, masks, LoRA per
+    row, K/V writes into ``forward_batch.out_cache_loc``), planned and copied up once; its
+    logits [T, V] as a :class:`~nemotron_sglang.core.logits.PassLogits` (the head runs only for
+    the rows read)."""
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
+    model = model_runner.model
     dev = forward_batch.input_ids.device
+    c = model.nld_config
+    tp = getattr(model_runner, "tp_size", 1) or 1
+    heads = HeadShape(max(1, c.num_attention_heads // tp), max(1, c.num_key_value_heads // tp),
+                      c.head_dim)
+    attention = RowAttention.planned(rows, impl, dev, heads, bucket)
+    plan = attention.plan
+    if plan.num_writes or plan.bucket is not None:
+        attention.kv_slots = plan.write_slots(forward_batch.out_cache_loc).to(
+            forward_batch.out_cache_loc.dtype)
+    lora = None
+    if plan.uses_lora:
+        lora = plan.lora.to(model.lm_head.weight.dtype)
     # a shallow copy with the step's tokens (dataclasses.replace would rerun the ~100-field
     # __init__ every step and drop the attributes SGLang set on the batch after it)
     view = copy.copy(forward_batch)
-    view.input_ids = torch.tensor(token_ids, dtype=forward_batch.input_ids.dtype, device=dev)
-    view.positions = torch.tensor(positions, dtype=forward_batch.positions.dtype, device=dev)
-    writes = None
-    if kv_writes is not None and kv_writes[0]:
-        writes = (torch.tensor(kv_writes[0], dtype=torch.long, device=dev),
-                  torch.as_tensor(kv_writes[1]).to(device=dev,
-                                                   dtype=forward_batch.out_cache_loc.dtype))
-    view.nld_attention = RowAttention(rows, impl, writes)
-    model = model_runner.model
+    view.input_ids = plan.ids.to(forward_batch.input_ids.dtype)
+    view.positions = plan.positions.to(forward_batch.positions.dtype)
+    view.global_num_token_non_padded_cpu = None     # no MLP-sync padding: every row is real
+    backend = StepBackend(model_runner.attn_backend, attention, lora)
 
     def context():
-        # the context SGLang's ModelRunner.forward would open; RowAttention reads its pools
-        return forward_context(ForwardContext(attn_backend=model_runner.attn_backend),
-                               forward_batch=view)
+        return forward_context(ForwardContext(attn_backend=backend), forward_batch=view)
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
         with context():

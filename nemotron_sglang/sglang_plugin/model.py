@@ -8,10 +8,12 @@ llama-4 query scaling). This subclass only
   the rows a strategy reads (``pass_logits``, SGLang's logits processor: TP gather included);
 - maps checkpoint names with core's name table (``encoder.`` → ``model.``, ``diffusion_head`` →
   ``lm_head``) and refuses missing or unexpected tensors by name (shapes: SGLang's loaders);
-- lets a pass bring its own attention (``forward_batch.nld_attention``, the rows' masks: every
-  canvas pass, ``custom_pass.py``); SGLang's own passes (the prompt, plain AR) stay causal;
-- adds the drafting LoRA on ``o_proj`` as a low-rank branch active while ``lora_active`` (True,
-  or a [T] 0/1 tensor choosing the tokens of one forward that draft with it; installed with ``install_lora``; sharded along o_proj's input like the layer itself).
+- adds the drafting LoRA on ``o_proj`` as a low-rank branch, scaled per token by the running
+  canvas step (``custom_pass.step_lora``: [T] 0/1, from the step's plan through SGLang's forward
+  context; off for SGLang's own passes), installed with ``install_lora``, sharded along
+  o_proj's input like the layer itself.
+A canvas step brings its own attention through SGLang's forward context (``custom_pass``'s
+``StepBackend``); nothing here overrides a layer's ``forward``.
 Without ``--dllm-algorithm`` it is an ordinary causal model on SGLang's AR path.
 """
 
@@ -23,11 +25,11 @@ from typing import Iterable
 import torch
 
 from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessor
-from sglang.srt.layers.radix_attention import RadixAttention
 from sglang.srt.models.ministral3 import Ministral3ForCausalLM
 
 from ..core.config import ARCHITECTURE, NLDConfig
 from ..core.weights import WeightsError, hf_weight_shapes, ministral3_name
+from .custom_pass import step_lora
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +57,12 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
         self.nld_config = normalise_hf_config(config)
         super().__init__(config, quant_config=quant_config, prefix=prefix)
         self.logits_processor = LogitsProcessor(config, return_full_logits=True)
-        self.lora_active = False
         self._lora: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._lora_scale = 0.0
-        self._attn_layers = [m for m in self.modules() if isinstance(m, RadixAttention)]
-        for attn in self._attn_layers:
-            attn.forward = self._routed_attention(attn, attn.forward)
         self._o_projs = [layer.self_attn.o_proj for layer in self.model.layers
                          if hasattr(layer, "self_attn")]
         for i, o_proj in enumerate(self._o_projs):
             o_proj.register_forward_hook(self._lora_hook(i))
-
-    # ---- a pass's own attention ------------------------------------------------------------
-    @staticmethod
-    def _routed_attention(layer, sglang_forward):
-        """A pass may bring its own attention (``forward_batch.nld_attention``: the quadratic
-        mask, see ``custom_pass.py``); every other pass uses SGLang's backend unchanged."""
-        def forward(q, k, v, forward_batch, *args, **kwargs):
-            custom = getattr(forward_batch, "nld_attention", None)
-            if custom is None:
-                return sglang_forward(q, k, v, forward_batch, *args, **kwargs)
-            return custom(q, k, v, layer)
-        return forward
 
     # ---- a custom pass: hidden states, then logits for the rows read -----------------------
     def pass_hidden(self, forward_batch) -> torch.Tensor:
@@ -107,8 +93,8 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
 
     def _lora_hook(self, index: int):
         def hook(module, args, output):
-            active = self.lora_active          # False | True | [T] 0/1 per token of the pass
-            if active is False or active is None:
+            scale = step_lora()                # [T] 0/1 per token of a canvas step, or None
+            if scale is None:
                 return output
             if self._lora is None:
                 raise RuntimeError("a drafting pass asked for the LoRA but none is installed")
@@ -116,8 +102,7 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
             # o_proj's output is the pre-all-reduce partial sum under TP, so the partial delta
             # of this rank's input shard adds up to the full delta.
             delta = self._lora_scale * ((args[0] @ a.T) @ b.T)
-            if isinstance(active, torch.Tensor):   # rows of one forward differ (drafts vs denoise)
-                delta = delta * active.to(delta).view(-1, *([1] * (delta.dim() - 1)))
+            delta = delta * scale.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
             if isinstance(output, tuple):
                 return (output[0] + delta,) + tuple(output[1:])
             return output + delta

@@ -8,7 +8,7 @@ NLD's text model (``model.py``) as the language model. Only what NLD changes is 
   ordinary ``NemotronLabsDiffusionConfig``);
 - the text model is ``NemotronLabsDiffusionForSGLang`` (diffusion passes, untied head, per-pass
   attention), whatever transformers' mapping would pick; the algorithm's model API
-  (``pass_hidden``, ``pass_logits``, ``lora_active``, ...) is delegated to it;
+  (``pass_hidden``, ``pass_logits``, ``install_lora``, ...) is delegated to it;
 - checkpoint names: ``encoder.vision_tower.*`` / ``encoder.multi_modal_projector.*`` go to the
   image path, every other tensor to NLD's strict text loader; core's table
   (``core/vlm_checkpoint.py``) refuses missing or unexpected vision tensors by name.
@@ -78,14 +78,6 @@ class NemotronLabsDiffusionVLMModel(Mistral3ForConditionalGeneration):
     @property
     def has_lora(self) -> bool:
         return self.language_model.has_lora
-
-    @property
-    def lora_active(self):
-        return self.language_model.lora_active
-
-    @lora_active.setter
-    def lora_active(self, value) -> None:
-        self.language_model.lora_active = value
 
     def install_lora(self, *args, **kwargs) -> None:
         self.language_model.install_lora(*args, **kwargs)

@@ -40,7 +40,6 @@ class FakeModel:
 
     def __init__(self, core):
         self.core, self.nld_config = core, core.config
-        self.lora_active = False
         self.causal_log = []
 
     @property
@@ -91,33 +90,28 @@ class FakeRunner:
                 self.cache.commit(r.rid_int, keep)
 
 
-def fake_custom_pass(model_runner, fb, token_ids, positions, rows, impl="reference",
-                     kv_writes=None):
+def fake_custom_pass(model_runner, fb, rows, impl="reference", bucket=None):
     """Stands in for custom_pass.run_custom_pass: core's model over the fake runner's cache, one
-    core call per group of rows with the same (writes KV, LoRA); checks that the K/V writes name
-    exactly the tokens core stages (all of a causal row, the heads of a quadratic row) and the
-    rows' own canvas slots."""
+    core call per group of rows with the same (writes KV, LoRA); checks that the plan's K/V
+    writes name exactly the tokens core stages (all of a causal row, the heads of a quadratic
+    row) and the rows' own canvas slots."""
     model_runner.forwards += 1
-    core, lora = model_runner.model.core, model_runner.model.lora_active
-    written = set(kv_writes[0]) if kv_writes is not None else set()
-    slots = kv_writes[1].tolist() if kv_writes is not None else []
-    loc = fb.out_cache_loc.view(fb.batch_size, fb.block)
+    core = model_runner.model.core
     canvas_row = {int(p): i for i, p in enumerate(fb.req_pool_indices.tolist())}
     groups: dict[tuple, list] = {}
-    start, seen = 0, 0
+    token_ids = [t for spec in rows for t in spec.token_ids]
+    start = 0
     for spec in rows:
-        offs = [o for o in range(spec.q_len) if start + o in written]
-        want = (list(range(0, spec.q_len, spec.mask.block + 1))
-                if spec.mask.kind == MaskKind.QUADRATIC else list(range(spec.q_len))) if offs else []
-        assert offs == want, (spec, offs)
-        assert slots[seen:seen + len(offs)] == loc[canvas_row[spec.req_pool_index], :len(offs)].tolist()
-        seen += len(offs)
-        on = bool(lora[start]) if isinstance(lora, torch.Tensor) else bool(lora)
-        row = PassRow(spec.req_pool_index, token_ids[start:start + spec.q_len],
-                      positions[start:start + spec.q_len], spec.prefix_len, spec.mask)
-        groups.setdefault((bool(offs), on), []).append((start, row))
+        want = (len(range(0, spec.q_len, spec.mask.block + 1))
+                if spec.mask.kind == MaskKind.QUADRATIC else spec.q_len)
+        assert spec.writes in (0, want), spec
+        if spec.writes:
+            assert spec.write_base == canvas_row[spec.table_row] * fb.block, spec
+        row = PassRow(spec.table_row, spec.token_ids, spec.positions, spec.prefix_len, spec.mask)
+        groups.setdefault((bool(spec.writes), spec.lora), []).append((start, row))
         start += spec.q_len
-    model_runner.model.causal_log.append(("step", "rows" if isinstance(lora, torch.Tensor) else lora))
+    lora = [spec.lora for spec in rows]
+    model_runner.model.causal_log.append(("step", "rows" if any(lora) else False))
     out = torch.empty(len(token_ids), core.config.vocab_size, dtype=core.dtype)
     for (write, on), members in groups.items():
         batch = ForwardBatch.from_rows([r for _, r in members], write_kv=write, lora=on)

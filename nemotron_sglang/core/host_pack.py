@@ -1,0 +1,79 @@
+"""Host values bound for the device, gathered by name and sent in ONE copy.
+
+A step's host side knows, before its forward, everything the device will need from it (the step
+plan's rows and tokens, the decisions' row indices, temperatures, uniforms' streams). Each part
+adds its named sections; one ``upload`` packs them into one byte buffer (each section aligned
+to 8 bytes), copies it (pinned and non-blocking on CUDA) and hands back typed views::
+
+    pack = HostPack()
+    pack.add("ids", [5, 9, 9], torch.long)
+    pack.add("temperature", [0.7, 1.0], torch.float64)
+    dev = pack.upload(device)             # one host→device copy
+    dev["ids"]          -> [3] int64 view      dev["temperature"] -> [2] float64 view
+
+A name may be added once; reading a name never added is an error (``KeyError`` naming it).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+ALIGN = 8
+
+
+class HostPack:
+    def __init__(self) -> None:
+        self._sections: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, values: Sequence | torch.Tensor, dtype: torch.dtype = torch.long
+            ) -> None:
+        """Add section ``name``: ``values`` (a list, or a host tensor) as a 1-D ``dtype`` array."""
+        if name in self._sections:
+            raise ValueError(f"host pack: section {name!r} added twice")
+        t = torch.as_tensor(values, dtype=dtype).reshape(-1)
+        if t.device.type != "cpu":
+            raise ValueError(f"host pack: section {name!r} is on {t.device}, not the host")
+        self._sections[name] = t
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._sections
+
+    def upload(self, device) -> "DevicePack":
+        """Every section in one host→device copy; their device views by name."""
+        offsets, at = {}, 0
+        for name, t in self._sections.items():
+            offsets[name] = at
+            at += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+        host = torch.zeros(max(at, ALIGN), dtype=torch.uint8)
+        for name, t in self._sections.items():
+            n = t.numel() * t.element_size()
+            host[offsets[name]:offsets[name] + n] = t.contiguous().view(torch.uint8)
+        device = torch.device(device)
+        if device.type == "cuda":                 # the caching host allocator keeps the pinned
+            buf = host.pin_memory().to(device, non_blocking=True)    # buffer alive till copied
+        else:
+            buf = host.to(device)
+        views = {}
+        for name, t in self._sections.items():
+            a = offsets[name]
+            views[name] = buf[a:a + t.numel() * t.element_size()].view(t.dtype)
+        return DevicePack(views, at)
+
+
+class DevicePack:
+    """The device views of one upload, by section name; ``nbytes``: the copy's size."""
+
+    def __init__(self, views: dict[str, torch.Tensor], nbytes: int):
+        self._views, self.nbytes = views, nbytes
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            return self._views[name]
+        except KeyError:
+            raise KeyError(f"device pack: no section {name!r} "
+                           f"(has {', '.join(self._views) or 'none'})") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._views
