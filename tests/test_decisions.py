@@ -1,7 +1,8 @@
 """The batched decision layer (``decide_batched``) against its per-request twin (``decide_each``):
 the same decisions on the same random logits and uniforms, at T = 0 and T > 0, for every kind
 of ask mixed in one forward; its draws follow the tempered softmax and its speculative accept
-keeps the target law (chi-square); it reads the host once per forward, O(rows) elements."""
+keeps the target law (chi-square); it reads the host once per forward, O(rows) elements, and
+copies its tables up once (tests/test_decide_uploads.py: staged in the step's own copy)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,17 @@ def _proposal(n: int, v: int, mask_id: int, g) -> torch.Tensor:
     return q / q.sum(-1, keepdim=True)
 
 
-def random_rule(rnd: random.Random, t: float, v: int, mask_id: int) -> SamplingRule:
-    """Half plain temperature, half a random mix of every processor."""
+def random_rule(rnd: random.Random, t: float, v: int, mask_id: int,
+                shaping: bool = True) -> SamplingRule:
+    """Half plain temperature, half a random mix of every processor (``shaping`` False: of
+    top-k / top-p / min-p only, no processor that shapes the logits)."""
     if rnd.random() < 0.5:
         return SamplingRule(t)
     pick = lambda p, x, default: x if rnd.random() < p else default     # noqa: E731
+    if not shaping:
+        return SamplingRule(temperature=t, top_k=pick(0.5, rnd.randint(1, 8), 0),
+                            top_p=pick(0.5, rnd.uniform(0.2, 0.95), 1.0),
+                            min_p=pick(0.4, rnd.uniform(0.01, 0.3), 0.0))
     return SamplingRule(
         temperature=t, top_k=pick(0.4, rnd.randint(1, 8), 0),
         top_p=pick(0.4, rnd.uniform(0.2, 0.95), 1.0), min_p=pick(0.3, rnd.uniform(0.01, 0.3), 0.0),
@@ -66,18 +73,20 @@ def random_bits(rnd: random.Random, v: int, mask_id: int, want: list) -> torch.T
     return torch.where(bits >= 1 << 31, bits - (1 << 32), bits).to(torch.int32)
 
 
-def random_forward(seed: int, v: int = 37, passes: int = 12):
-    """(logits [T, V], items [(start, end, ask)], mask_id): passes of every kind, random
-    sampling rules, histories, seeds and draw counters; verifier rows agree with their drafts
-    often enough that accept runs of every length occur."""
+def random_forward(seed: int, v: int = 37, passes: int = 12, kinds: tuple = tuple(Kind),
+                   shaping: bool = True):
+    """(logits [T, V], items [(start, end, ask)], mask_id): passes of ``kinds``, random
+    sampling rules (``shaping``: with the processors that shape logits, ``random_rule``),
+    histories, seeds and draw counters, logprobs and grammars on some; verifier rows agree
+    with their drafts often enough that accept runs of every length occur."""
     rnd = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
     mask_id = rnd.randrange(v)
     tok = lambda: rnd.choice([t for t in range(v) if t != mask_id])      # noqa: E731
     items, start, agree = [], 0, []
     for _ in range(passes):
-        kind = rnd.choice(list(Kind))
-        t = random_rule(rnd, rnd.choice(TEMPS), v, mask_id)
+        kind = rnd.choice(list(kinds))
+        t = random_rule(rnd, rnd.choice(TEMPS), v, mask_id, shaping)
         stream = (rnd.randrange(1 << 62), rnd.randrange(1000))
         if kind == Kind.PICK:
             n = rnd.randint(1, 5)
@@ -214,6 +223,7 @@ def test_one_small_host_read_per_forward():
                default=0) * rows                      # + the requested ids' values per row
     assert len(out) == len(items)
     assert [c for c, _ in reads.calls] == ["tolist"], (seed, reads.calls)
+    assert len(reads.uploads) == 1, (seed, reads.uploads)   # its tables: one copy up
     assert reads.elements == width * rows + top + sum(1 + a.width - 2 for a in quad), \
         (seed, reads.calls)
     with HostReads() as twin_reads:                  # the twin is host code: many reads

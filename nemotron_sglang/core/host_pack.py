@@ -11,7 +11,9 @@ to 8 bytes), copies it (pinned and non-blocking on CUDA) and hands back typed vi
     dev = pack.upload(device)             # one host→device copy
     dev["ids"]          -> [3] int64 view      dev["temperature"] -> [2] float64 view
 
-A name may be added once; reading a name never added is an error (``KeyError`` naming it).
+A name may be added once; reading a name never added is an error (``KeyError`` naming it). A
+pack is sent once (``uploaded``: its device side), so whoever filled part of it reads its views
+there after another part of the step sent it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ ALIGN = 8
 class HostPack:
     def __init__(self) -> None:
         self._sections: dict[str, torch.Tensor] = {}
+        self.uploaded: DevicePack | None = None
 
     def add(self, name: str, values: Sequence | torch.Tensor, dtype: torch.dtype = torch.long
             ) -> None:
         """Add section ``name``: ``values`` (a list, or a host tensor) as a 1-D ``dtype`` array."""
         if name in self._sections:
             raise ValueError(f"host pack: section {name!r} added twice")
+        if self.uploaded is not None:
+            raise ValueError(f"host pack: section {name!r} added after the upload")
         t = torch.as_tensor(values, dtype=dtype).reshape(-1)
         if t.device.type != "cpu":
             raise ValueError(f"host pack: section {name!r} is on {t.device}, not the host")
@@ -42,6 +47,8 @@ class HostPack:
 
     def upload(self, device) -> "DevicePack":
         """Every section in one host→device copy; their device views by name."""
+        if self.uploaded is not None:
+            raise ValueError("host pack: uploaded twice")
         offsets, at = {}, 0
         for name, t in self._sections.items():
             offsets[name] = at
@@ -59,7 +66,8 @@ class HostPack:
         for name, t in self._sections.items():
             a = offsets[name]
             views[name] = buf[a:a + t.numel() * t.element_size()].view(t.dtype)
-        return DevicePack(views, at)
+        self.uploaded = DevicePack(views, at)
+        return self.uploaded
 
 
 class DevicePack:

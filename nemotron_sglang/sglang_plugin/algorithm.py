@@ -33,6 +33,7 @@ from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 
 from ..core.block_policy import CostTable
+from ..core.host_pack import HostPack
 from ..core.logits import PassLogits
 from ..core.step_plan import PlanRow
 from ..core.vlm_checkpoint import SERVED_ARCHITECTURES
@@ -251,11 +252,13 @@ class NemotronTriMode(DllmAlgorithm):
         return {"canvas": prm.canvas} if prm.canvas else {}
 
     # ---- the forward of a round step, for CanvasRound --------------------------------------
-    def step_forward(self, model_runner, forward_batch, rows: list[PlanRow]) -> PassLogits:
+    def step_forward(self, model_runner, forward_batch, rows: list[PlanRow],
+                     pack: HostPack | None = None) -> PassLogits:
         """One forward of every row's own pass (``run_custom_pass``): its tokens, positions,
-        mask and LoRA, K/V written only where its plan says; lazy logits [T, V]
-        (``core.logits.PassLogits``)."""
-        return run_custom_pass(model_runner, forward_batch, rows, self.custom_attention)
+        mask and LoRA, K/V written only where its plan says, sent up in one copy with what
+        ``pack`` holds; lazy logits [T, V] (``core.logits.PassLogits``)."""
+        return run_custom_pass(model_runner, forward_batch, rows, self.custom_attention,
+                               pack=pack)
 
 
 Algorithm = NemotronTriMode

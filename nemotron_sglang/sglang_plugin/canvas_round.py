@@ -37,6 +37,8 @@ import torch
 from sglang.srt.managers.schedule_batch import BaseFinishReason
 
 from ..core.decoding import Pass
+from ..core.decoding.decide_stage import stage_decisions
+from ..core.host_pack import HostPack
 from ..core.step_plan import PlanRow
 
 RESEED = -1                          # ``keep`` that asks the KV hook for a context pass
@@ -85,7 +87,7 @@ class CanvasRound:
         return [self._finish(row) for row in self.rows]
 
     def _step(self, members: list[tuple[Row, Pass]]) -> bool:
-        plan = []
+        plan, items = [], []
         for row, p in members:
             writes = len(kv_offsets(p))
             if p.positions[0] != row.start or writes > self.b:
@@ -93,14 +95,14 @@ class CanvasRound:
                                    f"canvas at position {row.start}")
             plan.append(PlanRow(row.pool, row.start, len(p.token_ids), p.mask, p.token_ids,
                                 p.positions, bool(p.lora), writes, row.index * self.b))
-        # the step planned once, copied up once (core.step_plan); no host read until decisions
-        logits = self.algo.step_forward(self.runner, self.fb, plan)
-        items, start = [], 0
-        for _, p in members:
+            start = items[-1][1] if items else 0
             items.append((start, start + len(p.token_ids), p.ask))
-            start += len(p.token_ids)
+        # the step planned once (core.step_plan), the decisions' tables beside it: one upload
+        pack = HostPack()
+        stage_decisions(items, self.algo.mask_id, pack)
+        logits = self.algo.step_forward(self.runner, self.fb, plan, pack)
         # every row's decision on the device, one small host read (core.decoding.decide_batched)
-        decisions = self.algo.decide(logits, items, self.algo.mask_id)
+        decisions = self.algo.decide(logits, items, self.algo.mask_id, staged=pack.uploaded)
         self.steps += 1
         completed = False
         for (row, p), d in zip(members, decisions):

@@ -247,11 +247,11 @@ def step_lora() -> torch.Tensor | None:
 
 
 def run_custom_pass(model_runner, forward_batch, rows: Sequence[PlanRow], impl: str = "reference",
-                    bucket=None) -> PassLogits:
+                    bucket=None, pack=None) -> PassLogits:
     """One forward of a step's ``rows`` (``core.step_plan``: tokens, positions, masks, LoRA per
-    row, K/V writes into ``forward_batch.out_cache_loc``), planned and copied up once; its
-    logits [T, V] as a :class:`~nemotron_sglang.core.logits.PassLogits` (the head runs only for
-    the rows read)."""
+    row, K/V writes into ``forward_batch.out_cache_loc``), planned and copied up once together
+    with what ``pack`` (``core.host_pack.HostPack``) holds; its logits [T, V] as a
+    :class:`~nemotron_sglang.core.logits.PassLogits` (the head runs only for the rows read)."""
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     model = model_runner.model
@@ -260,7 +260,7 @@ def run_custom_pass(model_runner, forward_batch, rows: Sequence[PlanRow], impl: 
     tp = getattr(model_runner, "tp_size", 1) or 1
     heads = HeadShape(max(1, c.num_attention_heads // tp), max(1, c.num_key_value_heads // tp),
                       c.head_dim)
-    attention = RowAttention.planned(rows, impl, dev, heads, bucket)
+    attention = RowAttention.planned(rows, impl, dev, heads, bucket, pack)
     plan = attention.plan
     if plan.num_writes or plan.bucket is not None:
         attention.kv_slots = plan.write_slots(forward_batch.out_cache_loc).to(

@@ -90,12 +90,14 @@ class FakeRunner:
                 self.cache.commit(r.rid_int, keep)
 
 
-def fake_custom_pass(model_runner, fb, rows, impl="reference", bucket=None):
+def fake_custom_pass(model_runner, fb, rows, impl="reference", bucket=None, pack=None):
     """Stands in for custom_pass.run_custom_pass: core's model over the fake runner's cache, one
     core call per group of rows with the same (writes KV, LoRA); checks that the plan's K/V
     writes name exactly the tokens core stages (all of a causal row, the heads of a quadratic
     row) and the rows' own canvas slots."""
     model_runner.forwards += 1
+    if pack is not None:                 # the step's one upload (the decisions' staged tables)
+        pack.upload("cpu")
     core = model_runner.model.core
     canvas_row = {int(p): i for i, p in enumerate(fb.req_pool_indices.tolist())}
     groups: dict[tuple, list] = {}

@@ -183,9 +183,12 @@ def _first(ctx: RowContext | None, n: int) -> RowContext | None:
     return None if ctx is None else RowContext(ctx.history, ctx.tail, ctx.extra[:n])
 
 
-def decide_each(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int) -> list[Decision]:
+def decide_each(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int,
+                staged=None) -> list[Decision]:
     """Every ask of a forward, one at a time. ``items``: (start, end, ask) per pass, the pass's
-    rows of ``logits`` (a tensor [T, V] or ``PassLogits``)."""
+    rows of ``logits`` (a tensor [T, V] or ``PassLogits``). ``staged`` (what
+    ``stage_decisions`` uploaded for ``decide_batched``) is accepted and ignored, so a caller
+    can swap the two: this host path makes its own small tensors as it goes."""
     out = []
     for start, end, ask in items:
         view = logits.span(start, end) if hasattr(logits, "span") else logits[start:end]

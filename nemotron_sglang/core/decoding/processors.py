@@ -106,46 +106,69 @@ class RowContext:
         return [len(self.history) + e for e in self.extra]
 
 
-def counts(ctx: RowContext, vocab: int, device) -> torch.Tensor:
-    """Occurrence counts [n, V] float32 of each row's preceding output tokens."""
-    base = torch.zeros(vocab, device=device)
-    if ctx.history:
-        base.index_add_(0, torch.tensor(ctx.history, dtype=torch.long, device=device),
-                        torch.ones(len(ctx.history), device=device))
-    out = base.expand(len(ctx.extra), vocab).clone()
-    if ctx.tail and max(ctx.extra) > 0:
-        onehot = torch.zeros(len(ctx.tail) + 1, vocab, device=device)
-        onehot[torch.arange(1, len(ctx.tail) + 1, device=device),
-               torch.tensor(ctx.tail, dtype=torch.long, device=device)] = 1.0
-        prefix = onehot.cumsum(0)                     # prefix[e] = counts of tail[:e]
-        out += prefix[torch.tensor(ctx.extra, dtype=torch.long, device=device)]
-    return out
-
-
-def shape_logits(z: torch.Tensor, rule: SamplingRule, ctx: RowContext | None) -> torch.Tensor:
-    """The penalties, the min_new_tokens ban, the logit bias and the rule's own transform on
-    rows z [n, V] of one request (a copy)."""
-    if not rule.shapes_logits:
-        return z
-    z = z.to(torch.float32, copy=True) if z.dtype != torch.float64 else z.clone()
+def shape_tables(rule: SamplingRule, ctx: RowContext | None) -> dict[str, tuple[list, torch.dtype]]:
+    """The host tables ``shape_logits`` reads for rows under ``rule`` and ``ctx``, by role:
+    ``hist`` (output before the rows), ``tail`` / ``extra`` (each row's own preceding tokens:
+    row n has seen ``tail[:extra[n]]``), ``short`` / ``stop`` (rows below min_new_tokens, the
+    stop ids they may not emit), ``bias_ids`` / ``bias_vals``. A caller may stage them with
+    other tables (``decide_stage``) and hand ``shape_logits`` their device copies."""
+    t: dict[str, tuple[list, torch.dtype]] = {}
     if rule.needs_history:
         if ctx is None:
             raise ValueError("this sampling rule needs each row's preceding output")
         if rule.penalized:
-            c = counts(ctx, z.shape[-1], z.device).to(z.dtype)
-            z = z - rule.frequency_penalty * c - rule.presence_penalty * (c > 0).to(z.dtype)
-            if rule.repetition_penalty != 1:
-                r = rule.repetition_penalty
-                z = torch.where(c > 0, torch.where(z >= 0, z / r, z * r), z)
+            if ctx.history:
+                t["hist"] = (list(ctx.history), torch.long)
+            if ctx.tail and max(ctx.extra) > 0:
+                t["tail"] = (list(ctx.tail), torch.long)
+                t["extra"] = (list(ctx.extra), torch.long)
         if rule.min_new_tokens > 0 and rule.stop_ids:
-            short = torch.tensor([n < rule.min_new_tokens for n in ctx.lengths()],
-                                 dtype=torch.bool, device=z.device)
-            stop = torch.tensor(rule.stop_ids, dtype=torch.long, device=z.device)
-            z[:, stop] = torch.where(short[:, None], float("-inf"), z[:, stop])
+            t["short"] = ([n < rule.min_new_tokens for n in ctx.lengths()], torch.bool)
+            t["stop"] = (list(rule.stop_ids), torch.long)
     if rule.logit_bias:
-        ids = torch.tensor([t for t, _ in rule.logit_bias], dtype=torch.long, device=z.device)
-        vals = torch.tensor([b for _, b in rule.logit_bias], dtype=z.dtype, device=z.device)
-        z[:, ids] += vals
+        t["bias_ids"] = ([tok for tok, _ in rule.logit_bias], torch.long)
+        t["bias_vals"] = ([b for _, b in rule.logit_bias], torch.float64)
+    return t
+
+
+def counts(tables: dict[str, torch.Tensor], n: int, vocab: int, device) -> torch.Tensor:
+    """Occurrence counts [n, V] float32 of each row's preceding output tokens (``hist``, and
+    ``tail`` / ``extra`` of ``shape_tables`` on the device)."""
+    base = torch.zeros(vocab, device=device)
+    if "hist" in tables:
+        hist = tables["hist"]
+        base.index_add_(0, hist, torch.ones(hist.numel(), device=device))
+    out = base.expand(n, vocab).clone()
+    if "tail" in tables:
+        tail = tables["tail"]
+        onehot = torch.zeros(tail.numel() + 1, vocab, device=device)
+        onehot[torch.arange(1, tail.numel() + 1, device=device), tail] = 1.0
+        out += onehot.cumsum(0)[tables["extra"]]      # cumsum[e] = counts of tail[:e]
+    return out
+
+
+def shape_logits(z: torch.Tensor, rule: SamplingRule, ctx: RowContext | None,
+                 tables: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The penalties, the min_new_tokens ban, the logit bias and the rule's own transform on
+    rows z [n, V] of one request (a copy). ``tables``: ``shape_tables(rule, ctx)`` already on
+    z's device (staged by the caller); else they are copied up here."""
+    if not rule.shapes_logits:
+        return z
+    if tables is None:
+        tables = {role: torch.tensor(v, dtype=d, device=z.device)
+                  for role, (v, d) in shape_tables(rule, ctx).items()}
+    z = z.to(torch.float32, copy=True) if z.dtype != torch.float64 else z.clone()
+    if rule.penalized:
+        c = counts(tables, z.shape[0], z.shape[-1], z.device).to(z.dtype)
+        z = z - rule.frequency_penalty * c - rule.presence_penalty * (c > 0).to(z.dtype)
+        if rule.repetition_penalty != 1:
+            r = rule.repetition_penalty
+            z = torch.where(c > 0, torch.where(z >= 0, z / r, z * r), z)
+    if "short" in tables:
+        stop = tables["stop"]
+        z[:, stop] = torch.where(tables["short"][:, None], float("-inf"), z[:, stop])
+    if "bias_ids" in tables:
+        z[:, tables["bias_ids"]] += tables["bias_vals"].to(z.dtype)
     if rule.transform is not None:
         z = rule.transform(z)
     return z
