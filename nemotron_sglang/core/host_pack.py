@@ -13,7 +13,9 @@ to 8 bytes), copies it (pinned and non-blocking on CUDA) and hands back typed vi
 
 A name may be added once; reading a name never added is an error (``KeyError`` naming it). A
 pack is sent once (``uploaded``: its device side), so whoever filled part of it reads its views
-there after another part of the step sent it.
+there after another part of the step sent it. ``leading`` sections (what a captured graph reads)
+are laid out first, in the order added, so their offsets depend only on their sizes; ``into``
+uploads into a persistent device buffer (a graph's static input) instead of a fresh one.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ ALIGN = 8
 class HostPack:
     def __init__(self) -> None:
         self._sections: dict[str, torch.Tensor] = {}
+        self._leading: list[str] = []
         self.uploaded: DevicePack | None = None
 
-    def add(self, name: str, values: Sequence | torch.Tensor, dtype: torch.dtype = torch.long
-            ) -> None:
-        """Add section ``name``: ``values`` (a list, or a host tensor) as a 1-D ``dtype`` array."""
+    def add(self, name: str, values: Sequence | torch.Tensor, dtype: torch.dtype = torch.long,
+            leading: bool = False) -> None:
+        """Add section ``name``: ``values`` (a list, or a host tensor) as a 1-D ``dtype`` array;
+        ``leading``: laid out before every other section."""
         if name in self._sections:
             raise ValueError(f"host pack: section {name!r} added twice")
         if self.uploaded is not None:
@@ -41,14 +45,19 @@ class HostPack:
         if t.device.type != "cpu":
             raise ValueError(f"host pack: section {name!r} is on {t.device}, not the host")
         self._sections[name] = t
+        if leading:
+            self._leading.append(name)
 
     def __contains__(self, name: str) -> bool:
         return name in self._sections
 
-    def upload(self, device) -> "DevicePack":
-        """Every section in one host→device copy; their device views by name."""
+    def upload(self, device, into: torch.Tensor | None = None) -> "DevicePack":
+        """Every section in one host→device copy; their device views by name. ``into``: a
+        persistent uint8 device buffer to copy into (refused when too small)."""
         if self.uploaded is not None:
             raise ValueError("host pack: uploaded twice")
+        order = self._leading + [n for n in self._sections if n not in self._leading]
+        self._sections = {n: self._sections[n] for n in order}
         offsets, at = {}, 0
         for name, t in self._sections.items():
             offsets[name] = at
@@ -58,7 +67,14 @@ class HostPack:
             n = t.numel() * t.element_size()
             host[offsets[name]:offsets[name] + n] = t.contiguous().view(torch.uint8)
         device = torch.device(device)
-        if device.type == "cuda":                 # the caching host allocator keeps the pinned
+        if into is not None:
+            if into.dtype != torch.uint8 or into.numel() < host.numel():
+                raise ValueError(f"host pack: {host.numel()} bytes do not fit the {into.dtype} "
+                                 f"buffer of {into.numel()}")
+            buf = into
+            src = host.pin_memory() if buf.device.type == "cuda" else host
+            buf[:host.numel()].copy_(src, non_blocking=buf.device.type == "cuda")
+        elif device.type == "cuda":               # the caching host allocator keeps the pinned
             buf = host.pin_memory().to(device, non_blocking=True)    # buffer alive till copied
         else:
             buf = host.to(device)

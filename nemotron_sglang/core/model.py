@@ -61,24 +61,42 @@ class Attention(nn.Module):
         self.lora_B: torch.Tensor | None = None    # [hidden, r]
         self.lora_scale = 0.0
 
-    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache, rotary: Rotary,
-                write_index: list[torch.Tensor] | None, write_slots: list[torch.Tensor] | None,
-                attention_fn: AttentionFn) -> torch.Tensor:
-        t = x.shape[0]
-        c = self.cfg
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary):
+        t, c = x.shape[0], self.cfg
         q = self.q_proj(x).view(t, c.num_attention_heads, c.head_dim)
         k = self.k_proj(x).view(t, c.num_key_value_heads, c.head_dim)
         v = self.v_proj(x).view(t, c.num_key_value_heads, c.head_dim)
-        q, k = rotary.apply(q, k, batch.positions)
+        q, k = rotary.apply(q, k, positions)
+        return q, k, v
+
+    def _out(self, out: torch.Tensor, lora: bool | torch.Tensor) -> torch.Tensor:
+        """o_proj of attention outputs [T, Hq, D], plus the LoRA delta (``lora``: the whole pass,
+        or a [T] 0/1 scale per token)."""
+        out = out.reshape(out.shape[0], self.cfg.q_size)
+        y = self.o_proj(out)
+        if isinstance(lora, torch.Tensor):
+            if self.lora_A is not None:
+                delta = self.lora_scale * ((out @ self.lora_A.T) @ self.lora_B.T)
+                y = y + delta * lora.to(delta.dtype)[:, None]
+        elif lora:
+            y = y + self.lora_scale * ((out @ self.lora_A.T) @ self.lora_B.T)
+        return y
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache, rotary: Rotary,
+                write_index: list[torch.Tensor] | None, write_slots: list[torch.Tensor] | None,
+                attention_fn: AttentionFn) -> torch.Tensor:
+        q, k, v = self._qkv(x, batch.positions, rotary)
         out = attention_fn(q, k, v, cache, self.layer, batch, self.scale)
         if write_index is not None:
             for (start, _), idx, slots in zip(batch.spans(), write_index, write_slots):
                 cache.write(self.layer, slots, k[start + idx], v[start + idx])
-        out = out.reshape(t, c.q_size)
-        y = self.o_proj(out)
-        if batch.lora:
-            y = y + self.lora_scale * ((out @ self.lora_A.T) @ self.lora_B.T)
-        return y
+        return self._out(out, batch.lora)
+
+    def step(self, x: torch.Tensor, plan, rotary: Rotary, attend) -> torch.Tensor:
+        """A planned step (``core.step_plan.StepPlan``): ``attend(q, k, v, layer, scale)``
+        attends and writes the plan's K/V; the LoRA scaled per token by ``plan.lora``."""
+        q, k, v = self._qkv(x, plan.positions, rotary)
+        return self._out(attend(q, k, v, self.layer, self.scale), plan.lora)
 
 
 class MLP(nn.Module):
@@ -103,6 +121,10 @@ class DecoderLayer(nn.Module):
     def forward(self, x, batch, cache, rotary, write_index, write_slots, attention_fn):
         x = x + self.self_attn(self.input_layernorm(x), batch, cache, rotary, write_index,
                                write_slots, attention_fn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def step(self, x, plan, rotary, attend):
+        x = x + self.self_attn.step(self.input_layernorm(x), plan, rotary, attend)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -177,6 +199,18 @@ class NLDModel(nn.Module):
         if lazy:
             return PassLogits(x, self.head)
         return self.head(x)
+
+    @torch.no_grad()
+    def step_hidden(self, plan, attend) -> torch.Tensor:
+        """Final hidden states [Tp, H] of a planned step (``core.step_plan.StepPlan``, padded or
+        not): its ids, positions and per-token LoRA read from the plan's device views only, so
+        the same call runs eagerly and inside a captured graph; ``attend(q, k, v, layer,
+        scale)`` is the step's attention, which also writes the plan's K/V
+        (``kernels.step.PlanAttention``). Padding tokens' rows are not meaningful."""
+        x = self.encoder.embed_tokens(plan.ids)
+        for layer in self.encoder.layers:
+            x = layer.step(x, plan, self.rotary, attend)
+        return self.encoder.norm(x)
 
     @torch.no_grad()
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -64,10 +64,14 @@ class Rotary:
         self.rp = cfg.rope_parameters
         inv_freq, self.attention_factor = yarn_parameters(self.rp, cfg.head_dim)
         self.inv_freq = inv_freq
+        self._on: dict[torch.device, torch.Tensor] = {}   # inv_freq per device, copied once
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [T] -> cos, sin [T, head_dim] (angles computed in float64)."""
-        ang = positions.to(torch.float64)[:, None] * self.inv_freq.to(positions.device)[None, :]
+        dev = positions.device
+        if dev not in self._on:        # once per device, never inside a step (or a graph)
+            self._on[dev] = self.inv_freq.to(dev)
+        ang = positions.to(torch.float64)[:, None] * self._on[dev][None, :]
         ang = torch.cat([ang, ang], dim=-1)
         return ((ang.cos() * self.attention_factor).to(dtype),
                 (ang.sin() * self.attention_factor).to(dtype))

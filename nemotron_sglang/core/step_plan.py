@@ -136,19 +136,23 @@ class StepPlan:
         """One row field [Rp] (``ROW_FIELDS``) on the device."""
         return self.table[ROW_FIELDS.index(name)]
 
-    def write_slots(self, dest: torch.Tensor) -> torch.Tensor:
+    def write_slots(self, dest: torch.Tensor, pad_slot: int = 0) -> torch.Tensor:
         """Pool slots [Wp] of the writes: ``dest`` [n] the step's destination slots (SGLang's
-        ``out_cache_loc``), a padding write to ``pad`` = slot 0. Device ops only."""
-        padded = torch.cat([dest.new_zeros(1), dest])
+        ``out_cache_loc``); a padding write goes to ``pad_slot`` (SGLang's padding slot 0).
+        Device ops only."""
+        padded = torch.cat([dest.new_full((1,), pad_slot), dest])
         return padded.index_select(0, self.write_dest + 1)
 
     @classmethod
     def build(cls, rows: Sequence[PlanRow], device, tile_tokens: int | None = None,
-              bucket: Bucket | None = None, pack: HostPack | None = None) -> "StepPlan":
+              bucket: Bucket | None = None, pack: HostPack | None = None,
+              into: torch.Tensor | None = None) -> "StepPlan":
         """Plan ``rows`` on the host and copy the plan to ``device`` once (pinned, non-blocking on
         CUDA). ``tile_tokens``: a kernel's query tile (tokens), for the tile list; ``bucket``:
         pad to that static shape (refused when the rows do not fit); ``pack``: what else the
-        step sends up (the decisions' tables), copied in the same upload (``uploaded``)."""
+        step sends up (the decisions' tables), copied in the same upload (``uploaded``); ``into``:
+        a persistent device buffer to upload into (a captured graph's input: with a bucket the
+        plan's sections come first, at offsets fixed by the bucket)."""
         rows = tuple(rows)
         if not rows:
             raise ValueError("a step needs at least one row")
@@ -201,10 +205,13 @@ class StepPlan:
                  "write_token": write_token, "write_dest": write_dest,
                  "tiles": [x for half in tiles for x in half] if tiles is not None else [],
                  "order_rows": order_rows, "order_tokens": order_tokens}
+        if bucket is not None:             # every section's size fixed by the bucket
+            named["order_rows"] = order_rows + [0] * (bucket.rows - len(order_rows))
+            named["order_tokens"] = order_tokens + [0] * (bucket.tokens - len(order_tokens))
         pack = HostPack() if pack is None else pack
         for name, values in named.items():
-            pack.add(f"plan.{name}", values)
-        dev = pack.upload(device)
+            pack.add(f"plan.{name}", values, leading=True)
+        dev = pack.upload(device, into)
         views = {name: dev[f"plan.{name}"] for name in named}
         table = views["table"].view(6, len(fields[0]))
         dev_tiles = views["tiles"].view(2, -1) if tiles is not None else None
