@@ -9,20 +9,22 @@
 # Each step has a hard `timeout` (seconds, below); together at most 525 s + 5 s of kill grace each,
 # so one call stays inside the tool's 10 minutes. The budgets are estimates, not yet timed on a
 # GPU: a TIMEOUT row in the table names the step whose budget (or workload) to change.
-#   0. preflight       45  benchmarks/gpu_preflight.py: every import the steps need, CUDA present
+#   0. preflight       30  benchmarks/gpu_preflight.py: every import the steps need, CUDA present
 #   1. gpu_tests      120  the `gpu`-marked tests (kernels at real shapes, bf16, vs fp32 reference)
-#   2. kernels         90  benchmarks/kernels.py: kernel vs flex_attention / masked SDPA /
+#   2. kernels         75  benchmarks/kernels.py: kernel vs flex_attention / masked SDPA /
 #                          FlashInfer (skipped there: not installed), bandwidth
-#   3. forward_cost    75  benchmarks/forward_cost.py: 8B-shaped forward cost at 1 / 32 / 1056
+#   3. forward_cost    60  benchmarks/forward_cost.py: 8B-shaped forward cost at 1 / 32 / 1056
 #                          query tokens
-#   4. quadratic_pass  45  benchmarks/quadratic_pass.py: the fused quadratic pass's attention /
+#   4. quadratic_pass  40  benchmarks/quadratic_pass.py: the fused quadratic pass's attention /
 #                          linear / head split at 8B shapes, before and after the lean pass
-#   5. cost_model      60  benchmarks/cost_model.py --preset 8b: the adaptive block's cost table
+#   5. cost_model      45  benchmarks/cost_model.py --preset 8b: the adaptive block's cost table
 #                          for NLD-8B shapes on this GPU, as JSON for `serve --cost-model`
-#   6. decisions       60  benchmarks/decisions.py: the batched decision layer on CUDA tensors at
+#   6. decisions       45  benchmarks/decisions.py: the batched decision layer on CUDA tensors at
 #                          batch 1 and 16, block 32, vocab 131072, against host copies first
-#   7. step_plan       30  benchmarks/step_plan.py: host time to plan a step (the step plan's one
+#   7. step_plan       20  benchmarks/step_plan.py: host time to plan a step (the step plan's one
 #                          upload against the old read-back of req_to_token), batch 1/4/16, 2k/8k
+#   8. step_graphs     90  benchmarks/step_graphs.py: a canvas step eager vs its captured graph's
+#                          replay, core's model at 8B shapes (ar and LoRA drafts, rows 1/4/16)
 # A failed preflight stops nothing (the later steps show what breaks), but read it first.
 set -u
 cd "$(dirname "$0")/.."
@@ -50,16 +52,17 @@ step() {                      # step NAME SECONDS COMMAND...
   summary+=$(printf '%-15s %-16s %5ds' "$name" "$status" $((SECONDS - t0)))$'\n'
 }
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
-step preflight 45 "$PY" benchmarks/gpu_preflight.py
+step preflight 30 "$PY" benchmarks/gpu_preflight.py
 # without CI: tests/conftest.py would fail the session there for lacking sglang / openai / ...
 step gpu_tests 120 env -u CI "$PY" -m pytest -q -m gpu tests/kernels
-step kernels 90 "$PY" benchmarks/kernels.py --markdown
-step forward_cost 75 "$PY" benchmarks/forward_cost.py --markdown --check
-step quadratic_pass 45 "$PY" benchmarks/quadratic_pass.py --markdown
-step cost_model 60 "$PY" benchmarks/cost_model.py --markdown --preset 8b \
+step kernels 75 "$PY" benchmarks/kernels.py --markdown
+step forward_cost 60 "$PY" benchmarks/forward_cost.py --markdown --check
+step quadratic_pass 40 "$PY" benchmarks/quadratic_pass.py --markdown
+step cost_model 45 "$PY" benchmarks/cost_model.py --markdown --preset 8b \
   --json "$OUT/cost_cuda_8b.json"
-step decisions 60 "$PY" benchmarks/decisions.py --markdown
-step step_plan 30 "$PY" benchmarks/step_plan.py --markdown
+step decisions 45 "$PY" benchmarks/decisions.py --markdown
+step step_plan 20 "$PY" benchmarks/step_plan.py --markdown
+step step_graphs 90 "$PY" benchmarks/step_graphs.py --markdown
 printf '\n%-15s %-16s %6s\n%s' step status seconds "$summary" | tee "$OUT/summary.txt"
 echo "failed steps: $fail"
 exit $fail

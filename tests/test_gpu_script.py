@@ -72,3 +72,15 @@ def test_driver_counts_failures_and_writes_every_step(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert re.search(r"kernels\s+FAILED rc=1", summary), summary
     assert all(re.search(rf"{name}\s+ok", summary) for name in STEPS if name != "kernels"), summary
+
+
+def test_the_step_graphs_benchmark_runs_its_cpu_smoke():
+    """``benchmarks/step_graphs.py --smoke`` (tiny preset, emulated graphs, the attention's PyTorch
+    twin): every replay equals the eager step (the table's last column)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_graphs.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines()
+            if line.split() and line.split()[0] in ("ar", "draft")]
+    assert len(rows) == 4, out.stdout
+    assert all(float(r[-1]) < 1e-4 for r in rows), out.stdout

@@ -48,6 +48,7 @@ from .custom_pass import run_custom_pass
 from .grammar import SGLangGrammar, constrains
 from .params import parse, sampling_rule
 from .request import NLDRequest, RequestStats
+from .step_graphs import MODES as STEP_GRAPH_MODES, ServerStepGraphs
 from .server_config import TriModeConfig, custom_transform, sampling_view
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class NemotronTriMode(DllmAlgorithm):
         self.custom_attention = choose_attention(
             "cuda" if torch.cuda.is_available() else "cpu", yaml.get("custom_attention"),
             field="NemotronTriMode YAML custom_attention", interpreter=False)
+        self.step_graphs = self._step_graphs(yaml.get("step_graphs", "off"))
         self._lora_ready = False
         self._has_lora = False
         self.decide = decide_batched         # the decision layer (tests swap in decide_each)
@@ -100,6 +102,20 @@ class NemotronTriMode(DllmAlgorithm):
             except (TypeError, ValueError) as e:
                 raise ValueError(f"NemotronTriMode YAML cost_model: {e}") from None
         self.auto = AutoPlanner(table, self.block_size, defaults.auto_max_batch)
+
+    def _step_graphs(self, mode) -> ServerStepGraphs | None:
+        """The YAML's ``step_graphs`` (``step_graphs.MODES``), with its one start-up line."""
+        if mode in (None, False, "off"):
+            logger.info("NemotronTriMode: canvas steps run eagerly (step_graphs off: captured "
+                        "graphs are not yet proven on a GPU; 'step_graphs: cuda' turns them on)")
+            return None
+        if mode not in STEP_GRAPH_MODES:
+            raise ValueError(f"NemotronTriMode YAML step_graphs {mode!r}: "
+                             f"{' | '.join(STEP_GRAPH_MODES)}")
+        logger.info("NemotronTriMode: canvas steps replayed from %s graphs, captured at the "
+                    "first canvas round", mode)
+        return ServerStepGraphs(mode, self.block_size,
+                                lambda: getattr(self.config, "max_running_requests", None))
 
     @staticmethod
     def _lora_path(yaml: dict) -> Path | None:
@@ -257,6 +273,8 @@ class NemotronTriMode(DllmAlgorithm):
         """One forward of every row's own pass (``run_custom_pass``): its tokens, positions,
         mask and LoRA, K/V written only where its plan says, sent up in one copy with what
         ``pack`` holds; lazy logits [T, V] (``core.logits.PassLogits``)."""
+        if self.step_graphs is not None:
+            return self.step_graphs.run(model_runner, forward_batch, rows, pack)
         return run_custom_pass(model_runner, forward_batch, rows, self.custom_attention,
                                pack=pack)
 

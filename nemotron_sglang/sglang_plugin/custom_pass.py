@@ -85,13 +85,16 @@ class RowAttention:
     IMPLS = tuple(ATTENTION_IMPLS)
 
     def __init__(self, plan: StepPlan, impl: str = "reference", config=None,
-                 kv_slots: torch.Tensor | None = None):
+                 kv_slots: torch.Tensor | None = None, graph_safe: bool = False):
         if impl not in self.IMPLS:
             raise ValueError(f"unknown row attention {impl!r}: {' | '.join(self.IMPLS)}")
-        if impl == "triton" and (config is None or plan.tiles is None):
+        if (impl == "triton" or graph_safe) and (config is None or plan.tiles is None):
             raise ValueError("triton row attention needs the launch config its plan was tiled for "
                              "(RowAttention.planned)")
         self.plan, self.impl, self.config, self.kv_slots = plan, impl, config, kv_slots
+        # graph_safe: only the plan's device views (a captured step): the Triton kernel on CUDA,
+        # its PyTorch twin elsewhere (kernels.plan_attention), never the host-planned groups
+        self.graph_safe = graph_safe
         self._meta = None
         self._slots = None
         self._groups = None
@@ -122,7 +125,9 @@ class RowAttention:
         k = k.reshape(-1, hkv, d)
         v = v.reshape(-1, hkv, dv)
         k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
-        if self.impl == "triton":
+        if self.graph_safe:
+            out = self._planned(q, k, v, k_buf, v_buf, table, layer)
+        elif self.impl == "triton":
             out = self._triton(q, k, v, k_buf, v_buf, table, layer)
         elif self.impl == "flashinfer":
             out = self._flashinfer(q, k, v, k_buf, v_buf, table, layer)
@@ -187,6 +192,18 @@ class RowAttention:
             q[:self.plan.num_tokens], k[:self.plan.num_tokens],
             v[:self.plan.num_tokens].to(k.dtype), view, 0, batch, layer.scaling)
 
+    def _planned(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
+        from ..kernels.triton_attention import metadata_from_plan
+
+        if q.device.type == "cuda":
+            from ..kernels.triton_attention import paged_attention_with_metadata as run
+        else:
+            from ..kernels.plan_attention import paged_attention_with_metadata_torch as run
+        if self._meta is None:
+            self._meta = metadata_from_plan(self.plan, table, 1, self.config)
+        return run(q, k, v.to(k.dtype), k_buf.to(k.dtype), v_buf.to(k.dtype), self._meta,
+                   layer.scaling)
+
     def _triton(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
         from ..kernels.triton_attention import metadata_from_plan, paged_attention_with_metadata
 
@@ -246,6 +263,25 @@ def step_lora() -> torch.Tensor | None:
     return backend.lora if isinstance(backend, StepBackend) else None
 
 
+def head_shape(model_runner) -> HeadShape:
+    """The model's attention heads on this TP rank."""
+    c = model_runner.model.nld_config
+    tp = getattr(model_runner, "tp_size", 1) or 1
+    return HeadShape(max(1, c.num_attention_heads // tp), max(1, c.num_key_value_heads // tp),
+                     c.head_dim)
+
+
+def step_view(forward_batch, plan: StepPlan):
+    """A shallow copy of the canvas ``ForwardBatch`` whose ids and positions are the plan's
+    (``dataclasses.replace`` would rerun the ~100-field ``__init__`` every step and drop the
+    attributes SGLang set on the batch after it)."""
+    view = copy.copy(forward_batch)
+    view.input_ids = plan.ids.to(forward_batch.input_ids.dtype)
+    view.positions = plan.positions.to(forward_batch.positions.dtype)
+    view.global_num_token_non_padded_cpu = None     # no MLP-sync padding: every row is real
+    return view
+
+
 def run_custom_pass(model_runner, forward_batch, rows: Sequence[PlanRow], impl: str = "reference",
                     bucket=None, pack=None) -> PassLogits:
     """One forward of a step's ``rows`` (``core.step_plan``: tokens, positions, masks, LoRA per
@@ -256,24 +292,13 @@ def run_custom_pass(model_runner, forward_batch, rows: Sequence[PlanRow], impl: 
 
     model = model_runner.model
     dev = forward_batch.input_ids.device
-    c = model.nld_config
-    tp = getattr(model_runner, "tp_size", 1) or 1
-    heads = HeadShape(max(1, c.num_attention_heads // tp), max(1, c.num_key_value_heads // tp),
-                      c.head_dim)
-    attention = RowAttention.planned(rows, impl, dev, heads, bucket, pack)
+    attention = RowAttention.planned(rows, impl, dev, head_shape(model_runner), bucket, pack)
     plan = attention.plan
     if plan.num_writes or plan.bucket is not None:
         attention.kv_slots = plan.write_slots(forward_batch.out_cache_loc).to(
             forward_batch.out_cache_loc.dtype)
-    lora = None
-    if plan.uses_lora:
-        lora = plan.lora.to(model.lm_head.weight.dtype)
-    # a shallow copy with the step's tokens (dataclasses.replace would rerun the ~100-field
-    # __init__ every step and drop the attributes SGLang set on the batch after it)
-    view = copy.copy(forward_batch)
-    view.input_ids = plan.ids.to(forward_batch.input_ids.dtype)
-    view.positions = plan.positions.to(forward_batch.positions.dtype)
-    view.global_num_token_non_padded_cpu = None     # no MLP-sync padding: every row is real
+    lora = plan.lora if plan.uses_lora else None
+    view = step_view(forward_batch, plan)
     backend = StepBackend(model_runner.attn_backend, attention, lora)
 
     def context():

@@ -18,7 +18,7 @@ from sglang.srt.sampling.sampling_params import TOP_K_ALL
 from .params import ParamError, SamplingView, ServerDefaults, parse
 
 YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
-             "auto_max_batch", "custom_attention", "cost_model"}
+             "auto_max_batch", "custom_attention", "cost_model", "step_graphs"}
 
 
 def sampling_view(req) -> SamplingView:
