@@ -144,6 +144,35 @@ def main() -> None:
             out.append([kind, n, sum(r.q_len for r in rows), te, tg, te / tg, f"{diff:.2g}"])
     print_table(["rows", "batch", "tokens", "eager ms", "graph ms", "eager/graph", "max |diff|"],
                 out, a.markdown)
+    # what a graph launches: aten ops of one step (dispatch count), eager against the step
+    # padded to the largest bucket; flat within the bucket whatever the batch and mix
+    big = max(buckets, key=lambda b: b.rows)
+    ops = []
+    for kind in ("ar", "draft"):
+        for n in rows_list:
+            rows, dest = step_rows(kind, n, context, block, cache)
+            plain, _ = plan_step(rows, "triton", device, heads, tiled=True)
+            padded, _ = plan_step(rows, "triton", device, heads, big, tiled=True)
+            ops.append([kind, n, count_ops(lambda: forward(plain, dest)),
+                        count_ops(lambda: forward(padded, dest))])
+    print(f"# aten ops per step, eager (unpadded) and padded to the ({big.rows} rows, "
+          f"{big.tokens} tokens) bucket")
+    print_table(["rows", "batch", "ops eager", "ops in bucket"], ops, a.markdown)
+
+
+def count_ops(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
 
 
 if __name__ == "__main__":

@@ -76,11 +76,14 @@ def test_driver_counts_failures_and_writes_every_step(tmp_path):
 
 def test_the_step_graphs_benchmark_runs_its_cpu_smoke():
     """``benchmarks/step_graphs.py --smoke`` (tiny preset, emulated graphs, the attention's PyTorch
-    twin): every replay equals the eager step (the table's last column)."""
+    twin): every replay equals the eager step (the table's last column), and a step padded to
+    a bucket launches the same number of ops whatever its batch and mix."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_graphs.py"), "--smoke"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line.split() for line in out.stdout.splitlines()
-            if line.split() and line.split()[0] in ("ar", "draft")]
-    assert len(rows) == 4, out.stdout
-    assert all(float(r[-1]) < 1e-4 for r in rows), out.stdout
+    lines = [line.split() for line in out.stdout.splitlines()
+             if line.split() and line.split()[0] in ("ar", "draft")]
+    timed, ops = [r for r in lines if len(r) == 7], [r for r in lines if len(r) == 4]
+    assert len(timed) == 4 and len(ops) == 4, out.stdout
+    assert all(float(r[-1]) < 1e-4 for r in timed), out.stdout
+    assert len({r[-1] for r in ops}) == 1, out.stdout      # flat within the bucket

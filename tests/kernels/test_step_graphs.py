@@ -230,3 +230,16 @@ def test_a_forward_reading_python_per_step_is_caught():
 def test_cuda_graphs_replay_equals_eager(dtype):
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     replay_equals_eager(World(SEED, torch.device("cuda"), dtype), "cuda", "triton", tol)
+
+
+def test_dynamo_traces_the_planned_step_without_a_break():
+    """``torch._dynamo.explain`` of a planned step of every kind of row (the twin attention, the
+    K/V writes, the per-token LoRA): one graph, no break."""
+    import torch._dynamo as dynamo
+
+    world = World(SEED, torch.device("cpu"))
+    rows, dest = world.mix(random.Random(SEED), ["ar", "draft", "quadratic", "verify"])
+    plan, _ = plan_step(rows, "triton", world.device, world.heads, tiled=True)
+    explained = dynamo.explain(world.forward("reference", forked(world)))(plan, dest)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
