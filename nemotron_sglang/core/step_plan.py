@@ -120,8 +120,8 @@ class StepPlan:
     write_token: torch.Tensor          # [Wp]
     write_dest: torch.Tensor           # [Wp]
     tiles: torch.Tensor | None         # [2, Gp]
-    order_rows: torch.Tensor           # [R]
-    order_tokens: torch.Tensor         # [T]
+    order_rows: torch.Tensor           # [R] ([Rp] in a bucket, padded with 0)
+    order_tokens: torch.Tensor         # [T] ([Tp] in a bucket, padded with 0)
     uploaded: DevicePack               # the one copy (with what others packed beside the plan)
 
     @property

@@ -80,6 +80,9 @@ class RowAttention:
     row table and tiles and SGLang's ``req_to_token`` as they are on the device) or
     ``"flashinfer"`` (``kernels.flashinfer_attention`` over the pool viewed as pages of one token;
     CUDA only, not yet run on a GPU). ``kv_slots`` [Wp]: the pool slots of the plan's K/V writes.
+    ``graph_safe`` (a captured step, ``step_graphs.py``): whatever ``impl``, only the plan's device
+    views are read — the Triton kernel on CUDA, its PyTorch twin (``kernels.plan_attention``)
+    elsewhere.
     """
 
     IMPLS = tuple(ATTENTION_IMPLS)
