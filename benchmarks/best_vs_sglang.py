@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+from nemotron_sglang.core.modes import DECODE_MODES, SELF_SPEC_MODES  # noqa: E402
 from nemotron_sglang.core.tokenizer import encode, load_tokenizer  # noqa: E402
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 from nemotron_sglang.testing.bench import hardware, post_generate, print_table  # noqa: E402
@@ -35,8 +36,8 @@ from nemotron_sglang.testing.corpus import examples  # noqa: E402
 from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 from nemotron_sglang.testing.mistral3 import write_ministral3_copy  # noqa: E402
 
-MODES = ("ar", "linear_spec", "quadratic_spec", "diffusion")
-LOSSLESS = ("ar", "linear_spec", "quadratic_spec")
+MODES = DECODE_MODES
+LOSSLESS = ("ar", *SELF_SPEC_MODES)               # greedy: vanilla AR's tokens exactly
 
 
 def load(url: str, prompts, concurrency: int, max_tokens: int, mode: str | None):

@@ -163,17 +163,14 @@ class NemotronTriMode(DllmAlgorithm):
         self._ensure_ready(model_runner)
         if not forward_batch.forward_mode.is_dllm_extend():
             return self._context_round(model_runner, forward_batch, reqs)
-        bs = forward_batch.batch_size
-        # one small host read per round: each row's first canvas position and pool row
-        starts, pools = torch.stack([
-            forward_batch.positions.view(bs, self.block_size)[:, 0].long(),
-            forward_batch.req_pool_indices.long()]).tolist()
         rows = []
         for i, req in enumerate(reqs):
             nld = self.request(req)
             if nld.state is None:
                 raise RuntimeError(f"request {req.rid}: canvas round without a context pass")
-            rows.append(Row(i, req, nld, starts[i], pools[i]))
+            # the host values SGLang built the canvas from (its positions start at the request's
+            # dllm_block_offset; its pool row is req_pool_idx): nothing is read back
+            rows.append(Row(i, req, nld, int(req.dllm_block_offset), int(req.req_pool_idx)))
         self.auto.plan(rows, self._has_lora)
         tokens = CanvasRound(self, model_runner, forward_batch, rows, self.block_size).run()
         return None, tokens, None, None, False
