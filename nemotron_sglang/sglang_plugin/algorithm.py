@@ -169,8 +169,8 @@ class NemotronTriMode(DllmAlgorithm):
             if nld.state is None:
                 raise RuntimeError(f"request {req.rid}: canvas round without a context pass")
             # the host values SGLang built the canvas from (its positions start at the request's
-            # dllm_block_offset; its pool row is req_pool_idx): nothing is read back
-            rows.append(Row(i, req, nld, int(req.dllm_block_offset), int(req.req_pool_idx)))
+            # dllm_block_offset; its pool row is kv.req_pool_idx): nothing is read back
+            rows.append(Row(i, req, nld, int(req.dllm_block_offset), int(req.kv.req_pool_idx)))
         self.auto.plan(rows, self._has_lora)
         tokens = CanvasRound(self, model_runner, forward_batch, rows, self.block_size).run()
         return None, tokens, None, None, False

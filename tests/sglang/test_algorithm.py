@@ -182,7 +182,7 @@ def serve(algo, runner, reqs, eos, abort_at=None, after_round=None):
         pos = [list(range(runner.cache.length(r.rid_int), runner.cache.length(r.rid_int) + b))
                for r in active]
         for r, ps in zip(active, pos):         # what SGLang builds the canvas from
-            r.dllm_block_offset, r.req_pool_idx = ps[0], r.rid_int
+            r.dllm_block_offset, r.kv = ps[0], SimpleNamespace(req_pool_idx=r.rid_int)
         canvas = SimpleNamespace(forward_mode=SimpleNamespace(is_dllm_extend=lambda: True),
                                  input_ids=torch.zeros(len(active) * b, dtype=torch.long),
                                  positions=torch.tensor([p for ps in pos for p in ps]),
