@@ -72,10 +72,18 @@ def served(tmp_path_factory):
 def decidable(served):
     """The requests whose every decision is further than ``MARGIN`` from flipping in the
     reference (fp64): the fp32 server may decide a closer one the other way (a confidence of
-    0.99999999 is 1.0 in fp32, and threshold 1 commits it). At least two thirds of them."""
+    0.99999999 is 1.0 in fp32, and threshold 1 commits it; fp32 logprobs sit up to ~1e-4 from
+    fp64 ones). Threshold 1 is compared only where decidable: its margin is 1 - the most
+    confident slot's confidence, 2e-5 to 4e-5 on this confident model in one CI run (core's fp64
+    test, tests/test_diffusion_reference.py, covers it exactly). Of thresholds 0 and 0.9, at
+    least half of the requests and some of each, so the comparison is never empty."""
     reqs, got, want = served
     keep = [(q, g, w) for q, g, w in zip(reqs, got, want) if w.margin > MARGIN]
-    assert 3 * len(keep) >= 2 * len(reqs), [w.margin for w in want]
+    margins = [(q[3], q[4], f"{w.margin:.2g}") for q, w in zip(reqs, want)]
+    below_one = [q for q in reqs if q[3] < 1.0]
+    kept_below_one = [q for q, _, _ in keep if q[3] < 1.0]
+    assert 2 * len(kept_below_one) >= len(below_one), margins
+    assert {q[3] for q in kept_below_one} == {t for t in THRESHOLDS if t < 1.0}, margins
     return keep
 
 
