@@ -223,7 +223,7 @@ def _group_tensors(plan: StepPlan, g, table: torch.Tensor):
     rows = plan.order_rows[g.rows]
     lens = plan.field("prefix_len").index_select(0, rows)
     pool_rows = plan.field("table_row").index_select(0, rows)
-    slots = table.index_select(0, pool_rows)[:, :g.width].long()
+    slots = table[:, :g.width].index_select(0, pool_rows).long()   # only the prefix columns
     slots = slots.masked_fill(torch.arange(g.width, device=slots.device)[None, :] >= lens[:, None],
                               0)
     return slots, lens, padded_mask(lens, g.width, g.mask, g.q_len)
