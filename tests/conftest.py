@@ -87,6 +87,21 @@ SEED = int(os.environ.get("NLD_TEST_SEED") or random.SystemRandom().randrange(1 
 TRITON_INTERPRET_AT_START = os.environ.get("TRITON_INTERPRET")
 
 
+@pytest.fixture(scope="module")
+def restore_triton_interpret():
+    """TRITON_INTERPRET=1 (without CUDA) while a module that runs Triton kernels on CPU runs
+    (a kernel module imported lazily by one of its tests is decorated for the interpreter), and
+    as the session found it afterwards (kernels once decorated stay interpreted); such a module
+    uses it with ``pytestmark = pytest.mark.usefixtures("restore_triton_interpret")``."""
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    yield
+    if TRITON_INTERPRET_AT_START is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = TRITON_INTERPRET_AT_START
+
+
 def seed_of(nodeid: str) -> int:
     """The integer seed of one test: a stable function of (SEED, node id), not of ``hash()``."""
     return random.Random(f"{SEED}:{nodeid}").randrange(1 << 62)

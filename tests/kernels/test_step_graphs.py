@@ -20,7 +20,6 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-from conftest import TRITON_INTERPRET_AT_START as _INTERPRET_BEFORE  # noqa: E402
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
@@ -41,13 +40,7 @@ B = 4                                   # the tiny preset's block
 PAD_SEQ = 99
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_interpret_env():
-    yield
-    if _INTERPRET_BEFORE is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
+pytestmark = pytest.mark.usefixtures("restore_triton_interpret")
 
 
 class World:

@@ -23,7 +23,6 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-from conftest import TRITON_INTERPRET_AT_START as _INTERPRET_BEFORE  # noqa: E402
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
@@ -47,15 +46,7 @@ FLOOR = {torch.float32: 1e-7, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 MEDIAN_RATIO_MAX = 1.3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_interpret_env():
-    """Leave TRITON_INTERPRET as we found it for later tests' subprocesses (our kernels, once
-    decorated, stay interpreted)."""
-    yield
-    if _INTERPRET_BEFORE is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
+pytestmark = pytest.mark.usefixtures("restore_triton_interpret")
 
 
 # ---- building random paged work -----------------------------------------------------------

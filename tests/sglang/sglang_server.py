@@ -5,6 +5,7 @@ and small helpers: core's tokens, the server's load."""
 from __future__ import annotations
 
 import json
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -80,3 +81,23 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def core32(ckpt):
     return load_model(ckpt, dtype=torch.float32)
+
+
+def mixed_modes_equal_core(server, core, max_new: int, timeout: float = 300) -> None:
+    """Every prompt of ``PROMPTS`` in every mode, all sent at once (one round mixes the modes):
+    each greedy answer equals core's (diffusion's own decoder, ar's for the lossless modes)."""
+    jobs = [(ids, mode) for ids in PROMPTS
+            for mode in ("ar", "diffusion", "linear_spec", "quadratic_spec")]
+    results: dict = {}
+
+    def worker(k, ids, mode):
+        results[k] = server.generate_ids(ids, max_new, decode_mode=mode)["output_ids"]
+
+    threads = [threading.Thread(target=worker, args=(k, ids, m)) for k, (ids, m) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    for k, (ids, mode) in enumerate(jobs):
+        want = core_ids(core, "diffusion" if mode == "diffusion" else "ar", ids, max_new)
+        assert results.get(k) == want, (mode, ids)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-from conftest import TRITON_INTERPRET_AT_START as _INTERPRET_BEFORE  # noqa: E402
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"      # before the kernel module is first loaded
 pytest.importorskip("sglang")
@@ -29,13 +28,7 @@ def planned(rows, impl, heads):
                                 "cpu", HeadShape(*heads))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_interpret_env():
-    yield
-    if _INTERPRET_BEFORE is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _INTERPRET_BEFORE
+pytestmark = pytest.mark.usefixtures("restore_triton_interpret")
 
 
 PASSES = {

@@ -8,11 +8,11 @@ AR server of the same checkpoint is tested in ``test_server_ar.py``.
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
-from sglang_server import PROMPTS, ROOT, Server, ckpt, core32, core_ids  # noqa: F401
+from sglang_server import (PROMPTS, ROOT, Server, ckpt, core32, core_ids,  # noqa: F401
+                           mixed_modes_equal_core)
 
 pytest.importorskip("sglang")
 openai = pytest.importorskip("openai")
@@ -43,21 +43,7 @@ def test_every_served_mode_equals_core(dllm, core32):
 
 
 def test_concurrent_mixed_modes(dllm, core32):
-    jobs = [(ids, mode) for ids in PROMPTS
-            for mode in ("ar", "diffusion", "linear_spec", "quadratic_spec")]
-    results: dict = {}
-
-    def worker(k, ids, mode):
-        results[k] = dllm.generate_ids(ids, 12, decode_mode=mode)["output_ids"]
-
-    threads = [threading.Thread(target=worker, args=(k, ids, m)) for k, (ids, m) in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
-    for k, (ids, mode) in enumerate(jobs):
-        want = core_ids(core32, "diffusion" if mode == "diffusion" else "ar", ids, 12)
-        assert results[k] == want, (mode, ids)
+    mixed_modes_equal_core(dllm, core32, 12, timeout=180)
 
 
 def test_openai_client_modes_usage_and_streaming(dllm):

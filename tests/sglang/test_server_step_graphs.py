@@ -7,11 +7,11 @@ is refused at start-up."""
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
 
-from sglang_server import PROMPTS, ROOT, Server, ckpt, core32, core_ids  # noqa: F401
+from sglang_server import (PROMPTS, ROOT, Server, ckpt, core32, core_ids,  # noqa: F401
+                           mixed_modes_equal_core)
 
 pytest.importorskip("sglang")
 
@@ -44,20 +44,7 @@ def test_every_mode_equals_core_through_replayed_steps(graphed, core32):
 
 
 def test_mixed_rounds_replay_one_bucket_for_any_mix(graphed, core32):
-    jobs = [(ids, mode) for ids in PROMPTS for mode in MODES]
-    results: dict = {}
-
-    def worker(k, ids, mode):
-        results[k] = graphed.generate_ids(ids, 10, decode_mode=mode)["output_ids"]
-
-    threads = [threading.Thread(target=worker, args=(k, ids, m)) for k, (ids, m) in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    for k, (ids, mode) in enumerate(jobs):
-        want = core_ids(core32, "diffusion" if mode == "diffusion" else "ar", ids, 10)
-        assert results[k] == want, (mode, ids)
+    mixed_modes_equal_core(graphed, core32, 10)
     b = core32.config.block_size
     assert f"step graph (rows 4, tokens {4 * b}) replayed" in graphed.log.read_text()
 
