@@ -99,10 +99,11 @@ class CanvasRound:
             items.append((start, start + len(p.token_ids), p.ask))
         # the step planned once (core.step_plan), the decisions' tables beside it: one upload
         pack = HostPack()
-        stage_decisions(items, self.algo.mask_id, pack)
+        staged = stage_decisions(items, self.algo.mask_id, pack)
         logits = self.algo.step_forward(self.runner, self.fb, plan, pack)
         # every row's decision on the device, one small host read (core.decoding.decide_batched)
-        decisions = self.algo.decide(logits, items, self.algo.mask_id, staged=pack.uploaded)
+        decisions = self.algo.decide(logits, items, self.algo.mask_id, staged=pack.uploaded,
+                                     plan=staged)
         self.steps += 1
         completed = False
         for (row, p), d in zip(members, decisions):

@@ -128,13 +128,16 @@ def _draw(lb: torch.Tensor, draw: DrawPlan, key: str, dev: DevicePack
 
 
 def decide_batched(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int,
-                   staged: DevicePack | None = None) -> list[Decision]:
+                   staged: DevicePack | None = None,
+                   plan: DecidePlan | None = None) -> list[Decision]:
     """Every ask of a forward; ``items``: (start, end, ask) per pass. ``staged``: the upload
     that carried ``stage_decisions(items, mask_id, pack)`` (then this call copies nothing to
-    the device); None: stage and upload here, in one copy. See the module docstring."""
+    the device), and ``plan`` what that call returned (else built again here); None: stage and
+    upload here, in one copy. See the module docstring."""
     if not items:
         return []
-    plan = DecidePlan(items)
+    if plan is None or plan.items is not items:
+        plan = DecidePlan(items)
     if staged is None:
         pack = HostPack()
         plan.stage(pack)

@@ -232,7 +232,10 @@ class DecidePlan:
 
 
 def stage_decisions(items: Sequence[tuple[int, int, Ask]], mask_id: int, pack: HostPack
-                    ) -> None:
+                    ) -> "DecidePlan":
     """Add to ``pack`` every host table a later ``decide_batched(logits, items, mask_id,
-    staged=pack.upload(device))`` reads (``mask_id`` needs none: a device constant)."""
-    DecidePlan(items).stage(pack)
+    staged=pack.upload(device), plan=<this>)`` reads (``mask_id`` needs none: a device
+    constant); returns the plan, so that the call does not build it again."""
+    plan = DecidePlan(items)
+    plan.stage(pack)
+    return plan

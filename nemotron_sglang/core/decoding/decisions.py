@@ -184,10 +184,10 @@ def _first(ctx: RowContext | None, n: int) -> RowContext | None:
 
 
 def decide_each(logits, items: Sequence[tuple[int, int, Ask]], mask_id: int,
-                staged=None) -> list[Decision]:
+                staged=None, plan=None) -> list[Decision]:
     """Every ask of a forward, one at a time. ``items``: (start, end, ask) per pass, the pass's
-    rows of ``logits`` (a tensor [T, V] or ``PassLogits``). ``staged`` (what
-    ``stage_decisions`` uploaded for ``decide_batched``) is accepted and ignored, so a caller
+    rows of ``logits`` (a tensor [T, V] or ``PassLogits``). ``staged`` and ``plan`` (what
+    ``stage_decisions`` uploaded and returned for ``decide_batched``) are accepted and ignored, so a caller
     can swap the two: this host path makes its own small tensors as it goes."""
     out = []
     for start, end, ask in items:
