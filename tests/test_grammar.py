@@ -113,8 +113,8 @@ def test_diffusion_commits_left_to_right_under_a_grammar(model64):
     def commits(grammar):
         seen = []
 
-        def spy(logits, items, mask_id):
-            out = decide_batched(logits, items, mask_id)
+        def spy(logits, items, mask_id, **staged):
+            out = decide_batched(logits, items, mask_id, **staged)
             seen.extend((a, d) for (_, _, a), d in zip(items, out) if d.commit is not None)
             return out
         generate(model64, [Request(p, "diffusion", DecodeParams(max_new_tokens=16,

@@ -1,7 +1,8 @@
 """One definition per rule (issue 17), checked at the source level: the decode modes are listed
 only in ``core/modes.py`` and the attention kernels' mask codes only on ``MaskKind``
-(``core/attention.py``'s ``KERNEL_CODES``). Every other file imports them; a second mode list or
-code table in the package, the benchmarks or the scripts fails here."""
+(``core/attention.py``'s ``KERNEL_CODES``), and the drafting LoRA's delta ``(x Aᵀ) Bᵀ`` only in
+``core/lora.py``. Every other file imports them; a second mode list, code table or LoRA product
+in the package, the benchmarks or the scripts fails here."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from nemotron_sglang.core.modes import SERVING_MODES
 ROOT = Path(__file__).resolve().parents[1]
 MODES_HOME = ROOT / "nemotron_sglang" / "core" / "modes.py"
 CODES_HOME = ROOT / "nemotron_sglang" / "core" / "attention.py"
+LORA_HOME = ROOT / "nemotron_sglang" / "core" / "lora.py"
 KIND_NAMES = {k.name for k in MaskKind}
 
 
@@ -61,6 +63,14 @@ def code_tables(tree: ast.AST) -> list[int]:
     return hits
 
 
+def lora_products(tree: ast.AST) -> list[int]:
+    """Lines of ``(x @ a.T) @ b.T``: a product by a transpose of a product by a transpose."""
+    def by_transpose(node) -> bool:
+        return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)
+                and isinstance(node.right, ast.Attribute) and node.right.attr in ("T", "mT"))
+    return [n.lineno for n in ast.walk(tree) if by_transpose(n) and by_transpose(n.left)]
+
+
 def test_the_checks_see_what_they_look_for():
     """Both checks find the one definition that is allowed (so they can fail elsewhere)."""
     assert mode_lists(ast.parse(MODES_HOME.read_text()))
@@ -71,6 +81,9 @@ def test_the_checks_see_what_they_look_for():
     assert not mode_lists(ast.parse('VARIANTS = (("ar", False), ("diffusion", True))'))
     assert not code_tables(ast.parse("MASK_ID = 100"))
     assert sorted(KERNEL_CODES.values()) == list(range(len(MaskKind)))
+    assert lora_products(ast.parse(LORA_HOME.read_text()))
+    assert lora_products(ast.parse("y = y + s * ((o @ a.T) @ b.T)"))
+    assert not lora_products(ast.parse("y = (q @ k.T) * scale"))
 
 
 def test_one_mode_list_and_one_mask_code_table():
@@ -84,4 +97,7 @@ def test_one_mode_list_and_one_mask_code_table():
         if path != CODES_HOME:
             found += [f"{rel}:{ln}: mask kind codes (use MaskKind.code / KERNEL_CODES)"
                       for ln in code_tables(tree)]
+        if path != LORA_HOME:
+            found += [f"{rel}:{ln}: a LoRA delta (use core.lora.lora_delta)"
+                      for ln in lora_products(tree)]
     assert not found, "\n".join(found)

@@ -206,6 +206,19 @@ class PagedKVCache:
         lengths = torch.tensor([s.length for s in seqs], dtype=torch.long)
         return table.to(self.device), lengths.to(self.device)
 
+    def slot_table(self, seq_ids: list[int], width: int) -> torch.Tensor:
+        """Token→slot table LongTensor ``[R, width]`` on the device: entry (i, j) is the flat slot
+        of position j of ``seq_ids[i]`` (SGLang's ``req_to_token`` layout); 0 past a sequence's
+        pages (never attended: a row reads only its prefix)."""
+        table, _ = self.page_tables(seq_ids)
+        pos = torch.arange(width, device=self.device)
+        page = pos // self.page_size
+        if table.shape[1] == 0 or width == 0:
+            return torch.zeros(len(seq_ids), width, dtype=torch.long, device=self.device)
+        pages = table.index_select(1, page.clamp(max=table.shape[1] - 1))
+        slots = pages * self.page_size + pos % self.page_size
+        return slots.masked_fill((pages < 0) | (page >= table.shape[1])[None, :], 0)
+
     # ---------------------------------------------------------------- integrity
     def check_integrity(self) -> None:
         """Raise ``KVCacheError`` if page ownership or lengths are inconsistent."""

@@ -29,7 +29,10 @@ from .attention import paged_attention
 from .batch import ForwardBatch
 from .config import NLDConfig
 from .logits import PassLogits
+from .lora import lora_delta
 from .rope import Rotary
+from .step_attention import StepAttention, reference_step
+from .step_plan import HeadShape
 
 AttentionFn = Callable[..., torch.Tensor]
 
@@ -76,10 +79,9 @@ class Attention(nn.Module):
         y = self.o_proj(out)
         if isinstance(lora, torch.Tensor):
             if self.lora_A is not None:
-                delta = self.lora_scale * ((out @ self.lora_A.T) @ self.lora_B.T)
-                y = y + delta * lora.to(delta.dtype)[:, None]
+                y = y + lora_delta(out, self.lora_A, self.lora_B, self.lora_scale, lora)
         elif lora:
-            y = y + self.lora_scale * ((out @ self.lora_A.T) @ self.lora_B.T)
+            y = y + lora_delta(out, self.lora_A, self.lora_B, self.lora_scale)
         return y
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache, rotary: Rotary,
@@ -137,20 +139,30 @@ class Encoder(nn.Module):
 
 
 class NLDModel(nn.Module):
-    """Backbone + untied head. ``attention_fn`` has :func:`core.attention.paged_attention`'s signature."""
+    """Backbone + untied head. ``attention_fn`` (a ``ForwardBatch`` pass, :meth:`forward`) has
+    :func:`core.attention.paged_attention`'s signature; ``step_attention`` (a planned step,
+    :meth:`step_hidden`, which core's decoder loop runs) is a
+    :data:`core.step_attention.StepAttention`."""
 
-    def __init__(self, cfg: NLDConfig, attention_fn: AttentionFn = paged_attention):
+    def __init__(self, cfg: NLDConfig, attention_fn: AttentionFn = paged_attention,
+                 step_attention: StepAttention = reference_step):
         super().__init__()
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.diffusion_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg)
         self.attention_fn = attention_fn
+        self.step_attention = step_attention
         self.has_lora = False
 
     @property
     def dtype(self) -> torch.dtype:
         return self.diffusion_head.weight.dtype
+
+    @property
+    def heads(self) -> HeadShape:
+        c = self.config
+        return HeadShape(c.num_attention_heads, c.num_key_value_heads, c.head_dim)
 
     def set_lora(self, adapters: list[tuple[torch.Tensor, torch.Tensor]] | None, scale: float) -> None:
         """Install per-layer (A [r, q_size], B [hidden, r]) for drafting passes; None removes it."""
@@ -201,13 +213,18 @@ class NLDModel(nn.Module):
         return self.head(x)
 
     @torch.no_grad()
-    def step_hidden(self, plan, attend) -> torch.Tensor:
+    def step_hidden(self, plan, attend, embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states [Tp, H] of a planned step (``core.step_plan.StepPlan``, padded or
         not): its ids, positions and per-token LoRA read from the plan's device views only, so
         the same call runs eagerly and inside a captured graph; ``attend(q, k, v, layer,
         scale)`` is the step's attention, which also writes the plan's K/V
-        (``kernels.step.PlanAttention``). Padding tokens' rows are not meaningful."""
-        x = self.encoder.embed_tokens(plan.ids)
+        (``core.step_attention``, ``kernels.step.PlanAttention``). ``embeds`` [T, H]: input
+        embeddings in place of the ids' (a prompt with images). Padding tokens' rows are not
+        meaningful."""
+        if embeds is not None and embeds.shape != (plan.num_tokens, self.config.hidden_size):
+            raise ValueError(f"embeds {tuple(embeds.shape)} for a step of {plan.num_tokens} "
+                             f"tokens × hidden {self.config.hidden_size}")
+        x = self.encoder.embed_tokens(plan.ids) if embeds is None else embeds.to(self.dtype)
         for layer in self.encoder.layers:
             x = layer.step(x, plan, self.rotary, attend)
         return self.encoder.norm(x)

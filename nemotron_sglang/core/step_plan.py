@@ -47,6 +47,19 @@ PAD_TILE_TOKEN = 1 << 30         # a padding tile's first token: past every row'
 
 
 @dataclass(frozen=True)
+class HeadShape:
+    """A layer's attention heads on this rank: query heads, K/V heads, head dim."""
+
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def group(self) -> int:
+        return self.q_heads // self.kv_heads
+
+
+@dataclass(frozen=True)
 class PlanRow:
     """One row of a step (host values): its page-table row and prefix, ``q_len`` new tokens
     (their ids and positions, or none for an attention-only plan), mask, whether it drafts with

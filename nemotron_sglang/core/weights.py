@@ -171,17 +171,22 @@ def load_lora(directory: str | os.PathLike, cfg: NLDConfig) -> LoraAdapter:
 
 
 def load_model(directory: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-               lora: bool | None = None, attention_fn=None) -> NLDModel:
+               lora: bool | None = None, attention_fn=None, step_attention=None) -> NLDModel:
     """Build an :class:`NLDModel` from a checkpoint directory.
 
     ``lora``: True requires ``linear_spec_lora/``; None loads it when present; False skips it.
+    ``attention_fn`` / ``step_attention``: the model's attentions (core's reference by default).
     """
     d = Path(directory)
     cfg = NLDConfig.from_pretrained(d)
     sd = read_state_dict(d)
     _check_tensors({k: tuple(t.shape) for k, t in sd.items()}, hf_weight_shapes(cfg),
                    f"checkpoint {d}")
-    model = NLDModel(cfg) if attention_fn is None else NLDModel(cfg, attention_fn)
+    model = NLDModel(cfg)
+    if attention_fn is not None:
+        model.attention_fn = attention_fn
+    if step_attention is not None:
+        model.step_attention = step_attention
     model.load_state_dict({k: t.to(dtype) for k, t in sd.items()}, strict=True)
     model.to(dtype)
     has_adapter = (d / LORA_DIR / "adapter_config.json").exists()

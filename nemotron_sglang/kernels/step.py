@@ -6,33 +6,21 @@ plugin, the benchmarks, the graph runner and the GPU machine (which has no SGLan
 the same way. ``PlanAttention`` is a planned step's attention over core's ``PagedKVCache``
 (``core.model.NLDModel.step_hidden``'s ``attend``): the Triton kernel or its PyTorch twin
 (``plan_attention``) over the plan's metadata, then the plan's K/V writes — device ops only, so
-it runs eagerly and inside a captured graph alike.
+it runs eagerly and inside a captured graph alike; ``triton_step`` binds it as core's decoder
+loop's step attention (``core.step_attention.StepAttention``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..core.host_pack import HostPack
-from ..core.step_plan import Bucket, PlanRow, StepPlan
+from ..core.step_attention import store_writes
+from ..core.step_plan import Bucket, HeadShape, PlanRow, StepPlan
 
 PLAN_IMPLS = ("triton", "reference")      # reference: kernels.plan_attention's PyTorch twin
-
-
-@dataclass(frozen=True)
-class HeadShape:
-    """A layer's attention heads on this rank: query heads, K/V heads, head dim."""
-
-    q_heads: int
-    kv_heads: int
-    head_dim: int
-
-    @property
-    def group(self) -> int:
-        return self.q_heads // self.kv_heads
 
 
 def step_config(rows: Sequence[PlanRow], heads: HeadShape, device, bucket: Bucket | None = None):
@@ -77,7 +65,16 @@ class PlanAttention:
         else:
             from .plan_attention import paged_attention_with_metadata_torch as run
         out = run(q, k, v, kc.to(k.dtype), vc.to(k.dtype), self.meta, scale)
-        index = self.plan.write_token
-        kc.index_copy_(0, self.slots, k.index_select(0, index).to(kc.dtype))
-        vc.index_copy_(0, self.slots, v.index_select(0, index).to(vc.dtype))
+        store_writes(self.plan, kc, vc, self.slots, k, v)
         return out
+
+
+def triton_step(rows: Sequence[PlanRow], cache, seq_ids: Sequence[int], dest: torch.Tensor,
+                heads: HeadShape, pack: HostPack | None = None):
+    """Core's decoder loop's step attention (``core.step_attention.StepAttention``) on the
+    Triton kernel: ``rows`` planned with the kernel's tiles (one upload, with ``pack``),
+    attended over ``cache`` (row i's pages are ``seq_ids[i]``'s), the writes stored at
+    ``dest``."""
+    plan, config = plan_step(rows, "triton", cache.device, heads, pack=pack)
+    table, _ = cache.page_tables(list(seq_ids))
+    return plan, PlanAttention(plan, config, cache, table, plan.write_slots(dest))

@@ -58,12 +58,6 @@ class Row:
         return self.nld.state
 
 
-def kv_offsets(p: Pass) -> range:
-    """Token offsets of a pass whose K/V are written (core's one rule,
-    ``MaskSpec.kv_write_offsets``); none for a pass that writes nothing."""
-    return p.mask.kv_write_offsets(len(p.token_ids)) if p.write_kv else range(0)
-
-
 class CanvasRound:
     """Runs one round over ``rows``; ``algo.step_forward`` runs each step's forward."""
 
@@ -89,7 +83,7 @@ class CanvasRound:
     def _step(self, members: list[tuple[Row, Pass]]) -> bool:
         plan, items = [], []
         for row, p in members:
-            writes = len(kv_offsets(p))
+            writes = len(p.kv_offsets())
             if p.positions[0] != row.start or writes > self.b:
                 raise RuntimeError(f"{row.nld.strategy.name}: pass does not fit the {self.b}-slot "
                                    f"canvas at position {row.start}")

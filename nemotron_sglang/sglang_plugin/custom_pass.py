@@ -27,9 +27,9 @@ from typing import Sequence
 
 import torch
 
-from ..core.attention import masked_attention, padded_attention, padded_mask
 from ..core.batch import ForwardBatch
 from ..core.logits import PassLogits
+from ..core.step_attention import PlanReference
 from ..core.step_plan import PlanRow, StepPlan
 from ..kernels import ATTENTION_IMPLS
 from ..kernels.step import HeadShape, plan_step
@@ -100,7 +100,7 @@ class RowAttention:
         self.graph_safe = graph_safe
         self._meta = None
         self._slots = None
-        self._groups = None
+        self._reference_plan = None
 
     @classmethod
     def planned(cls, rows: Sequence[PlanRow], impl: str, device, heads: HeadShape,
@@ -143,39 +143,13 @@ class RowAttention:
         return out.reshape(q.shape[0], hq * dv)
 
     def _reference(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
-        plan = self.plan
-        if self._groups is None:     # one gather plan per pass, shared by every layer
-            self._groups = [_group_tensors(plan, g, table) for g in plan.groups]
-        whole = (len(plan.groups) == 1 and not plan.singles and plan.bucket is None)
-        if whole:                    # one group that is the whole pass, in order
-            g, (slots, lens, mask) = plan.groups[0], self._groups[0]
-            return _attend_group(g, slots, lens, mask, q, k, v, k_buf, v_buf,
-                                 layer).flatten(0, 1)
-        out = q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
-        for g, (slots, lens, mask) in zip(plan.groups, self._groups):
-            tok = plan.order_tokens[g.tokens]
-            part = _attend_group(g, slots, lens, mask, q.index_select(0, tok),
-                                 k.index_select(0, tok), v.index_select(0, tok), k_buf, v_buf,
-                                 layer)
-            out.index_copy_(0, tok, part.flatten(0, 1))
-        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, plan.singles)
-        return out
+        if self._reference_plan is None:      # one gather plan per pass, shared by every layer
+            self._reference_plan = PlanReference(self.plan, table)
+        return self._reference_plan(q, k, v, k_buf, v_buf, layer.scaling)
 
     def _reference_rows(self, q, k, v, k_buf, v_buf, table, layer) -> torch.Tensor:
         """The twin of ``_reference``: core's attention row by row."""
-        out = q.new_zeros(q.shape[0], q.shape[1], v.shape[2])
-        self._fill_rows(out, q, k, v, k_buf, v_buf, table, layer, range(len(self.plan.rows)))
-        return out
-
-    def _fill_rows(self, out, q, k, v, k_buf, v_buf, table, layer, which) -> None:
-        for i in which:
-            row, start = self.plan.rows[i], self.plan.q_starts[i]
-            end = start + row.q_len
-            slots = table[row.table_row, :row.prefix_len].long()
-            keys = torch.cat([k_buf[slots].to(k.dtype), k[start:end]])
-            values = torch.cat([v_buf[slots].to(v.dtype), v[start:end]])
-            out[start:end] = masked_attention(q[start:end], keys, values, row.mask,
-                                              row.prefix_len, layer.scaling)
+        return PlanReference(self.plan, table).rows(q, k, v, k_buf, v_buf, layer.scaling)
 
     def _slot_table(self, table: torch.Tensor, num_kv_heads: int) -> _SlotTable:
         if self._slots is None:      # one slot read per pass, shared by every layer
@@ -214,28 +188,6 @@ class RowAttention:
             self._meta = metadata_from_plan(self.plan, table, 1, self.config)
         return paged_attention_with_metadata(q, k, v.to(k.dtype), k_buf.to(k.dtype),
                                              v_buf.to(k.dtype), self._meta, layer.scaling)
-
-
-def _group_tensors(plan: StepPlan, g, table: torch.Tensor):
-    """A group's prefix slots [N, W] (0, SGLang's padding slot, past a row's own prefix), its
-    prefix lengths [N] and ``core.attention.padded_mask`` [N, 1, L, W + L]: device ops on the
-    plan's row table and ``req_to_token``, built once per pass."""
-    rows = plan.order_rows[g.rows]
-    lens = plan.field("prefix_len").index_select(0, rows)
-    pool_rows = plan.field("table_row").index_select(0, rows)
-    slots = table[:, :g.width].index_select(0, pool_rows).long()   # only the prefix columns
-    slots = slots.masked_fill(torch.arange(g.width, device=slots.device)[None, :] >= lens[:, None],
-                              0)
-    return slots, lens, padded_mask(lens, g.width, g.mask, g.q_len)
-
-
-def _attend_group(g, slots, lens, mask, q, k, v, k_buf, v_buf, layer) -> torch.Tensor:
-    """One group's padded call: q [N·L, Hq, d], k / v [N·L, Hkv, d] its new tokens'."""
-    n, hq, hkv = lens.shape[0], q.shape[1], k.shape[1]
-    keys = torch.cat([k_buf[slots].to(k.dtype), k.view(n, g.q_len, hkv, -1)], 1)
-    values = torch.cat([v_buf[slots].to(v.dtype), v.view(n, g.q_len, hkv, -1)], 1)
-    return padded_attention(q.view(n, g.q_len, hq, -1), keys, values, lens, g.mask,
-                            layer.scaling, mask=mask)
 
 
 class StepBackend:

@@ -28,6 +28,7 @@ from sglang.srt.layers.logits_processor import LogitsMetadata, LogitsProcessor
 from sglang.srt.models.ministral3 import Ministral3ForCausalLM
 
 from ..core.config import ARCHITECTURE, NLDConfig
+from ..core.lora import lora_delta
 from ..core.weights import WeightsError, hf_weight_shapes, ministral3_name
 from .custom_pass import step_lora
 
@@ -101,8 +102,7 @@ class NemotronLabsDiffusionForSGLang(Ministral3ForCausalLM):
             a, b = self._lora[index]
             # o_proj's output is the pre-all-reduce partial sum under TP, so the partial delta
             # of this rank's input shard adds up to the full delta.
-            delta = self._lora_scale * ((args[0] @ a.T) @ b.T)
-            delta = delta * scale.to(delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
+            delta = lora_delta(args[0], a, b, self._lora_scale, scale)
             if isinstance(output, tuple):
                 return (output[0] + delta,) + tuple(output[1:])
             return output + delta

@@ -52,6 +52,7 @@ import torch
 from torch.nn import functional as F
 
 from ..core.config import NLDConfig, RopeParameters
+from ..core.lora import lora_delta
 from ..core.model import NLDModel
 from ..core.tokenizer import BOS_ID, EOS_ID, MASK_ID, build_tokenizer, save_tokenizer
 from ..core.weights import LORA_DIR, save_checkpoint, save_lora
@@ -173,8 +174,7 @@ def dense_forward(model: NLDModel, ids: torch.Tensor, positions: torch.Tensor,
         y = att.o_proj(o)
         if lora is not None:
             a, b = lora[li]
-            delta = lora_scale * ((o @ a.T) @ b.T)
-            y = y + delta * lora_rows[None, :, None].to(y.dtype)
+            y = y + lora_delta(o, a, b, lora_scale, lora_rows[None, :]).to(y.dtype)
         x = x + y
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     return model.diffusion_head(model.encoder.norm(x))

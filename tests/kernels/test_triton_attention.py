@@ -38,6 +38,7 @@ from nemotron_sglang.kernels import (attention_for_forward, commit_lengths_, kv_
                                      staging_slots)
 
 DEV = torch.device("cuda" if CUDA else "cpu")
+from nemotron_sglang.kernels.step import triton_step  # noqa: E402
 from conftest import SEED  # noqa: E402  (the session seed; NLD_TEST_SEED pins it)
 FLOOR = {torch.float32: 1e-7, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 # the sweep's bound on the median (per dtype) of kernel err / torch err. Measured on 15 seeds:
@@ -187,7 +188,9 @@ def tiny_models(tmp_path_factory):
     from nemotron_sglang.core.weights import write_tiny_checkpoint
     d = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=3, with_lora=True)
     ref = load_model(d, dtype=torch.float32)
-    tri = load_model(d, dtype=torch.float32, attention_fn=paged_attention_triton)
+    # the decoder's prefill and steps run the model's step attention: the kernel's (triton_step)
+    tri = load_model(d, dtype=torch.float32, attention_fn=paged_attention_triton,
+                     step_attention=triton_step)
     return ref, tri
 
 

@@ -103,10 +103,10 @@ class Pass:
     def read_offsets(self) -> tuple[int, ...]:
         return self.ask.rows
 
-    @property
-    def group(self) -> tuple:
-        """Rows with equal groups may share one forward (SGLang: one causality per forward)."""
-        return (self.mask.kind, self.write_kv, self.lora)
+    def kv_offsets(self) -> range:
+        """Offsets of the new tokens whose K/V this pass writes (the mask's one rule,
+        ``MaskSpec.kv_write_offsets``); none for a pass that writes nothing."""
+        return self.mask.kv_write_offsets(len(self.token_ids)) if self.write_kv else range(0)
 
 
 @dataclass
@@ -203,9 +203,10 @@ class RequestState:
         return self.cycle_tokens / self.cycles if self.cycles else None
 
 
-def seed_ask(req: RequestState) -> Ask:
-    """The pick of a prefill's last logit (row 0 of that one-row view)."""
-    return req.ask(Kind.PICK, (0,))
+def seed_ask(req: RequestState, row: int = 0) -> Ask:
+    """The pick of a prefill's last logit: row ``row`` of the view decided (0 of a one-row view
+    of it; ``len(prompt) - 1`` of the whole prefill)."""
+    return req.ask(Kind.PICK, (row,))
 
 
 class Strategy:

@@ -1,13 +1,18 @@
-"""The shared step loop: prefill, then one pass per unfinished request per step, any modes mixed.
+"""The shared step loop: prefill, then one forward per step carrying every unfinished
+request's pass, any modes mixed.
 
-Lifecycle of a request: ``add`` a sequence to the paged cache → one causal prefill pass for all
-new prompts (KV written and committed; not counted as a forward) → its strategy's ``start`` →
-steps. In each step every unfinished request asks its strategy for a :class:`Pass`; passes of
-the same kind (mask kind, KV write, LoRA) share one model forward — the same constraint SGLang
-has — whose asks are decided in one call (``decide_batched``, where the logits are: logits are
-computed only for the rows read, ``core/logits.py``, and one small result reaches the host); each
-request's decision goes back to its strategy, which says how many staged KV entries to commit. A finished request's KV is rolled back to at most ``prompt + output[:-1]`` (what AR
-would hold) and freed; an aborted one is freed at once.
+Lifecycle of a request: ``add`` a sequence to the paged cache → one causal prefill forward for
+all new prompts (KV written and committed; not counted as a forward) → its strategy's ``start``
+→ steps. In each step every unfinished request asks its strategy for a :class:`Pass`; all of
+them ride ONE forward, planned as the server plans a canvas step (``core.step_plan``: a row per
+request with its own mask, LoRA on or off per token, the K/V writes of its causal tokens or
+quadratic row heads; the decisions' tables in the same upload), run by the model's step
+attention (``core.step_attention``; the Triton kernel's is ``kernels.step.triton_step``). Its
+asks are decided in one call (``decide_batched``, where the logits are: logits are computed
+only for the rows read, ``core/logits.py``, and one small result reaches the host); each
+request's decision goes back to its strategy, which says how many staged KV entries to commit.
+A finished request's KV is rolled back to at most ``prompt + output[:-1]`` (what AR would hold)
+and freed; an aborted one is freed at once.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from typing import Callable, Iterable
 import torch
 
 from ..attention import CAUSAL
-from ..batch import ForwardBatch, PassRow
+from ..host_pack import HostPack
 from ..kv_cache import KVCacheFull, PagedKVCache
 from ..logits import PassLogits
 from ..modes import RuleError, check_canvas, check_mode_fields
+from ..step_plan import PlanRow
 from .base import DecodeError, DecodeParams, Pass, RequestState, Strategy, seed_ask
 from .decide_batched import decide_batched
+from .decide_stage import stage_decisions
 from .grammar import Grammar, GrammarCursor
 
 
@@ -164,20 +171,18 @@ class Decoder:
 
     def _prefill(self, states: list[RequestState], modes: list[str],
                  embeds: list[torch.Tensor | None]) -> None:
-        rows = []
+        passes = []
         for s in states:
             self.cache.add(s.rid)
-            rows.append(PassRow(s.rid, s.prompt, list(range(len(s.prompt))), 0, CAUSAL))
-        batch = ForwardBatch.from_rows(rows, write_kv=True)
+            passes.append(Pass(list(s.prompt), list(range(len(s.prompt))), CAUSAL,
+                               seed_ask(s, len(s.prompt) - 1), write_kv=True))
         joined = None
         if any(e is not None for e in embeds):     # a request's own embeddings, else its tokens'
             table = self.model.encoder.embed_tokens
-            joined = torch.cat([table(batch.input_ids.new_tensor(s.prompt)) if e is None
-                                else e.to(batch.input_ids.device) for s, e in zip(states, embeds)])
-        logits = self._forward(batch) if joined is None else self._forward(batch, joined)
-        spans = ForwardBatch.from_rows(rows).spans()
-        seeds = self.decide(logits, [(end - 1, end, seed_ask(s)) for s, (_, end) in
-                                     zip(states, spans)], self.cfg.mask_token_id)
+            dev = table.weight.device
+            joined = torch.cat([table(torch.tensor(s.prompt, device=dev)) if e is None
+                                else e.to(dev) for s, e in zip(states, embeds)])
+        seeds = self._forward(states, passes, joined)
         for s, mode, d in zip(states, modes, seeds):
             self.cache.commit(s.rid, len(s.prompt))
             s.kv_len = len(s.prompt)
@@ -185,33 +190,52 @@ class Decoder:
 
     def _step(self, active: list[RequestState], states: list[RequestState], modes: list[str]) -> None:
         mode_of = {s.rid: m for s, m in zip(states, modes)}
-        plans: dict[tuple, list[tuple[RequestState, Pass]]] = {}
-        for s in active:
-            p = self.strategies[mode_of[s.rid]].next_pass(s)
-            plans.setdefault(p.group, []).append((s, p))
-        for group in sorted(plans, key=repr):
-            members = plans[group]
-            _, write_kv, lora = group
-            rows = [PassRow(s.rid, p.token_ids, p.positions, s.kv_len, p.mask) for s, p in members]
-            batch = ForwardBatch.from_rows(rows, write_kv=write_kv, lora=lora)
-            logits = self._forward(batch)
-            self.stats.model_calls += 1
-            spans = batch.spans()
-            decisions = self.decide(logits, [(a, b, p.ask) for (_, p), (a, b) in
-                                             zip(members, spans)], self.cfg.mask_token_id)
-            for (s, p), d in zip(members, decisions):
-                s.forwards += 1
-                keep = self.strategies[mode_of[s.rid]].on_decision(s, p, d)
-                if write_kv:
-                    self.cache.commit(s.rid, keep)
-                    s.kv_len += keep
-                elif keep:
-                    raise RuntimeError(f"{mode_of[s.rid]}: a pass without KV write kept {keep}")
-            self.stats.pass_tokens += batch.num_tokens
-            self.stats.head_rows += logits.rows_computed
+        passes = [self.strategies[mode_of[s.rid]].next_pass(s) for s in active]
+        decisions = self._forward(active, passes)
+        self.stats.model_calls += 1
+        for s, p, d in zip(active, passes, decisions):
+            s.forwards += 1
+            keep = self.strategies[mode_of[s.rid]].on_decision(s, p, d)
+            if p.write_kv:
+                self.cache.commit(s.rid, keep)
+                s.kv_len += keep
+            elif keep:
+                raise RuntimeError(f"{mode_of[s.rid]}: a pass without KV write kept {keep}")
 
-    def _forward(self, batch: ForwardBatch, embeds: torch.Tensor | None = None) -> PassLogits:
-        try:
-            return self.model(batch, self.cache, lazy=True, embeds=embeds)
-        except KVCacheFull as e:
-            raise DecodeError(f"KV cache full: {e}") from e
+    def _forward(self, states: list[RequestState], passes: list[Pass],
+                 embeds: torch.Tensor | None = None) -> list:
+        """ONE forward of a step (``core.step_plan``): every request's pass, any mix of masks,
+        K/V writes and LoRA, planned and copied up once with the decisions' tables; the K/V
+        its writing passes stage, then every request's decision (``self.decide``)."""
+        rows, dest, items, written, start = [], [], [], 0, 0
+        for i, (s, p) in enumerate(zip(states, passes)):
+            if p.lora and not self.model.has_lora:
+                raise ValueError("this pass asks for the drafting LoRA but no adapter is loaded")
+            writes = len(p.kv_offsets())
+            if writes:
+                if self.cache.length(s.rid) != s.kv_len:
+                    raise ValueError(f"seq {s.rid}: a KV-writing pass must start at the committed "
+                                     f"length {self.cache.length(s.rid)}, not {s.kv_len}")
+                try:
+                    dest.append(self.cache.append(s.rid, writes))
+                except KVCacheFull as e:
+                    raise DecodeError(f"KV cache full: {e}") from e
+            n = len(p.token_ids)
+            rows.append(PlanRow(i, s.kv_len, n, p.mask, p.token_ids, p.positions, bool(p.lora),
+                                writes, written))
+            items.append((start, start + n, p.ask))
+            written += writes
+            start += n
+        pack = HostPack()
+        staged = stage_decisions(items, self.cfg.mask_token_id, pack)
+        dest = torch.cat(dest) if dest else torch.zeros(0, dtype=torch.long,
+                                                         device=self.cache.device)
+        plan, attend = self.model.step_attention(rows, self.cache, [s.rid for s in states], dest,
+                                                 self.model.heads, pack)
+        hidden = self.model.step_hidden(plan, attend, embeds)
+        logits = PassLogits(hidden[:plan.num_tokens], self.model.head)
+        decisions = self.decide(logits, items, self.cfg.mask_token_id, staged=pack.uploaded,
+                                plan=staged)
+        self.stats.pass_tokens += plan.num_tokens
+        self.stats.head_rows += logits.rows_computed
+        return decisions
