@@ -179,19 +179,3 @@ def random_prompts(n: int, seed: int, vocab: int, lo: int = 1, hi: int = 16,
         ids = torch.randint(0, vocab, (length,), generator=g).tolist()
         out.append([t if t not in avoid else t + 1 for t in ids])
     return out
-
-
-def two_sample_chi2(a: list, b: list, min_count: int = 10, min_cells: int = 4) -> float:
-    """p-value of a two-sample chi-square test that samples ``a`` and ``b`` (equal sizes, any
-    hashable outcomes) share one law: cells with at least ``min_count`` outcomes in both together,
-    the rest pooled; at least ``min_cells`` such cells (else the test has no power)."""
-    from scipy import stats
-
-    n = len(a)
-    assert len(b) == n
-    keys = sorted(set(a) | set(b), key=lambda k: -(a.count(k) + b.count(k)))
-    big = [k for k in keys if a.count(k) + b.count(k) >= min_count]
-    table = [[a.count(k) for k in big] + [n - sum(a.count(k) for k in big)],
-             [b.count(k) for k in big] + [n - sum(b.count(k) for k in big)]]
-    assert len(big) >= min_cells, big
-    return stats.chi2_contingency(table).pvalue

@@ -9,7 +9,10 @@ tokens (SGLang's top-k, served in every mode): the first ``L`` output tokens the
   linear_spec's draft law of slot 1 of the canvas ``[out[-1], M]`` (bidirectional, the drafting
   LoRA on); ``q_quadratic(out)``, quadratic_spec's draft law of row ``[out[-1], M, M]``'s slot 2
   (the QUADRATIC mask). Every law is softmax(z / T) with the mask id banned, cut to the top k,
-  normalised.
+  normalised. Under a grammar (``grammar=``, a ``TokenDFA``) the tokens it forbids after
+  ``out`` are banned first (``core.decoding.grammar``'s rows: the verifier's and the PICK /
+  DRAFT row 0 after the output; quadratic's drafts, read from mask slots past the ask's rows,
+  are unconstrained).
 - ``ar_law``: the exact law of AR sampling's first ``L`` tokens (cut at EOS).
 - ``spec_law``: the exact law of linear / quadratic self-speculation at block 2 (one draft per
   cycle) under the speculative rule or a deliberately broken one (``RULES``):
@@ -59,9 +62,11 @@ class Oracle:
     """Exact next-token laws of ``model`` after ``prompt`` (see the module docstring); laws are
     {token: probability} dicts over at most ``top_k`` tokens."""
 
-    def __init__(self, model, prompt: list[int], temperature: float, top_k: int):
+    def __init__(self, model, prompt: list[int], temperature: float, top_k: int,
+                 grammar=None):
         self.model, self.prompt = model, list(prompt)
         self.t, self.k = temperature, top_k
+        self.grammar = grammar           # a TokenDFA (testing.token_grammar), or None
         self.mask_id = model.config.mask_token_id
         self.eos = model.config.eos_token_id
         self.p = lru_cache(maxsize=None)(self._p)
@@ -84,8 +89,22 @@ class Oracle:
         row = PassRow(0, tokens, list(range(n, n + len(tokens))), n, mask)
         return self.model(ForwardBatch.from_rows([row], lora=lora), cache).double()
 
-    def _law(self, z: torch.Tensor, temperature: float | None = None) -> dict[int, float]:
+    def allowed(self, out: tuple[int, ...]) -> list[int] | None:
+        """The tokens the grammar allows after ``out`` (None: no grammar)."""
+        if self.grammar is None:
+            return None
+        g = self.grammar.fresh()
+        for t in out:
+            assert g.accept(t), (out, t)
+        return g.allowed()
+
+    def _law(self, z: torch.Tensor, temperature: float | None = None,
+             allowed: list[int] | None = None) -> dict[int, float]:
         z = z.clone()
+        if allowed is not None:          # the grammar first: forbidden tokens at -inf
+            keep = torch.full_like(z, float("-inf"))
+            keep[allowed] = 0
+            z = z + keep
         z[self.mask_id] = float("-inf")
         p = torch.softmax(z / (temperature or self.t), -1)
         vals, ids = p.topk(self.k)
@@ -94,13 +113,13 @@ class Oracle:
 
     def _p(self, out: tuple[int, ...]) -> dict[int, float]:
         ctx = self.prompt + list(out)
-        return self._law(self._forward(ctx[:-1], ctx[-1:], CAUSAL)[-1])
+        return self._law(self._forward(ctx[:-1], ctx[-1:], CAUSAL)[-1], allowed=self.allowed(out))
 
     def _q_linear(self, out: tuple[int, ...], temperature: float | None = None):
         ctx = self.prompt + list(out)
         z = self._forward(ctx[:-1], [ctx[-1], self.mask_id], BIDIRECTIONAL,
                           lora=self.model.has_lora)[1]
-        return self._law(z, temperature)
+        return self._law(z, temperature, self.allowed(out))
 
     def _q_quadratic(self, out: tuple[int, ...], temperature: float | None = None):
         ctx = self.prompt + list(out)

@@ -2,7 +2,9 @@
 (``testing/token_grammar.py``): the cursor's masks and look-aheads; every mode's output is a
 sentence of its grammar; greedy self-speculation equals greedy AR under the same grammar (with
 penalties too) through both decision layers; diffusion commits left to right; the token that
-completes a grammar ends the output; at T > 0 self-speculation keeps AR's constrained law."""
+completes a grammar ends the output. At T > 0 self-speculation keeps AR's constrained law:
+``tests/test_spec_law.py`` (the exact law under a grammar, with its power and a negative
+control)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import random
 import pytest
 import torch
 
-from conftest import random_prompts, two_sample_chi2
+from conftest import random_prompts
 from nemotron_sglang.core.decoding import (DecodeParams, Request, SamplingRule, decide_batched,
                                            decide_each, generate)
 from nemotron_sglang.core.decoding.grammar import GrammarCursor, constrain, unpack, words
@@ -127,23 +129,6 @@ def test_diffusion_commits_left_to_right_under_a_grammar(model64):
                                                                              reverse=True)
                            for a, d in ordered)
     assert any(d.commit != sorted(d.commit, reverse=True) for _, d in commits(None))
-
-
-@pytest.mark.parametrize("mode", ("linear_spec", "quadratic_spec"))
-def test_sampled_self_spec_keeps_ar_law_under_a_grammar(model64, mode):
-    """Joint law of output tokens 2 and 3 at T = 1 under a narrow grammar: spec vs AR,
-    two-sample chi-square (the grammar leaves a few tokens per state, so the table is small)."""
-    g = dfa(7, fanout=(3, 5))
-    n = 1200
-
-    def joint(mode_):
-        reqs = [Request([17, 42, 7], mode_, DecodeParams(max_new_tokens=3, temperature=1.0,
-                                                         seed=s), grammar=g.fresh())
-                for s in range(n)]
-        outs = [r.output_ids for r in generate(model64, reqs)]
-        assert all(g.matches(o) for o in outs), mode_
-        return [tuple(o[1:3]) for o in outs]
-    assert two_sample_chi2(joint("ar"), joint(mode)) > 1e-3
 
 
 def test_a_grammar_the_rule_cannot_meet_ends_in_an_error_and_frees_the_kv(model64):

@@ -10,7 +10,9 @@ p < ``spec_law.ALPHA`` = 5e-5, for a false-alarm rate <= ``spec_law.FALSE_ALARM`
 wrong row, drafts' law != the law the rule divides by) is computed from the rule's exact output
 law and asserted >= 0.99 (``test_the_law_test_has_power``). The negative controls run the real
 decoder with each broken rule swapped in (``BROKEN``) and must be rejected. The draws are seeded
-from the test's seed (conftest), so a failure replays.
+from the test's seed (conftest), so a failure replays. The same holds under a grammar (the last
+section): the exact law of AR under a two-state grammar, self-spec's draws against it, the power
+of the test there, and the residual -> p control the old two-sample grammar test let through.
 """
 
 from __future__ import annotations
@@ -74,11 +76,13 @@ def observed(output: list[int], eos: int) -> tuple[int, ...]:
 
 
 def draw(model, oracle, mode: str, n: int, decide=decide_batched) -> list[tuple]:
-    """``n`` requests of ``mode`` with seeds from the test's seed; their observed outputs."""
+    """``n`` requests of ``mode`` with seeds from the test's seed (under the oracle's grammar
+    when it has one); their observed outputs."""
     base = random.getrandbits(40)
     rule = SamplingRule(temperature=TEMP, top_k=TOP_K)
     reqs = [Request(oracle.prompt, mode, DecodeParams(
-        max_new_tokens=LENGTH, block_length=2, temperature=TEMP, sampling=rule, seed=base + i))
+        max_new_tokens=LENGTH, block_length=2, temperature=TEMP, sampling=rule, seed=base + i),
+        grammar=None if oracle.grammar is None else oracle.grammar.fresh())
         for i in range(n)]
     out = []
     for i in range(0, n, 1000):
@@ -180,3 +184,75 @@ def test_negative_control_a_broken_rule_is_rejected(model, oracle, ar, monkeypat
         monkeypatch.setattr(module, name, make(getattr(module, name)))
     p, _ = chi2_test(draw(model, oracle, mode, draws_for(mode, rule), decide=decide), ar)
     assert p < ALPHA, (mode, rule, p)
+
+
+# ---- under a grammar ------------------------------------------------------------------------
+# A two-state grammar that changes the law: state 0 (output tokens 0, 2, 4) forbids the second
+# most likely first token, state 1 (tokens 1, 3) forbids the third; EOS ends it in either state.
+# The verifier's row after a draft reads the state after that draft, linear's draft row 0 the
+# state after the output; quadratic's drafts are unconstrained (``core.decoding.grammar``), and
+# the exact law (``spec_law.Oracle(grammar=)``) bans the same tokens first. The bonus-row control
+# is left out here: a bonus from the verifying row's law can leave the grammar, so that rule has
+# no law over the grammar's outputs to state a power against.
+GRAMMAR_RULES = ("under_10", "residual_p", "q_untempered")
+
+
+@pytest.fixture(scope="module")
+def g_oracle(oracle):
+    from nemotron_sglang.testing.token_grammar import TokenDFA
+
+    cfg = oracle.model.config
+    wide = Oracle(oracle.model, oracle.prompt, TEMP, 3)
+    first = sorted(wide.p(()), key=lambda t: -wide.p(())[t])     # the 3 likeliest first tokens
+    free = [t for t in range(cfg.vocab_size) if t not in (cfg.mask_token_id, cfg.eos_token_id)]
+    edges = {0: {t: 1 for t in free if t != first[1]}, 1: {t: 0 for t in free if t != first[2]}}
+    g = TokenDFA(edges, {0, 1}, (cfg.eos_token_id,))
+    return Oracle(oracle.model, oracle.prompt, TEMP, TOP_K, grammar=g)
+
+
+@pytest.fixture(scope="module")
+def g_ar(g_oracle):
+    return ar_law(g_oracle, LENGTH)
+
+
+def _tv(a: dict, b: dict) -> float:
+    return 0.5 * sum(abs(a.get(k, 0) - b.get(k, 0)) for k in set(a) | set(b))
+
+
+@pytest.mark.parametrize("mode", SPEC)
+def test_under_a_grammar_the_calculator_agrees_and_the_test_has_power(g_oracle, g_ar, ar, mode):
+    """The grammar changes AR's law; self-spec's exact law under it is the grammar's AR law,
+    under each broken rule it is not; the test as run has power >= 0.99 against each (a 10 %
+    error in acceptance at the real test's N, the others at their controls' N) and its
+    false-alarm rate is consistent with FALSE_ALARM."""
+    assert _tv(g_ar, ar) > 0.05 and len(g_ar) >= 16
+    law = spec_law(g_oracle, mode, LENGTH)
+    assert max(abs(law.get(k, 0) - g_ar.get(k, 0)) for k in set(law) | set(g_ar)) < 1e-12
+    for rule in GRAMMAR_RULES:
+        bad = spec_law(g_oracle, mode, LENGTH, rule)
+        assert _tv(bad, g_ar) > 1e-3, rule
+        sim, asym = power(g_ar, bad, draws_for(mode, rule), seed=random.getrandbits(32))
+        assert min(sim, asym) >= MIN_POWER, (rule, sim, asym)
+    sims = 200_000
+    false_alarm, _ = power(g_ar, g_ar, N[mode], sims=sims, seed=random.getrandbits(32))
+    assert false_alarm * sims <= stats.binom.isf(1e-3, sims, FALSE_ALARM), false_alarm
+
+
+@pytest.mark.parametrize("mode", SPEC)
+def test_sampled_self_spec_keeps_the_grammar_law(model, g_oracle, g_ar, mode):
+    samples = draw(model, g_oracle, mode, N[mode])
+    p, df = chi2_test(samples, g_ar)
+    assert p >= ALPHA, (mode, p, df)
+
+
+@pytest.mark.parametrize("mode", SPEC)
+def test_negative_control_under_a_grammar_residual_p_is_rejected(model, g_oracle, g_ar,
+                                                                 monkeypatch, mode):
+    """The rule the old two-sample grammar test let through (quadratic, residual -> p):
+    rejected by the exact-law test under the grammar."""
+    patches, decide = BROKEN["residual_p"]
+    for module, name, make in patches:
+        monkeypatch.setattr(module, name, make(getattr(module, name)))
+    p, _ = chi2_test(draw(model, g_oracle, mode, draws_for(mode, "residual_p"), decide=decide),
+                     g_ar)
+    assert p < ALPHA, (mode, p)

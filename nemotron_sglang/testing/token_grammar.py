@@ -17,13 +17,17 @@ import torch
 
 class TokenDFA:
     def __init__(self, edges: dict[int, dict[int, int]], accepting: set[int],
-                 stop_ids: tuple[int, ...], start: int = 0):
+                 stop_ids: tuple[int, ...], start: int = 0,
+                 _words: dict[tuple[int, int], torch.Tensor] | None = None):
         self.edges, self.accepting, self.stop_ids = edges, accepting, tuple(stop_ids)
         self.start = start
         self.path: list[int] = [start]          # states; a terminated path ends with -1
+        # (state, row width) -> packed row: the automaton is fixed, so each state's row is
+        # packed once and shared by every fresh copy
+        self._words = {} if _words is None else _words
 
     def fresh(self) -> "TokenDFA":
-        return TokenDFA(self.edges, self.accepting, self.stop_ids, self.start)
+        return TokenDFA(self.edges, self.accepting, self.stop_ids, self.start, self._words)
 
     @property
     def state(self) -> int:
@@ -38,10 +42,14 @@ class TokenDFA:
         return out
 
     def fill(self, bits: torch.Tensor, row: int) -> None:
-        words = torch.zeros(bits.shape[1], dtype=torch.int64)
-        for t in self.allowed():
-            words[t // 32] |= 1 << (t % 32)
-        bits[row] = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+        key = (self.state, bits.shape[1])
+        if key not in self._words:
+            words = [0] * bits.shape[1]
+            for t in self.allowed():
+                words[t // 32] |= 1 << (t % 32)
+            self._words[key] = torch.tensor([w - (1 << 32) if w >= 1 << 31 else w
+                                             for w in words], dtype=torch.int32)
+        bits[row] = self._words[key]
 
     def accept(self, token: int) -> bool:
         if self.is_terminated():
