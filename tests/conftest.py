@@ -85,6 +85,19 @@ SEED = int(os.environ.get("NLD_TEST_SEED") or random.SystemRandom().randrange(1 
 # that interpret Triton on CPU set it at import (collection) and restore this value after their
 # tests, so the servers of later tests never inherit it
 TRITON_INTERPRET_AT_START = os.environ.get("TRITON_INTERPRET")
+if not torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+    # Triton decorates its own library (``triton.language``'s @jit helpers, e.g. reductions) for
+    # the interpreter or not when it is first imported; a kernel interpreted later can only call
+    # interpreted helpers. On a CPU every in-process kernel runs interpreted, so the library is
+    # imported under the interpreter here, whatever module (SGLang's) would import it first;
+    # the variable itself is set only while a kernel module's tests run (below), so servers the
+    # tests start never inherit it.
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton.language  # noqa: E402,F401
+    if TRITON_INTERPRET_AT_START is None:
+        os.environ.pop("TRITON_INTERPRET")
+    else:
+        os.environ["TRITON_INTERPRET"] = TRITON_INTERPRET_AT_START
 
 
 @pytest.fixture(scope="module")
