@@ -48,6 +48,7 @@ AUTO_MAX_BATCH = {"cpu": 64, "cuda": 8}
 CPU_COST_TABLE = Path(__file__).with_name("cost_cpu.json")
 # SGLANG_MAX_THINK_TOKENS under --enable-strict-thinking: a default budget no request reaches
 NO_THINK_LIMIT = 1 << 30
+SERVED_MODEL_NAME = "nld"     # --served-model-name unless given: /v1/models, a gateway's routing
 
 
 def embedded_model() -> Path:
@@ -142,7 +143,9 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     env = dict(os.environ)
     if _has_flag(passthrough, "--enable-strict-thinking"):
         env.setdefault("SGLANG_MAX_THINK_TOKENS", str(NO_THINK_LIMIT))
-    defaults: list[tuple[str, str | None]] = [("--enable-metrics", None)]
+    # "nld": the name the banner's curl line, the README and a gateway's routing use
+    defaults: list[tuple[str, str | None]] = [("--enable-metrics", None),
+                                              ("--served-model-name", SERVED_MODEL_NAME)]
     if cuda:
         defaults += [("--attention-backend", "triton")]
         if _flag(passthrough, "--attention-backend") == "nemotron":
@@ -168,7 +171,7 @@ def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
     url = f"http://{args.host}:{args.port}"
     model = cmd[cmd.index("--model-path") + 1]
     curl = (f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d "
-            f"'{{\"model\": \"nld\", \"prompt\": \"The number after 41 is\", \"max_tokens\": 16, "
+            f"'{{\"model\": \"{SERVED_MODEL_NAME}\", \"prompt\": \"The number after 41 is\", \"max_tokens\": 16, "
             f"\"temperature\": 0, \"decode_mode\": \"{args.default_mode}\"}}'")
     if is_vlm_dir(model):                     # the vision-language model: an image chat
         curl = (f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d "

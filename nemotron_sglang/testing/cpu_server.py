@@ -66,6 +66,52 @@ def watch(pgid: int, grace_s: float = WATCHDOG_GRACE_S) -> None:
             return
 
 
+def _proc_net_listeners() -> dict[int, tuple[str, int]]:
+    """Socket inode -> (address, port) of every listening TCP socket (``/proc/net/tcp``,
+    ``tcp6``; state 0A)."""
+    import ipaddress
+
+    out = {}
+    for name, width in (("tcp", 4), ("tcp6", 16)):
+        try:
+            lines = Path("/proc/net", name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], int(fields[9])
+            if state != "0A":
+                continue
+            hex_ip, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_ip)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            out[inode] = (str(ipaddress.ip_address(raw)), int(hex_port, 16))
+    return out
+
+
+def listening_addresses(pgid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket a live process of group ``pgid`` listens on: what a
+    server advertises to the network (Linux ``/proc``)."""
+    listeners = _proc_net_listeners()
+    found = set()
+    for pid in live_group_members(pgid):
+        try:
+            fds = list(Path("/proc", str(pid), "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in listeners:
+                    found.add(listeners[inode])
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
