@@ -29,19 +29,17 @@ repeats (each repeat's ratio from its own pair of runs) and their range (DESIGN 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-from nemotron_sglang.testing.bench import BENCH_SERVING, hardware, post_generate, print_table  # noqa: E402
+from nemotron_sglang.testing.bench import (bench_serving, hardware, post_generate,  # noqa: E402
+                                           print_table)
 from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 from nemotron_sglang.testing.mistral3 import write_ministral3_copy  # noqa: E402
@@ -50,20 +48,6 @@ from nemotron_sglang.testing.mistral3 import write_ministral3_copy  # noqa: E402
 def greedy(port: int, prompts, max_new: int) -> list[list[int]]:
     body = {"input_ids": prompts, "sampling_params": {"max_new_tokens": max_new, "temperature": 0}}
     return [o["output_ids"] for o in post_generate(f"http://127.0.0.1:{port}", body, 600)]
-
-
-def bench(port: int, tokenizer: Path, concurrency: int, a, out: Path) -> dict:
-    cmd = [*BENCH_SERVING, "--backend", "sglang",
-           "--host", "127.0.0.1", "--port", str(port), "--tokenizer", str(tokenizer),
-           "--dataset-name", "random-ids", "--tokenize-prompt", "--random-range-ratio", "1.0",
-           "--random-input-len", str(a.input_len), "--random-output-len", str(a.output_len),
-           "--num-prompts", str(a.num_prompts), "--seed", "1", "--output-file", str(out)]
-    if concurrency:
-        cmd += ["--max-concurrency", str(concurrency)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                   env=dict(os.environ, OMP_NUM_THREADS="1"))
-    lines = out.read_text().strip().splitlines()
-    return json.loads(lines[-1])
 
 
 def running_cap(log: Path, vanilla: bool) -> str:
@@ -126,9 +110,11 @@ def main() -> None:
                 try:
                     ran_at[(cap, name)] = running_cap(log, name == names[0])
                     outputs.append(greedy(a.port, prompts, 48))
-                    bench(a.port, FIXTURE, conc[0], a, tmp / "warm.jsonl")
+                    load = (a.num_prompts, a.input_len, a.output_len)
+                    bench_serving(a.port, FIXTURE, conc[0], *load, tmp / "warm.jsonl")
                     for c in conc:
-                        r = bench(a.port, FIXTURE, c, a, tmp / f"{rep}-{name[:7]}-{cap}-{c}.jsonl")
+                        r = bench_serving(a.port, FIXTURE, c, *load,
+                                          tmp / f"{rep}-{name[:7]}-{cap}-{c}.jsonl")
                         tps.setdefault((cap, name, c), []).append(r["output_throughput"])
                 finally:
                     server.stop()

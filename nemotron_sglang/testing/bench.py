@@ -1,13 +1,15 @@
 """What the benchmark scripts share: the hardware line, plain-text / markdown tables, a POST to a
-server's ``/generate`` and the command of SGLang's serving benchmark (the server they start is
-``cpu_server.CPUServer``)."""
+server's ``/generate`` and SGLang's serving benchmark (its command, and one run of it: the
+server they start is ``cpu_server.CPUServer``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -71,3 +73,21 @@ def post_generate(url: str, body, timeout: float = 1800):
     if status != 200:
         raise RuntimeError(f"/generate: HTTP {status}: {text[:2000]}")
     return json.loads(text)
+
+
+def bench_serving(port: int, tokenizer: Path, concurrency: int, num_prompts: int, input_len: int,
+                  output_len: int, out: Path) -> dict:
+    """One ``bench_serving`` run against ``127.0.0.1:port`` (``--backend sglang``: ``/generate``):
+    ``num_prompts`` random-id prompts of ``input_len`` tokens, ``output_len`` tokens each
+    (ignore_eos), at most ``concurrency`` at once (0: unbounded), seed 1; its summary (the last
+    line of ``out``: ``output_throughput``, ``median_e2e_latency_ms``, ...)."""
+    cmd = [*BENCH_SERVING, "--backend", "sglang",
+           "--host", "127.0.0.1", "--port", str(port), "--tokenizer", str(tokenizer),
+           "--dataset-name", "random-ids", "--tokenize-prompt", "--random-range-ratio", "1.0",
+           "--random-input-len", str(input_len), "--random-output-len", str(output_len),
+           "--num-prompts", str(num_prompts), "--seed", "1", "--output-file", str(out)]
+    if concurrency:
+        cmd += ["--max-concurrency", str(concurrency)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                   env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return json.loads(out.read_text().strip().splitlines()[-1])
