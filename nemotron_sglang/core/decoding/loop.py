@@ -182,7 +182,7 @@ class Decoder:
             dev = table.weight.device
             joined = torch.cat([table(torch.tensor(s.prompt, device=dev)) if e is None
                                 else e.to(dev) for s, e in zip(states, embeds)])
-        seeds = self._forward(states, passes, joined)
+        seeds, _ = self._forward(states, passes, joined)
         for s, mode, d in zip(states, modes, seeds):
             self.cache.commit(s.rid, len(s.prompt))
             s.kv_len = len(s.prompt)
@@ -191,8 +191,10 @@ class Decoder:
     def _step(self, active: list[RequestState], states: list[RequestState], modes: list[str]) -> None:
         mode_of = {s.rid: m for s, m in zip(states, modes)}
         passes = [self.strategies[mode_of[s.rid]].next_pass(s) for s in active]
-        decisions = self._forward(active, passes)
+        decisions, logits = self._forward(active, passes)
         self.stats.model_calls += 1
+        self.stats.pass_tokens += len(logits)
+        self.stats.head_rows += logits.rows_computed
         for s, p, d in zip(active, passes, decisions):
             s.forwards += 1
             keep = self.strategies[mode_of[s.rid]].on_decision(s, p, d)
@@ -203,10 +205,11 @@ class Decoder:
                 raise RuntimeError(f"{mode_of[s.rid]}: a pass without KV write kept {keep}")
 
     def _forward(self, states: list[RequestState], passes: list[Pass],
-                 embeds: torch.Tensor | None = None) -> list:
+                 embeds: torch.Tensor | None = None) -> tuple[list, PassLogits]:
         """ONE forward of a step (``core.step_plan``): every request's pass, any mix of masks,
         K/V writes and LoRA, planned and copied up once with the decisions' tables; the K/V
-        its writing passes stage, then every request's decision (``self.decide``)."""
+        its writing passes stage. Returns every request's decision (``self.decide``) and the
+        step's logits (their head rows counted as they were read)."""
         rows, dest, items, written, start = [], [], [], 0, 0
         for i, (s, p) in enumerate(zip(states, passes)):
             if p.lora and not self.model.has_lora:
@@ -236,6 +239,4 @@ class Decoder:
         logits = PassLogits(hidden[:plan.num_tokens], self.model.head)
         decisions = self.decide(logits, items, self.cfg.mask_token_id, staged=pack.uploaded,
                                 plan=staged)
-        self.stats.pass_tokens += plan.num_tokens
-        self.stats.head_rows += logits.rows_computed
-        return decisions
+        return decisions, logits
