@@ -5,7 +5,7 @@
 One ``serve``-like tri-mode server (the embedded default, CPU flags, 4096 KV tokens) whose
 scheduler process runs a ``sitecustomize`` written to a temporary folder: cProfile on around
 SGLang's ``Scheduler.run_batch`` and ``process_batch_result`` only (the idle polling of the event
-loop is not profiled), dumped once a second. Per mode, ``--requests`` held-out corpus prompts of
+loop is not profiled), reset after a warm-up and dumped after the load. Per mode, ``--requests`` held-out corpus prompts of
 ``--max-tokens`` (ignore_eos, greedy, ``decode_mode`` per request) at ``--concurrency``; then the
 cumulative time of the parts of a round, per canvas step and per round:
 
@@ -42,21 +42,24 @@ from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
 SITE = textwrap.dedent('''
     import cProfile, os, sys, threading, time
     OUT = os.environ["NLD_ROUND_PROFILE"]
-    prof, last = cProfile.Profile(), [0.0]
+    prof = [cProfile.Profile()]
 
     def patch(cls):
         for name in ("run_batch", "process_batch_result"):
             orig = cls.__dict__[name]
             def wrap(self, *a, _orig=orig, **k):
-                prof.enable()
+                if os.path.exists(OUT + ".reset"):        # the client's marks, between calls
+                    os.remove(OUT + ".reset")
+                    prof[0] = cProfile.Profile()
+                prof[0].enable()
                 try:
                     return _orig(self, *a, **k)
                 finally:
-                    prof.disable()
-                    if time.monotonic() - last[0] > 1.0:
-                        last[0] = time.monotonic()
-                        prof.dump_stats(OUT + ".tmp")
+                    prof[0].disable()
+                    if os.path.exists(OUT + ".dump"):
+                        prof[0].dump_stats(OUT + ".tmp")
                         os.replace(OUT + ".tmp", OUT)
+                        os.remove(OUT + ".dump")
             setattr(cls, name, wrap)
 
     def poll():
@@ -133,9 +136,14 @@ def main() -> None:
                            env=env)
         try:
             load(server.url, prompts[:2], 2, 8, mode)                       # warm-up
-            out.unlink(missing_ok=True)
+            Path(f"{out}.reset").touch()
             load(server.url, prompts, a.concurrency, a.max_tokens, mode)
-            time.sleep(2.5)                                                 # the last dump
+            Path(f"{out}.dump").touch()
+            load(server.url, prompts[:1], 1, 1, mode)       # one call to take the mark
+            for _ in range(100):
+                if out.exists() and not Path(f"{out}.dump").exists():
+                    break
+                time.sleep(0.1)
         finally:
             server.stop()
         got = parts(out)
