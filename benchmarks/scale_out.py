@@ -8,6 +8,8 @@ mode ``--mode``, CPU defaults):
   1 server          one ``serve``
   smg + 2 workers   two ``serve`` behind ``smg launch --policy round_robin`` (loopback)
   --dp-size 2       one ``serve --dp-size 2`` (SGLang's DP controller)
+  Dynamo + 2 workers  Dynamo's frontend and two ``serve --dynamo`` workers (file discovery,
+                    loopback; its native /generate route)
 Load: ``bench_serving`` (``testing.bench.bench_serving``: /generate, random ids, ignore_eos) at
 concurrency ``--concurrency`` (output tokens/s) and at concurrency 1 (median end-to-end latency;
 the gateway's added latency is its median minus the single server's). On a 2-core machine two
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 from nemotron_sglang.testing.bench import bench_serving, hardware, print_table  # noqa: E402
 from nemotron_sglang.testing.cpu_server import CPUServer, free_port  # noqa: E402
+from nemotron_sglang.testing import dynamo_local  # noqa: E402
 
 SERVE = [sys.executable, "-m", "nemotron_sglang", "serve"]
 SMG = Path(sys.executable).parent / "smg"
@@ -57,6 +60,23 @@ def gateway(log: Path, urls: list[str]) -> CPUServer:
         time.sleep(0.5)
 
 
+def dynamo(tmp: Path, mode: str, n: int) -> list[CPUServer]:
+    """Dynamo's frontend (last) and ``n`` ``serve --dynamo`` workers, registered."""
+    store = tmp / "dynamo-store"
+    front = dynamo_local.frontend(tmp / "frontend.log", store)
+    started: list[CPUServer] = []
+    try:
+        for i in range(n):
+            started.append(dynamo_local.Worker(tmp / f"dw{i}.log", store,
+                                               ["--default-mode", mode]))
+        dynamo_local.wait_registered(front, store, n, started[-1].log)
+        return [*started, front]
+    except BaseException:
+        for s in [*started, front]:
+            s.stop()
+        raise
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mode", default="linear_spec")
@@ -68,13 +88,15 @@ def main() -> None:
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="scale_out-"))
     rows, base_latency = [], None
-    for route in ("1 server", "smg + 2 workers", "--dp-size 2"):
+    for route in ("1 server", "smg + 2 workers", "--dp-size 2", "Dynamo + 2 workers"):
         started: list[CPUServer] = []
         try:
             if route == "1 server":
                 started.append(serve(tmp / "one.log", a.mode, []))
             elif route == "--dp-size 2":
                 started.append(serve(tmp / "dp.log", a.mode, ["--dp-size", "2"]))
+            elif route.startswith("Dynamo"):
+                started += dynamo(tmp, a.mode, 2)
             else:
                 started += [serve(tmp / f"w{i}.log", a.mode, []) for i in range(2)]
                 started.append(gateway(tmp / "smg.log", [s.url for s in started]))

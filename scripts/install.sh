@@ -15,6 +15,8 @@ if [ "${NEMOTRON_SGLANG_NO_SGLANG:-0}" != "1" ]; then
   "${PIP[@]}" --no-deps "sglang==0.5.23" 2> >(grep -v "^WARNING: Location" >&2)
   "${PIP[@]}" -r requirements/sglang-cpu.txt 2> >(grep -v "^WARNING: Location" >&2)
   EXTRAS=dev,gateway        # SGLang's gateway (smg), for docs/scale-out.md and its tests
+  # NVIDIA Dynamo (frontend + worker, docs/scale-out.md): pinned, without its dependencies
+  "${PIP[@]}" --no-deps -r requirements/dynamo.txt 2> >(grep -v "^WARNING: Location" >&2)
 fi
 "${PIP[@]}" -e ".[$EXTRAS]" 2> >(grep -v "^WARNING: Location" >&2) >/dev/null
 .venv/bin/python - <<'PY'

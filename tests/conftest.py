@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 # what the test modules import or skip without; CI installs all of them (scripts/install.sh)
 TEST_DEPENDENCIES = ("sglang", "triton", "openai", "jinja2", "scipy", "ruff", "mypy", "xgrammar",
-                     "transformers", "PIL", "smg")
+                     "transformers", "PIL", "smg", "dynamo")
 
 
 def _no_cuda() -> bool:

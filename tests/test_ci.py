@@ -130,3 +130,11 @@ def test_x(): pass
     assert "No module named 'no_such_module_xyz'" in text, text[-3000:]
     rc, text = out["no CI"]
     assert rc == 0 and "1 passed, 4 skipped, 1 xfailed" in text, text[-3000:]
+
+
+def test_no_installed_package_hides_test_files(pytestconfig):
+    """Installed packages can register pytest plugins; ai-dynamo's stop collecting every file
+    named test_triton_* (ours among them) when NVIDIA's tritonclient is missing, silently.
+    pyproject's addopts blocks them: none of them may be loaded."""
+    loaded = {getattr(p, "__name__", "") for p in pytestconfig.pluginmanager.get_plugins()}
+    assert not {n for n in loaded if n.startswith("dynamo.")}, loaded

@@ -151,3 +151,10 @@ def test_default_model_is_the_committed_fixture(runs):
     assert a["output_ids"] and a["lora"] is True   # the fixture carries the LoRA drafter
     assert last_json(second)["output_ids"]
     assert stamp is None and not (cache.exists() and any(cache.iterdir()))
+
+
+def test_help_describes_the_command_in_whole_sentences():
+    from nemotron_sglang.serving.cli import _parser
+
+    text = " ".join(_parser().description.split())
+    assert text.endswith(".") and "serve" in text and "--dynamo" in text, text

@@ -50,7 +50,11 @@ def read_image(path: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="nemotron-sglang", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="nemotron-sglang",
+        description="NLD's tri-mode decoding on SGLang: serve it (SGLang's own OpenAI server, or "
+                    "a Dynamo worker with --dynamo), decode in-process with core, make and train "
+                    "tiny checkpoints.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     from . import serve

@@ -20,12 +20,18 @@ process with SGLang's (no HTTP server of its own):
   ``SGLANG_MAX_THINK_TOKENS`` set to ``NO_THINK_LIMIT`` unless set: SGLang's reasoning wrapper
   only filters tokens (and so enforces a request's budget) when a server default is >= 0.
 Every other flag goes to ``sglang.launch_server`` unchanged and wins over these defaults.
+
+With ``--dynamo`` the same engine flags start an NVIDIA Dynamo worker instead of SGLang's HTTP
+server: ``python -m nemotron_sglang.serving.dynamo_worker`` (Dynamo's SGLang worker with NLD's
+per-request fields bridged; no ``--host`` / ``--port``: Dynamo's frontend serves HTTP and finds
+the worker through its discovery backend, ``DYN_*`` variables, docs/scale-out.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shlex
@@ -48,6 +54,7 @@ AUTO_MAX_BATCH = {"cpu": 64, "cuda": 8}
 CPU_COST_TABLE = Path(__file__).with_name("cost_cpu.json")
 # SGLANG_MAX_THINK_TOKENS under --enable-strict-thinking: a default budget no request reaches
 NO_THINK_LIMIT = 1 << 30
+DYNAMO_WORKER = "nemotron_sglang.serving.dynamo_worker"
 SERVED_MODEL_NAME = "nld"     # --served-model-name unless given: /v1/models, a gateway's routing
 
 
@@ -137,9 +144,12 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     auto = args.auto_max_batch or AUTO_MAX_BATCH["cuda" if cuda else "cpu"]
     yaml = write_yaml(args.default_mode, args.threshold, auto,
                       cost_table(getattr(args, "cost_model", None), model, cuda))
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
-           "--host", args.host, "--port", str(args.port),
-           "--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml)]
+    if getattr(args, "dynamo", False):
+        cmd = [sys.executable, "-m", DYNAMO_WORKER, "--model-path", str(model)]
+    else:
+        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
+               "--host", args.host, "--port", str(args.port)]
+    cmd += ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml)]
     env = dict(os.environ)
     if _has_flag(passthrough, "--enable-strict-thinking"):
         env.setdefault("SGLANG_MAX_THINK_TOKENS", str(NO_THINK_LIMIT))
@@ -180,6 +190,21 @@ def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
                 f"\"content\": [{{\"type\": \"image_url\", \"image_url\": {{\"url\": "
                 f"\"/path/to/image.png\"}}}}, {{\"type\": \"text\", \"text\": "
                 f"\"What is in the image?\"}}]}}]}}'")
+    if getattr(args, "dynamo", False):
+        curl = (f"curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' "
+                f"-d '{{\"model\": \"{SERVED_MODEL_NAME}\", \"prompt\": \"The number after 41 is\", "
+                f"\"max_tokens\": 16, \"temperature\": 0, \"nvext\": {{\"annotations\": "
+                f"[\"nld.decode_mode={args.default_mode}\"]}}}}'")
+        return "\n".join([
+            f"nemotron-sglang serve --dynamo: a Dynamo worker ({'CUDA' if cuda else 'CPU'}), "
+            f"model {SERVED_MODEL_NAME!r}; HTTP is Dynamo's frontend "
+            f"(python -m dynamo.frontend --http-port 8000), docs/scale-out.md",
+            f"  model: {model}",
+            f"  modes: {', '.join(MODES)} per request (nvext.annotations nld.decode_mode=...), "
+            f"default {args.default_mode}",
+            f"  try:   {curl}",
+            f"  exec:  {shlex.join(cmd)}",
+        ])
     return "\n".join([
         f"nemotron-sglang serve: {url} ({'CUDA' if cuda else 'CPU'})",
         f"  model: {model}",
@@ -202,6 +227,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode_mode auto: the adaptive block's cost table (JSON, from "
                         "benchmarks/cost_model.py); default: the shipped CPU table when serving "
                         "the embedded default on a CPU")
+    p.add_argument("--dynamo", action="store_true",
+                   help="start an NVIDIA Dynamo worker (ai-dynamo 1.6.1) with these engine flags "
+                        "instead of SGLang's HTTP server (docs/scale-out.md)")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
 
 
@@ -212,6 +240,9 @@ def main(args: argparse.Namespace, passthrough: list[str]) -> int:
         raise ValueError(f"--{e}") from None
     if args.auto_max_batch is not None and args.auto_max_batch < 1:
         raise ValueError(f"--auto-max-batch must be >= 1, got {args.auto_max_batch}")
+    if args.dynamo and importlib.util.find_spec("dynamo") is None:
+        raise ValueError("--dynamo needs NVIDIA Dynamo: ai-dynamo 1.6.1 (scripts/install.sh "
+                         "installs it, requirements/dynamo.txt)")
     cuda = _cuda()
     cmd, env = build_command(args, passthrough, cuda)
     print(banner(args, cmd, cuda), flush=True)

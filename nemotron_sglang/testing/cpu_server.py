@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -112,10 +113,22 @@ def listening_addresses(pgid: int) -> set[tuple[str, int]]:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(below: int | None = None) -> int:
+    """A free loopback port: the kernel's pick, or with ``below`` one drawn from 20000..below-1
+    (Dynamo 1.6.1 parses ``DYN_SYSTEM_PORT`` as an i16: ports from 32768, the kernel's ephemeral
+    range, are refused)."""
+    if below is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    for port in random.Random().sample(range(20000, below), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000..{below - 1}")
 
 
 def post(url: str, body, timeout: float = 120) -> tuple[int, str]:
@@ -137,18 +150,20 @@ def launch_command(model: Path) -> list[str]:
 
 
 class CPUServer:
-    """``command`` (default: ``launch_command(model)``) + ``--port`` + ``extra``, with ``env``
-    added to the environment and the output in ``log``; up (healthy) when the constructor
-    returns, which waits up to ``wait_s`` (a loaded 2-core machine needs minutes)."""
+    """``command`` (default: ``launch_command(model)``) + ``port_flag`` + ``extra``, with
+    ``env`` added to the environment and the output in ``log``; up (``/health`` answers 200 on
+    the port) when the constructor returns, which waits up to ``wait_s`` (a loaded 2-core
+    machine needs minutes). ``port_flag=None``: the command takes its port from ``env``."""
 
     def __init__(self, model: Path | None, log: Path, extra: list[str] = (),
                  command: list[str] | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None, wait_s: float = 600):
+                 port: int | None = None, wait_s: float = 600, port_flag: str | None = "--port"):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log)
         env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **(env or {}))
-        cmd = [*(command or launch_command(model)), "--port", str(self.port), *extra]
+        cmd = [*(command or launch_command(model)),
+               *([port_flag, str(self.port)] if port_flag else []), *extra]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)

@@ -11,7 +11,9 @@
   with finish reason ``abort``, the requests beside it still equal core, the server ends idle.
 - Core finishing first (an infill region complete, SGLang's stop rules would go on:
   ``canvas_round.InfillDone``): core's tokens, finish reason ``stop`` with no match, idle.
-- ``auto`` without a cost table (no YAML here): a lone request runs core's linear_spec exactly.
+- ``auto`` without a cost table (the YAML sets only ``auto_max_batch: 2``): a lone request runs
+  core's linear_spec exactly; requests sent together, more than two to a round, run ar rounds
+  (and still equal core).
 - Under KV pressure (``--max-total-tokens`` below what the requests need together, page size 1
   and 4) requests are retracted and wait for KV, still equal core, and the server ends idle; an
   abort reaches a request while it is parked; a lone request that outgrows the whole pool ends
@@ -56,11 +58,16 @@ def want(core, prompts):
     return {m: core_results(m, prompts, model=core) for m in SPEC_MODES}
 
 
+AUTO_MAX_BATCH = 2        # auto's switch point without a cost table (the YAML's only key)
+
+
 @pytest.fixture(scope="module", params=[1, 4], ids=["page1", "page4"])
 def server(request, tmp_path_factory):
+    yaml = tmp_path_factory.mktemp("yaml") / "tri_mode.yaml"
+    yaml.write_text(f"auto_max_batch: {AUTO_MAX_BATCH}\n")
     s = Server(FIXTURE, tmp_path_factory.mktemp("logs") / f"round{request.param}.log",
-               ["--dllm-algorithm", "NemotronTriMode", "--max-running-requests", "8",
-                "--page-size", str(request.param)])
+               ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml),
+                "--max-running-requests", "8", "--page-size", str(request.param)])
     s.page_size = request.param
     yield s
     s.stop()
@@ -252,17 +259,31 @@ def test_core_finishing_an_infill_first_ends_the_request(server, core, prompts, 
 
 
 def test_lone_auto_without_a_table_runs_linear_spec(server, core, prompts, want):
-    """No cost table (no YAML): ``auto`` runs linear_spec at the request's block while a round
-    holds at most ``auto_max_batch`` requests (``ServerDefaults``), so a lone request is core's
-    linear_spec exactly (tokens, forwards, cycles, acceptance)."""
-    from nemotron_sglang.sglang_plugin.params import ServerDefaults
-
-    assert ServerDefaults().auto_max_batch >= 1
+    """No cost table: ``auto`` runs linear_spec at the request's block while a round holds at
+    most ``auto_max_batch`` requests, so a lone request is core's linear_spec exactly (tokens,
+    forwards, cycles, acceptance)."""
     assert wait_idle(server) == 0
     status, got = post_generate(server, prompts[3], MAX_NEW, "auto")
     assert status == 200, got
     assert got["meta_info"]["nld_mode"][-1] == f"auto(linear_spec/{core.config.block_size})"
     assert_counts_equal_core(got, want["linear_spec"][3], "linear_spec")
+
+
+def test_auto_runs_ar_in_rounds_above_its_switch_point(server, core, prompts, want):
+    """Six ``auto`` requests sent together: their first rounds hold more than
+    ``auto_max_batch`` requests, so each runs ar there (its reported mode lists ar rounds);
+    lossless either way, each equals core's ar."""
+    assert wait_idle(server) == 0
+    batch = prompts[:6]
+    status, text = server.post("/generate", {"input_ids": batch, "sampling_params": {
+        "max_new_tokens": MAX_NEW, "temperature": 0, "custom_params": {"decode_mode": "auto"}}},
+        timeout=600)
+    assert status == 200, text
+    for got, ar in zip(json.loads(text), want["ar"][:6]):
+        assert got["output_ids"] == ar.output_ids
+        mode = got["meta_info"]["nld_mode"][-1]
+        assert mode.startswith("auto(") and "ar" in mode[5:-1].split(","), mode
+    assert wait_idle(server) == 0
 
 
 @pytest.fixture(scope="module", params=[1, 4], ids=["page1", "page4"])
