@@ -28,6 +28,8 @@ SELF_SPEC_MODES: tuple[str, ...] = ("linear_spec", "quadratic_spec")   # emit gr
 AUTO = "auto"
 SERVING_MODES: tuple[str, ...] = DECODE_MODES + (AUTO,)
 DEFAULT_MODE = "linear_spec"       # a server's default_mode unless configured
+# the one algorithm that serves every mode, by the name SGLang's --dllm-algorithm knows it
+ALGORITHM_NAME = "NemotronTriMode"
 DEFAULT_THRESHOLD = 0.9            # diffusion's confidence threshold unless a request sets one
 # a request field -> the modes that honour it (any other mode refuses it; ``auto`` picks ar or
 # linear_spec, so it refuses these too)

@@ -41,7 +41,8 @@ from pathlib import Path
 from ..data import EMBEDDED as FIXTURE
 
 from ..core.modes import SERVING_MODES as MODES
-from ..core.modes import DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_threshold
+from ..core.modes import (ALGORITHM_NAME, DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError,
+                          check_threshold)
 
 # decode_mode "auto" speculates while a round holds <= auto_max_batch requests, then runs ar.
 # CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
@@ -149,7 +150,7 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     else:
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
                "--host", args.host, "--port", str(args.port)]
-    cmd += ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml)]
+    cmd += ["--dllm-algorithm", ALGORITHM_NAME, "--dllm-algorithm-config", str(yaml)]
     env = dict(os.environ)
     if _has_flag(passthrough, "--enable-strict-thinking"):
         env.setdefault("SGLANG_MAX_THINK_TOKENS", str(NO_THINK_LIMIT))

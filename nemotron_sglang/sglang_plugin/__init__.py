@@ -49,12 +49,13 @@ def register() -> None:
     from .algorithm import NemotronTriMode
     from .hf_config import NemotronLabsDiffusionConfig
     from ..core.config import ARCHITECTURE
+    from ..core.modes import ALGORITHM_NAME
     from .model import NemotronLabsDiffusionForSGLang
 
     AutoConfig.register(NemotronLabsDiffusionConfig.model_type, NemotronLabsDiffusionConfig,
                         exist_ok=True)
     ModelRegistry.models[ARCHITECTURE] = NemotronLabsDiffusionForSGLang
-    algorithms.algo_name_to_cls[hooks.ALGORITHM_NAME] = NemotronTriMode
+    algorithms.algo_name_to_cls[ALGORITHM_NAME] = NemotronTriMode
     attention_backend.register()
     vlm.register()
     plan = [(hooks.DLLM_CONFIG_TARGET, hooks.dllm_config_from_server_args, HookType.AROUND),
@@ -85,8 +86,8 @@ def register() -> None:
     for used in hooks.CALLED + retraction.CALLED + prompt_logprobs.CALLED + metrics.CALLED:
         pkgutil.resolve_name(used)
     surface.allow_usage_extras()
-    if algorithms.get_algorithm_cls(hooks.ALGORITHM_NAME) is not NemotronTriMode:
+    if algorithms.get_algorithm_cls(ALGORITHM_NAME) is not NemotronTriMode:
         raise RuntimeError("NemotronTriMode did not register")
     _registered = True
     logger.info("nemotron-sglang: registered %s, %s and its hooks", ARCHITECTURE,
-                hooks.ALGORITHM_NAME)
+                ALGORITHM_NAME)

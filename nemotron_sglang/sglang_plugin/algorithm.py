@@ -37,7 +37,8 @@ from ..core.host_pack import HostPack
 from ..core.logits import PassLogits
 from ..core.step_plan import PlanRow
 from ..core.vlm_checkpoint import SERVED_ARCHITECTURES
-from ..core.modes import infill_canvas
+from ..core.auto_policy import AUTO_START
+from ..core.modes import AUTO, infill_canvas
 from ..core.decoding import DecodeParams, RequestState, decide_batched, get_strategy, seed_ask
 from ..core.decoding.grammar import GrammarCursor
 from ..core.weights import LORA_DIR, load_lora
@@ -93,7 +94,7 @@ class NemotronTriMode(DllmAlgorithm):
         self._lora_ready = False
         self._has_lora = False
         self.decide = decide_batched         # the decision layer (tests swap in decide_each)
-        # "auto" picks its block per round from this table (core/block_policy.py); without one
+        # "auto" picks its block per round from this table (core/auto_policy.py); without one
         # it runs linear_spec while a round holds <= auto_max_batch requests, else ar
         table = None
         if yaml.get("cost_model") is not None:
@@ -209,7 +210,7 @@ class NemotronTriMode(DllmAlgorithm):
             obj = getattr(req, "grammar", None)      # compiled by SGLang's backend
             if obj is not None and constrains(obj, req.sampling_params.max_new_tokens):
                 nld.grammar = GrammarCursor(SGLangGrammar(obj, self.vocab), self.vocab)
-            nld.strategy = get_strategy("linear_spec" if params.mode == "auto" else params.mode)
+            nld.strategy = get_strategy(AUTO_START if params.mode == AUTO else params.mode)
             req.nld = nld
         return nld
 

@@ -1,9 +1,10 @@
 """``auto``'s choice for one canvas round: which idle ``auto`` request runs ``ar``, and which
 runs ``linear_spec`` at which block.
 
-Only the translation lives here: the round's rows become core's block policy inputs
-(``core/block_policy.py``: acceptances, tokens left, what the other rows' passes carry) and the
-chosen block becomes the request's strategy and block. A request is re-planned only while idle
+Only the translation lives here: the round's rows become core's ``auto_policy.AutoRow``s
+(acceptances, tokens left, the block asked) and the round's load (what the other rows' passes
+carry), ``auto_policy.plan_auto`` decides, and the chosen block becomes the request's strategy
+and block. A request is re-planned only while idle
 (no drafts awaiting their verify pass: ``Strategy.idle``), so a cycle never changes block midway.
 
     round rows:  [auto idle] [auto idle] [linear mid-cycle] [diffusion] [auto finished]
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import logging
 
-from ..core.block_policy import AcceptanceTally, CostTable, acceptance_rate, choose_block
+from ..core.auto_policy import AutoRow, label_of, plan_auto, strategy_of
+from ..core.block_policy import AcceptanceTally, CostTable
 from ..core.decoding import get_strategy
+from ..core.modes import AUTO
 
 
 class AutoPlanner:
@@ -30,25 +33,28 @@ class AutoPlanner:
         self.tally = AcceptanceTally()
 
     def plan(self, rows, has_lora: bool) -> None:
-        """Set this round's strategy and block of every idle auto row (``canvas_round.Row``).
-
-        With a cost table: the block of highest expected rate (``choose_block``) beside the
-        round's other passes; a request that set block_length chooses between that block and
-        ar. Without one: linear_spec at the request's block while the round holds at most
-        ``auto_max_batch`` requests, ar beyond."""
+        """Set this round's strategy and block of every idle auto row (``canvas_round.Row``):
+        core's ``plan_auto`` decides, this applies."""
         self._tally(rows)
-        auto = [r for r in rows if r.nld.params.mode == "auto" and not r.state.finished]
+        auto = [r for r in rows if r.nld.params.mode == AUTO and not r.state.finished]
         free = [r for r in auto if r.nld.strategy.idle(r.state)]
-        if self.table is None:
-            small = len(rows) <= self.auto_max_batch
-            for r in free:
-                set_block(r.nld, r.nld.params.block_length if small else 1, has_lora)
-        elif free:
-            self._choose(rows, free, has_lora)
+        if free:
+            active = [r for r in rows if not r.state.finished]
+            mine = {id(r) for r in free}
+            fixed = 0 if self.table is None else sum(       # only the table weighs tokens
+                len(r.nld.strategy.next_pass(r.state).token_ids)
+                for r in active if id(r) not in mine)
+            blocks = plan_auto(
+                [AutoRow(r.nld.params.block_length, r.nld.params.block_set, r.state.draft_hits,
+                         r.state.draft_trials, r.state.remaining, r.nld.block) for r in free],
+                round_rows=len(rows), active_rows=len(active), fixed_tokens=fixed,
+                table=self.table, block_size=self.block_size,
+                auto_max_batch=self.auto_max_batch, prior=self.tally.alpha())
+            for r, b in zip(free, blocks):
+                set_block(r.nld, b, has_lora)
         for r in auto:
-            nld = r.nld
-            label = "ar" if nld.block == 1 else f"linear_spec/{nld.block}"
-            nld.stats.auto_rounds[label] = nld.stats.auto_rounds.get(label, 0) + 1
+            label = label_of(r.nld.block)
+            r.nld.stats.auto_rounds[label] = r.nld.stats.auto_rounds.get(label, 0) + 1
 
     def _tally(self, rows) -> None:
         for r in rows:
@@ -58,35 +64,11 @@ class AutoPlanner:
             self.tally.add(st.draft_hits - h0, st.draft_trials - t0)
             r.nld.tallied = (st.draft_hits, st.draft_trials)
 
-    def _choose(self, rows, free, has_lora: bool) -> None:
-        active = [r for r in rows if not r.state.finished]
-        current = {id(r): r.nld.block for r in free}          # the free rows' blocks so far
-        fixed_tokens = sum(len(r.nld.strategy.next_pass(r.state).token_ids)
-                           for r in active if id(r) not in current)
-        groups: dict[int | None, list] = {}
-        for r in free:
-            prm = r.nld.params
-            groups.setdefault(prm.block_length if prm.block_set else None, []).append(r)
-        prior = self.tally.alpha()
-        for block, members in groups.items():
-            alphas = [acceptance_rate(r.state.draft_hits, r.state.draft_trials, prior)
-                      for r in members]
-            mine = {id(r) for r in members}
-            others = sum(b for key, b in current.items() if key not in mine)
-            b = choose_block(alphas, self.table, self.block_size,
-                             other_rows=len(active) - len(members),
-                             other_tokens=fixed_tokens + others,
-                             candidates=None if block is None else [1, block],
-                             remaining=[r.state.remaining for r in members])
-            for r in members:
-                set_block(r.nld, b, has_lora)
-                current[id(r)] = b
-
 
 def set_block(nld, block: int, has_lora: bool) -> None:
-    """Run an idle auto request (``request.NLDRequest``) as ``ar`` (block 1) or ``linear_spec``
-    at ``block``."""
-    mode = "ar" if block == 1 else "linear_spec"
+    """Run an idle auto request (``request.NLDRequest``) at ``block``: its strategy is core's
+    ``strategy_of(block)``."""
+    mode = strategy_of(block)
     if nld.strategy.name != mode:
         nld.strategy = get_strategy(mode)
         nld.strategy.adopt(nld.state)

@@ -34,7 +34,7 @@ import logging
 from ..core.config import NLDConfig
 from ..core.limits import running_request_cap
 from ..core.vlm_checkpoint import text_config_of
-from ..core.modes import RuleError, check_block_length
+from ..core.modes import ALGORITHM_NAME, RuleError, check_block_length
 from .canvas_round import RESEED
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ DLLM_CONFIG_TARGET = "sglang.srt.dllm.config.DllmConfig.from_server_args"
 TP_WORKER_TARGET = "sglang.srt.managers.tp_worker.TpModelWorker._forward_batch_generation_dllm"
 STASH_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin._stash_dllm_context"
 INIT_TARGET = "sglang.srt.dllm.mixin.scheduler.SchedulerDllmMixin.init_diffusion_llm"
-ALGORITHM_NAME = "NemotronTriMode"
 # SGLang methods the hooks call (checked at registration, like the targets)
 CALLED = ("sglang.srt.runtime_context.get_parallel",)
 # the DllmConfig's cap without --max-running-requests until the scheduler derives it

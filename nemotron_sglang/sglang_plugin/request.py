@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.decoding import RequestState
+from ..core.modes import AUTO
 from .params import RequestParams
 
 
@@ -43,7 +44,7 @@ class RequestStats:
     def reported_mode(self) -> str:
         """The mode as reported: ``auto(linear_spec/16,ar)`` names what auto chose, most
         rounds first."""
-        if self.mode != "auto":
+        if self.mode != AUTO:
             return self.mode
         return f"auto({','.join(sorted(self.auto_rounds, key=self.auto_rounds.get, reverse=True))})"
 

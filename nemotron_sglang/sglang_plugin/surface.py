@@ -33,7 +33,7 @@ from typing import Any
 
 from ..core.vlm_checkpoint import SERVED_ARCHITECTURES
 from . import metrics
-from ..core.modes import check_mode_fields, check_thinking_budget
+from ..core.modes import ALGORITHM_NAME, check_mode_fields, check_thinking_budget
 from .params import PARAM_KEYS, ParamError, check_fields, mode_fields
 
 # top-level fields of an OpenAI body copied into custom_params: NLD's, and SGLang's own thinking
@@ -56,7 +56,6 @@ STREAM_USAGE_TARGET = ("sglang.srt.entrypoints.openai.usage_processor.UsageProce
 GENERATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request"
 # latest meta_info per choice index of the request being streamed (shared with the SSE task)
 _STREAM_META: ContextVar[dict | None] = ContextVar("nemotron_sglang_stream_meta", default=None)
-ALGORITHM_NAME = "NemotronTriMode"
 
 
 def suffix_ids(serving, request) -> list[int] | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.modes import DECODE_MODES
+from ..core.modes import ALGORITHM_NAME, DECODE_MODES
 from .host_reads import HostReads
 
 LOG_ENV = "NEMOTRON_SGLANG_HOST_SYNCS_LOG"
@@ -136,7 +136,7 @@ def probe_server(model: Path, block: int, folder: Path, log: Path, port: int | N
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
     return CPUServer(model, Path(folder) / "server.log",
-                     ["--dllm-algorithm", "NemotronTriMode", "--dllm-algorithm-config", str(yaml),
+                     ["--dllm-algorithm", ALGORITHM_NAME, "--dllm-algorithm-config", str(yaml),
                       "--max-total-tokens", "8192", "--max-running-requests", "8"],
                      env=env, port=port)
 
