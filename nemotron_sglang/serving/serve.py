@@ -41,8 +41,8 @@ from pathlib import Path
 from ..data import EMBEDDED as FIXTURE
 
 from ..core.modes import SERVING_MODES as MODES
-from ..core.modes import (ALGORITHM_NAME, DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError,
-                          check_threshold)
+from ..core.modes import ALGORITHM_NAME, DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError
+from ..core.server_settings import ServerSettings
 
 # decode_mode "auto" speculates while a round holds <= auto_max_batch requests, then runs ar.
 # CPU: measured on the embedded default (benchmarks/RESULTS.md, "auto crossover"): linear_spec
@@ -123,17 +123,26 @@ def cost_table(path: str | os.PathLike | None, model: Path, cuda: bool) -> dict 
         raise ValueError(f"--cost-model {path}: {e}") from None
 
 
-def write_yaml(default_mode: str, threshold: float, auto_max_batch: int,
-               cost_model: dict | None = None) -> Path:
+def write_yaml(settings: ServerSettings) -> Path:
+    """``settings`` as the algorithm's YAML, in the cache folder, named by its content."""
     root = Path(os.environ.get("NEMOTRON_SGLANG_CACHE", Path.home() / ".cache" / "nemotron-sglang"))
     root.mkdir(parents=True, exist_ok=True)
-    text = f"default_mode: {default_mode}\nthreshold: {threshold}\nauto_max_batch: {auto_max_batch}\n"
-    if cost_model is not None:
-        text += f"cost_model: {json.dumps(cost_model)}\n"     # JSON is YAML
+    text = settings.to_yaml()
     digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-    path = root / f"tri_mode-{default_mode}-{digest}.yaml"
+    path = root / f"tri_mode-{settings.default_mode}-{digest}.yaml"
     path.write_text(text)
     return path
+
+
+def settings(default_mode: str, threshold: float, auto_max_batch: int,
+             cost_model: dict | None) -> ServerSettings:
+    """serve's options as core's ``ServerSettings`` (checked there: a bad value is an error
+    naming its flag)."""
+    try:
+        return ServerSettings(default_mode=default_mode, threshold=threshold,
+                              auto_max_batch=auto_max_batch, cost_model=cost_model)
+    except RuleError as e:
+        raise ValueError(f"--{e.field.replace('_', '-')}: {e.message}") from None
 
 
 def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
@@ -143,8 +152,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     if not (model / "config.json").exists():
         raise ValueError(f"{model} has no config.json")
     auto = args.auto_max_batch or AUTO_MAX_BATCH["cuda" if cuda else "cpu"]
-    yaml = write_yaml(args.default_mode, args.threshold, auto,
-                      cost_table(getattr(args, "cost_model", None), model, cuda))
+    yaml = write_yaml(settings(args.default_mode, args.threshold, auto,
+                               cost_table(getattr(args, "cost_model", None), model, cuda)))
     if getattr(args, "dynamo", False):
         cmd = [sys.executable, "-m", DYNAMO_WORKER, "--model-path", str(model)]
     else:
@@ -235,12 +244,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, passthrough: list[str]) -> int:
-    try:
-        check_threshold(args.threshold)
-    except RuleError as e:
-        raise ValueError(f"--{e}") from None
-    if args.auto_max_batch is not None and args.auto_max_batch < 1:
-        raise ValueError(f"--auto-max-batch must be >= 1, got {args.auto_max_batch}")
+    # checked before anything is written or launched (the device's default is valid)
+    settings(args.default_mode, args.threshold,
+             1 if args.auto_max_batch is None else args.auto_max_batch, None)
     if args.dynamo and importlib.util.find_spec("dynamo") is None:
         raise ValueError("--dynamo needs NVIDIA Dynamo: ai-dynamo 1.6.1 (scripts/install.sh "
                          "installs it, requirements/dynamo.txt)")

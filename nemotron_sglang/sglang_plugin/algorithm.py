@@ -78,30 +78,25 @@ class NemotronTriMode(DllmAlgorithm):
                             f"{type(config).__name__}")
         super().__init__(config)
         self.config = config
-        yaml = dict(config.algorithm_config or {})
+        settings = config.settings                   # core's ServerSettings, checked at load
         if self.fdfo:
             raise ValueError("NemotronTriMode needs --no-dllm-fdfo (variable-length commits)")
         self.defaults = defaults = config.defaults
         self.eos_id = None
         self.vocab = 0
-        self.lora_path = self._lora_path(yaml)
+        self.lora_path = self._lora_path(settings.lora_path, config.model_path)
         # attention of the custom passes (kernels' one policy: Triton on CUDA, else reference;
         # never the interpreter unless the YAML names triton: it is a test device, 100x slower)
         self.custom_attention = choose_attention(
-            "cuda" if torch.cuda.is_available() else "cpu", yaml.get("custom_attention"),
+            "cuda" if torch.cuda.is_available() else "cpu", settings.custom_attention,
             field="NemotronTriMode YAML custom_attention", interpreter=False)
-        self.step_graphs = self._step_graphs(yaml.get("step_graphs", "off"))
+        self.step_graphs = self._step_graphs(settings.step_graphs)
         self._lora_ready = False
         self._has_lora = False
         self.decide = decide_batched         # the decision layer (tests swap in decide_each)
         # "auto" picks its block per round from this table (core/auto_policy.py); without one
         # it runs linear_spec while a round holds <= auto_max_batch requests, else ar
-        table = None
-        if yaml.get("cost_model") is not None:
-            try:
-                table = CostTable.from_mapping(yaml["cost_model"])
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"NemotronTriMode YAML cost_model: {e}") from None
+        table = None if settings.cost_model is None else CostTable.from_mapping(settings.cost_model)
         self.auto = AutoPlanner(table, self.block_size, defaults.auto_max_batch)
 
     def _step_graphs(self, mode) -> ServerStepGraphs | None:
@@ -119,16 +114,15 @@ class NemotronTriMode(DllmAlgorithm):
                                 lambda: getattr(self.config, "max_running_requests", None))
 
     @staticmethod
-    def _lora_path(yaml: dict) -> Path | None:
-        value = yaml.get("lora_path")
-        if value in (False, "none", "off"):
+    def _lora_path(value: str | None, model_path: str | None) -> Path | None:
+        """The YAML's ``lora_path`` (``none`` / ``off``: no adapter), else the checkpoint's own."""
+        if value in ("none", "off"):
             return None
         if value:
             p = Path(value)
             if not (p / "adapter_config.json").exists():
                 raise ValueError(f"lora_path {p} has no adapter_config.json")
             return p
-        model_path = yaml.get("model_path")
         if model_path and (Path(model_path) / LORA_DIR / "adapter_config.json").exists():
             return Path(model_path) / LORA_DIR
         return None

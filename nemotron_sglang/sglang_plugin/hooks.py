@@ -120,9 +120,9 @@ def cap_running_requests(original, self):
     if get_parallel().tp_rank != 0:
         return
     logger.info("NemotronTriMode: %s", why)
-    table = (config.algorithm_config or {}).get("cost_model")
+    table = config.settings.cost_model
     level, note = switch_point_note(None if table is None else CostTable.from_mapping(table),
-                                    config.defaults.auto_max_batch, str(self.device))
+                                    config.settings.auto_max_batch, str(self.device))
     logger.log(level, "NemotronTriMode: %s", note)
 
 

@@ -2,7 +2,8 @@
 
 - ``TriModeConfig``: SGLang's ``DllmConfig`` of an NLD server (the plugin's hook on
   ``DllmConfig.from_server_args`` builds it from the checkpoint and the algorithm YAML), with
-  the YAML checked once and the server's request defaults (``params.ServerDefaults``); SGLang's
+  the YAML read once into core's ``ServerSettings`` (``settings``; every key checked there) and
+  the server's request defaults (``params.ServerDefaults``); SGLang's
   scheduler calls its ``validate_request`` for every request (a refusal is a 400).
 - ``sampling_view``: an SGLang ``Req``'s sampling parameters as the plain ``params.SamplingView``;
   ``custom_transform``: its custom logit processor as core's rule transform.
@@ -15,10 +16,9 @@ from typing import Optional
 from sglang.srt.dllm.config import DllmConfig
 from sglang.srt.sampling.sampling_params import TOP_K_ALL
 
+from ..core.server_settings import ServerSettings
 from .params import ParamError, SamplingView, ServerDefaults, parse
 
-YAML_KEYS = {"algorithm", "default_mode", "threshold", "block_size", "lora_path", "model_path",
-             "auto_max_batch", "custom_attention", "cost_model", "step_graphs"}
 
 
 def sampling_view(req) -> SamplingView:
@@ -73,15 +73,14 @@ class TriModeConfig(DllmConfig):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         yaml = dict(self.algorithm_config or {})
-        unknown = set(yaml) - YAML_KEYS
-        if unknown:
-            raise ValueError(f"NemotronTriMode YAML: unknown keys {sorted(unknown)}; "
-                             f"known: {sorted(YAML_KEYS - {'model_path'})}")
-        base = ServerDefaults()
+        self.model_path = yaml.pop("model_path", None)      # the hook's, not the YAML's
+        try:
+            self.settings = settings = ServerSettings.from_mapping(yaml)
+        except ParamError as e:
+            raise ValueError(f"NemotronTriMode YAML {e}") from None
         self.defaults = ServerDefaults(
-            default_mode=yaml.get("default_mode", base.default_mode),
-            threshold=float(yaml.get("threshold", base.threshold)), block_size=self.block_size,
-            auto_max_batch=int(yaml.get("auto_max_batch", base.auto_max_batch)))
+            default_mode=settings.default_mode, threshold=settings.threshold,
+            block_size=self.block_size, auto_max_batch=settings.auto_max_batch)
         parse({}, SamplingView(), self.defaults)  # a bad default fails at startup
 
     def validate_request(self, req) -> Optional[str]:
