@@ -53,7 +53,7 @@ def run_point(url: str, prompts, custom: dict, conc: int, max_new: int, min_requ
             k += conc
             for out in pool.map(lambda ids: generate(url, ids, custom, max_new), batch):
                 tokens += len(out["output_ids"])
-                blocks[out["meta_info"]["nld_block_length"][-1]] += 1
+                blocks[out["meta_info"]["nld_block_length"]] += 1
     return tokens / (time.perf_counter() - t0), blocks.most_common(1)[0][0]
 
 

@@ -107,7 +107,7 @@ def measure_server(url: str, prompts, rows: int, block: int, tokens: int) -> flo
     def one(ids):
         body = {"input_ids": ids, "sampling_params": {"max_new_tokens": tokens, "temperature": 0,
                                                       "ignore_eos": True, "custom_params": custom}}
-        return post_generate(url, body)["meta_info"]["nld_forwards"][-1]
+        return post_generate(url, body)["meta_info"]["nld_forwards"]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(rows) as pool:
         forwards = list(pool.map(one, [prompts[i % len(prompts)] for i in range(rows)]))

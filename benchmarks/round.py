@@ -58,11 +58,11 @@ def counters_table(url: str, prompts, max_new: int) -> list[list]:
             got = generate(url, ids, mode, max_new)
             meta = got["meta_info"]
             tokens += len(got["output_ids"])
-            forwards += meta["nld_forwards"][-1]
-            cycles += meta["nld_cycles"][-1]
-            rounds += meta["nld_rounds"][-1]
-            reprefills += meta["nld_reprefills"][-1]
-            same += got["output_ids"] == w.output_ids and meta["nld_forwards"][-1] == w.forwards
+            forwards += meta["nld_forwards"]
+            cycles += meta["nld_cycles"]
+            rounds += meta["nld_rounds"]
+            reprefills += meta["nld_reprefills"]
+            same += got["output_ids"] == w.output_ids and meta["nld_forwards"] == w.forwards
         core_tpf = sum(len(w.output_ids) for w in want) / sum(w.forwards for w in want)
         rows.append([mode, len(prompts), tokens, forwards, cycles,
                      forwards / cycles if cycles else float("nan"), rounds / tokens, reprefills,

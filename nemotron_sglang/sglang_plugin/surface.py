@@ -11,9 +11,9 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
   prompt token ids outside the vocabulary (which crash SGLang's scheduler) are refused.
   The scheduler's ``validate_request`` remains the authoritative check (it also knows the block).
 - BEFORE ``SchedulerOutputStreamer.stream_output`` (scheduler): copies the request's counters
-  into ``customized_info`` (token-aligned, cumulative), so ``meta_info`` carries
+  into ``customized_info`` (SGLang's form: token-aligned, cumulative; ``COUNTER_KEYS``:
   ``nld_forwards`` / ``nld_cycles`` / ``nld_cycle_tokens`` / ``nld_rounds`` / ``nld_reprefills`` /
-  ``nld_pass_tokens`` / ``nld_block_length`` / ``nld_mode``, and records finished
+  ``nld_pass_tokens`` / ``nld_block_length`` / ``nld_mode``), and records finished
   requests in the per-mode Prometheus counters (``metrics.py``).
 - AFTER ``UsageProcessor.calculate_response_usage`` (main): adds ``decode_mode``, ``forwards``,
   ``cycles``, ``rounds``, ``forwards_per_cycle``, ``tokens_per_forward``,
@@ -21,8 +21,10 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
   (the block most rounds ran; 1 = ar; what ``auto`` chose) and
   ``acceptance_length`` to a non-streaming response's ``usage``.
 - AROUND ``TokenizerManager.generate_request`` + AFTER ``UsageProcessor.calculate_streaming_usage``
-  (main): the same fields in a stream's final usage chunk. The generator hook keeps each choice's
-  latest ``meta_info`` in a context variable; the SSE task, created after the first chunk, shares it.
+  (main): each answer's ``meta_info`` carries every counter once, its value so far (a stream's
+  last chunk: the final value; ``counters_once``), and a stream's final usage chunk the usage
+  fields. The generator hook keeps each choice's latest ``meta_info`` in a context variable; the
+  SSE task, created after the first chunk, shares it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ STREAM_USAGE_TARGET = ("sglang.srt.entrypoints.openai.usage_processor.UsageProce
 GENERATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request"
 # latest meta_info per choice index of the request being streamed (shared with the SSE task)
 _STREAM_META: ContextVar[dict | None] = ContextVar("nemotron_sglang_stream_meta", default=None)
+# the per-request counters in meta_info (export_stats writes them, counters_once reports them)
+COUNTER_KEYS = ("nld_mode", "nld_forwards", "nld_cycles", "nld_cycle_tokens", "nld_rounds",
+                "nld_reprefills", "nld_pass_tokens", "nld_block_length")
 
 
 def suffix_ids(serving, request) -> list[int] | None:
@@ -229,7 +234,9 @@ def export_stats(self, reqs, *args, **kwargs):
 
 def _last(meta: dict, key: str):
     v = meta.get(key)
-    return v[-1] if isinstance(v, list) and v else None
+    if isinstance(v, list):                   # SGLang's token-aligned form
+        return v[-1] if v else None
+    return v
 
 
 def usage_stats(responses: list[dict]) -> dict[str, Any] | None:
@@ -279,14 +286,40 @@ def allow_usage_extras() -> None:
             cls.model_rebuild(force=True)
 
 
+def counters_once(meta: dict) -> dict:
+    """``meta_info`` with each ``nld_*`` counter as one value, its latest (SGLang carries
+    ``customized_info`` as a token-aligned list; a chunk that added no token carries none)."""
+    out = {k: v for k, v in meta.items() if k not in COUNTER_KEYS}
+    for k in COUNTER_KEYS:
+        v = meta.get(k)
+        if isinstance(v, list):
+            if v:
+                out[k] = v[-1]
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+def _once(out):
+    """An answer with ``counters_once`` applied to a copy of its ``meta_info`` (SGLang's own
+    state keeps the lists it accumulates)."""
+    if isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
+        return {**out, "meta_info": counters_once(out["meta_info"])}
+    return out
+
+
 async def track_stream_meta(original, self, obj, *args, **kwargs):
     box: dict[int, dict] = {}
     _STREAM_META.set(box)
     inner = original(self, obj, *args, **kwargs)
     try:
         async for out in inner:
-            if isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
-                box[int(out.get("index", 0) or 0)] = out["meta_info"]
+            if isinstance(out, list):                       # a batch: one answer per request
+                out = [_once(o) for o in out]
+            else:
+                out = _once(out)
+                if isinstance(out, dict) and isinstance(out.get("meta_info"), dict):
+                    box[int(out.get("index", 0) or 0)] = out["meta_info"]
             yield out
     finally:                     # a client that leaves early must still abort SGLang's request
         await inner.aclose()

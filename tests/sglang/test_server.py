@@ -35,11 +35,29 @@ def test_every_served_mode_equals_core(dllm, core32):
         got = dllm.generate_ids(ids, 16, decode_mode="linear_spec")
         assert got["output_ids"] == ar        # lossless self-speculation
         meta = got["meta_info"]
-        assert meta["nld_mode"][-1] == "linear_spec" and meta["nld_forwards"][-1] > 0
+        assert meta["nld_mode"] == "linear_spec" and meta["nld_forwards"] > 0
         quad = dllm.generate_ids(ids, 16, decode_mode="quadratic_spec")
         assert quad["output_ids"] == ar       # the fused pass runs through the plugin's attention
         diff = dllm.generate_ids(ids, 16, decode_mode="diffusion")["output_ids"]
         assert diff == core_ids(core32, "diffusion", ids, 16)
+
+
+@pytest.mark.parametrize("mode", ["linear_spec", "diffusion"])
+def test_meta_info_carries_each_counter_once(dllm, mode):
+    """Each ``nld_*`` counter is one value (SGLang's per-token list collapsed to its latest):
+    a stream's every chunk carries the value so far, its last the final one, equal to the
+    non-streamed answer's."""
+    from round_checks import stream_chunks
+    from nemotron_sglang.sglang_plugin.surface import COUNTER_KEYS
+
+    body = {"input_ids": PROMPTS[0], "sampling_params": {
+        "max_new_tokens": 24, "temperature": 0, "custom_params": {"decode_mode": mode}}}
+    whole = dllm.post_json("/generate", body)["meta_info"]
+    assert all(isinstance(whole[k], (int, str)) for k in COUNTER_KEYS), whole
+    chunks = [c["meta_info"] for c in stream_chunks(dllm, body)]
+    assert {k: chunks[-1][k] for k in COUNTER_KEYS} == {k: whole[k] for k in COUNTER_KEYS}
+    forwards = [c["nld_forwards"] for c in chunks if "nld_forwards" in c]
+    assert forwards == sorted(forwards) and forwards[-1] == whole["nld_forwards"] > 0
 
 
 def test_concurrent_mixed_modes(dllm, core32):
@@ -144,12 +162,12 @@ def test_auto_mode_reports_its_choice(dllm, core32):
     # the choice per round (the launch YAML's cost table and this checkpoint's acceptance) is
     # reported as auto(<most rounds>,...) and as the block most rounds ran (1 = ar)
     meta = got["meta_info"]
-    mode = meta["nld_mode"][-1]
+    mode = meta["nld_mode"]
     assert mode.startswith("auto(") and mode.endswith(")"), meta
     labels = mode[len("auto("):-1].split(",")
     assert all(lb == "ar" or lb.startswith("linear_spec/") for lb in labels), meta
     first = 1 if labels[0] == "ar" else int(labels[0].split("/")[1])
-    assert meta["nld_block_length"][-1] == first, meta
+    assert meta["nld_block_length"] == first, meta
 
 
 METRIC = {"requests": "nemotron_sglang_requests_total", "tokens": "nemotron_sglang_tokens_total",
@@ -181,7 +199,7 @@ def test_prometheus_counters_per_mode(dllm):
     for mode in ("ar", "diffusion"):
         meta = dllm.generate_ids([9, 10, 11], 4, decode_mode=mode)["meta_info"]
         sent[mode] = {"requests": 1, "tokens": meta["completion_tokens"],
-                      "forwards": meta["nld_forwards"][-1], "tokens_per_forward_count": 1}
+                      "forwards": meta["nld_forwards"], "tokens_per_forward_count": 1}
     deadline = time.monotonic() + 10
     while True:                      # the scheduler's counters reach /metrics shortly after
         after = _nld_metrics(dllm)
@@ -241,7 +259,7 @@ def test_step_budget_equals_core_and_caps_the_passes(dllm, core32, k):
         got = dllm.generate_ids(ids, 16, decode_mode="diffusion", threshold=1.0, max_steps=k)
         assert got["output_ids"] == want.output_ids
         meta = got["meta_info"]
-        forwards, cycles = meta["nld_forwards"][-1], meta["nld_cycles"][-1]
+        forwards, cycles = meta["nld_forwards"], meta["nld_cycles"]
         # k denoise passes per block at most, plus the KV refresh between blocks (core's count)
         assert cycles >= 4 and forwards <= k * cycles + cycles - 1, (forwards, cycles)
         assert forwards == want.forwards
