@@ -95,10 +95,11 @@ def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = (), transform=Non
                         transform=transform)
 
 
-def check_fields(custom: Mapping[str, Any]) -> None:
+def check_fields(custom: Mapping[str, Any], grammar: bool = False) -> None:
     """The checks that need no server state (core/modes.py's rules: known mode, threshold in
-    [0, 1], block length a power of two; each only if present). Shared with the main-process
-    hook."""
+    [0, 1], block length a power of two, the mode's own fields; each only if present; with
+    ``grammar``, a mode-only field that a grammar forbids). Shared with the main-process hook,
+    which cannot see a grammar yet (the scheduler's ``parse`` checks it)."""
     if "decode_mode" in custom:
         check_mode(custom["decode_mode"])
     if "threshold" in custom:
@@ -111,7 +112,7 @@ def check_fields(custom: Mapping[str, Any]) -> None:
         if custom.get(key) is not None:                # the block is checked later
             check_canvas(custom[key], field=MODE_FIELDS[key])
     if "decode_mode" in custom:
-        check_mode_fields(custom["decode_mode"], mode_fields(custom))
+        check_mode_fields(custom["decode_mode"], mode_fields(custom), grammar=grammar)
     if custom.get("canvas") is not None and custom.get("suffix_ids") is not None:
         raise RuleError("suffix", "a request has a canvas or a suffix, not both")
 
@@ -121,11 +122,10 @@ def parse(custom: Mapping[str, Any] | None, sampling: SamplingView,
     """Validate one request; raises :class:`ParamError` naming the offending field."""
     merged = {"decode_mode": defaults.default_mode, "threshold": defaults.threshold,
               "block_length": defaults.block_size, **dict(custom or {})}
-    check_fields(merged)
+    check_fields(merged, grammar=bool(sampling.grammar))
     mode, threshold, block = merged["decode_mode"], merged["threshold"], merged["block_length"]
     check_block_length(block, defaults.block_size, of="the server's block size")
     steps = merged.get("max_steps")
-    check_mode_fields(mode, mode_fields(merged), grammar=bool(sampling.grammar))
     canvas, suffix = _infill(merged, block)
     if sampling.top_logprobs < 0:
         raise ParamError("top_logprobs_num", f"must be >= 0 (decode_mode {mode})")
