@@ -124,13 +124,3 @@ def create_backend(model_runner):
     if _BACKEND_CLASS is None:
         _BACKEND_CLASS = _make_backend_class()
     return _BACKEND_CLASS(model_runner)
-
-
-def register() -> None:
-    """Add ``--attention-backend nemotron`` (choice + factory); called by the plugin's register."""
-    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES
-    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
-
-    if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
-        ATTENTION_BACKEND_CHOICES.append(BACKEND_NAME)
-    ATTENTION_BACKENDS[BACKEND_NAME] = create_backend

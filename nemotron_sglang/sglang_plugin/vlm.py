@@ -199,24 +199,3 @@ async def check_images(original, self, obj, *args, **kwargs):
     except ImageError as e:
         raise ValueError(f"nemotron-sglang: {e}") from None
     return await original(self, obj, *args, **kwargs)
-
-
-def register() -> None:
-    """Make SGLang treat the architecture as multimodal, with the Pixtral processor (through
-    SGLang's LLaVA processor); self-checks that the processor resolves."""
-    from sglang.srt.configs import model_config
-    from sglang.srt.managers import multimodal_processor
-    from sglang.srt.models.registry import ModelRegistry
-    from sglang.srt.multimodal.processors.llava import LlavaMultimodalProcessor
-    from transformers import AutoConfig
-
-    AutoConfig.register(VLM_MODEL_TYPE, NemotronLabsDiffusionVLMConfig, exist_ok=True)
-    ModelRegistry.models[VLM_ARCHITECTURE] = NemotronLabsDiffusionVLMModel
-    if VLM_ARCHITECTURE not in model_config.multimodal_model_archs:
-        model_config.multimodal_model_archs.append(VLM_ARCHITECTURE)
-    if NemotronLabsDiffusionVLMModel not in LlavaMultimodalProcessor.models:
-        LlavaMultimodalProcessor.models.append(NemotronLabsDiffusionVLMModel)
-    multimodal_processor.PROCESSOR_MAPPING[NemotronLabsDiffusionVLMModel] = \
-        LlavaMultimodalProcessor
-    if not model_config.is_multimodal_model([VLM_ARCHITECTURE]):
-        raise RuntimeError(f"{VLM_ARCHITECTURE} did not register as multimodal")

@@ -459,3 +459,40 @@ def test_current_platform_is_ours_when_opted_in():
     assert result["oot"] is True
     assert result["device_type"] == "cpu"
     assert result["attn"] == "torch_native"
+
+
+# ---- (e) every change to SGLang is checked ----------------------------------------------------
+CHANGES_SCRIPT = r'''
+import json, sys
+mark = sys.argv[1]
+import nemotron_sglang.sglang_plugin as plugin
+from nemotron_sglang.sglang_plugin import changes
+real = changes.entries
+out = {}
+if sys.argv[2] == "broken":             # a table SGLang no longer reads: the change cannot hold
+    changes.entries = lambda: [*real(), changes.Entry("a vanished table", lambda: None,
+                                                      lambda: False)]
+try:
+    plugin.register()
+    out["error"] = None
+    out["held"] = [e.what for e in real() if e.holds()]
+    out["all"] = [e.what for e in real()]
+except Exception as e:
+    out["error"] = str(e)
+out["registered_flag"] = plugin._registered
+print(mark + json.dumps(out))
+'''
+
+
+def test_every_change_to_sglang_holds_after_register():
+    result, proc = run_python(CHANGES_SCRIPT, "ok", timeout=180)
+    assert result is not None, proc.stderr[-4000:]
+    assert result["error"] is None and result["registered_flag"], result
+    assert result["held"] == result["all"] and len(result["all"]) >= 10, result
+
+
+def test_a_change_that_does_not_take_stops_registration():
+    result, proc = run_python(CHANGES_SCRIPT, "broken", timeout=180)
+    assert result is not None, proc.stderr[-4000:]
+    assert "did not take" in result["error"] and "a vanished table" in result["error"], result
+    assert result["registered_flag"] is False
