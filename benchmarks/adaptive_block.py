@@ -76,7 +76,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from nemotron_sglang.core.tokenizer import load_tokenizer
-    from tpf import corpus_prompts
+    from nemotron_sglang.testing.corpus import corpus_prompts
 
     prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), 64, 1_000_000)
     table = json.loads(a.cost_model.read_text())

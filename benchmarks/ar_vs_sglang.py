@@ -83,7 +83,7 @@ def main() -> None:
     caps = parse_caps(a.caps)
 
     from nemotron_sglang.core.tokenizer import load_tokenizer
-    from tpf import corpus_prompts
+    from nemotron_sglang.testing.corpus import corpus_prompts
 
     prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), 8, 1_000_000)
     tmp = Path(tempfile.mkdtemp(prefix="ar_vs_sglang-"))

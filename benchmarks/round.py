@@ -115,7 +115,7 @@ def main() -> None:
     a = p.parse_args()
 
     from nemotron_sglang.core.tokenizer import load_tokenizer
-    from tpf import corpus_prompts
+    from nemotron_sglang.testing.corpus import corpus_prompts
 
     prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), a.prompts, 1_000_000)
     server = None

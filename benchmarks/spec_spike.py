@@ -41,7 +41,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 from nemotron_sglang.data import EMBEDDED as FIXTURE  # noqa: E402
 from nemotron_sglang.testing.bench import hardware, print_table  # noqa: E402
 from nemotron_sglang.testing.cpu_server import CPUServer  # noqa: E402
@@ -153,7 +152,7 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true")
     a = p.parse_args()
 
-    from tpf import corpus_prompts
+    from nemotron_sglang.testing.corpus import corpus_prompts
     from nemotron_sglang.core.tokenizer import load_tokenizer
 
     prompts, _ = corpus_prompts(load_tokenizer(FIXTURE), a.prompts, 1_000_000)

@@ -49,6 +49,7 @@ from nemotron_sglang.core.modes import SELF_SPEC_MODES
 from nemotron_sglang.core.weights import load_model, write_tiny_checkpoint
 from nemotron_sglang.data import EMBEDDED as FIXTURE
 from nemotron_sglang.testing.bench import hardware, table
+from nemotron_sglang.testing.corpus import corpus_prompts
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -159,15 +160,6 @@ def random_prompts(n: int, vocab_size: int, seed: int) -> list[list[int]]:
     """n prompts of 4..24 tokens drawn from the non-special ids 128..vocab-1."""
     rng = random.Random(seed)
     return [[rng.randrange(128, vocab_size) for _ in range(rng.randint(4, 24))] for _ in range(n)]
-
-
-def corpus_prompts(tok, n: int, seed: int) -> tuple[list[list[int]], list[str]]:
-    """Held-out prompts of the rule corpus (token ids) and their rule-given continuations."""
-    from nemotron_sglang.core.tokenizer import encode
-    from nemotron_sglang.testing.corpus import examples
-
-    exs = examples(seed, n)
-    return [encode(tok, e["prompt"]) for e in exs], [e["continuation"] for e in exs]
 
 
 def follows_rule(text: str, continuation: str, cut: bool) -> bool:

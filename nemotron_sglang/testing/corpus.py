@@ -211,3 +211,13 @@ def examples(seed: int, n: int) -> list[dict]:
                             "continuation": cont[:CONTINUATION_MAX_CHARS]})
                 break
     return out
+
+
+def corpus_prompts(tok, n: int, seed: int) -> tuple[list[list[int]], list[str]]:
+    """``n`` prompts of the corpus from ``seed`` as token ids of ``tok`` (core's tokenizer), and
+    their rule-given continuations: the benchmarks' and the tests' held-out prompts."""
+    from ..core.tokenizer import encode
+
+    exs = examples(seed, n)
+    return [encode(tok, e["prompt"]) for e in exs], [e["continuation"] for e in exs]
+
