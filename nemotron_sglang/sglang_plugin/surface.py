@@ -21,7 +21,8 @@ Hooks (all thin; the decisions live in ``params.py`` and the algorithm):
   (the block most rounds ran; 1 = ar; what ``auto`` chose) and
   ``acceptance_length`` to a non-streaming response's ``usage``.
 - AROUND ``TokenizerManager.generate_request`` + AFTER ``UsageProcessor.calculate_streaming_usage``
-  (main): each answer's ``meta_info`` carries every counter once, its value so far (a stream's
+  (main): ``/generate``'s top-level ``decode_mode`` / ... fields copied into ``custom_params`` as
+  on the OpenAI routes (SGLang's own parser would drop them silently); each answer's ``meta_info`` carries every counter once, its value so far (a stream's
   last chunk: the final value; ``counters_once``), and a stream's final usage chunk the usage
   fields. The generator hook keeps each choice's latest ``meta_info`` in a context variable; the
   SSE task, created after the first chunk, shares it.
@@ -80,12 +81,20 @@ def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwar
     suffix = suffix_ids(self, request)
     if suffix is not None:
         body = {**body, "suffix_ids": suffix}
-    if not any(k in body for k in TOP_LEVEL_KEYS):
-        return None
     adapted = result[0] if isinstance(result, tuple) else result
-    sp = adapted.sampling_params
-    items = sp if isinstance(sp, list) else [sp]
-    for params in items:
+    copy_fields(body, adapted)
+    return None
+
+
+def copy_fields(body: dict, obj) -> None:
+    """The ``TOP_LEVEL_KEYS`` of a request's JSON ``body`` into each of ``obj``'s (SGLang's
+    ``GenerateReqInput``) sampling parameters' ``custom_params``; a value already there wins."""
+    if not any(k in body for k in TOP_LEVEL_KEYS):
+        return
+    sp = obj.sampling_params
+    if sp is None:
+        sp = obj.sampling_params = {}
+    for params in sp if isinstance(sp, list) else [sp]:
         if params is None:
             continue
         custom = dict(params.get("custom_params") or {})
@@ -93,7 +102,6 @@ def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwar
             if key in body:
                 custom.setdefault(key, body[key])
         params["custom_params"] = custom
-    return None
 
 
 def check_request_fields(custom: dict[str, Any] | None, dllm_algorithm: str | None,
@@ -309,6 +317,10 @@ def _once(out):
 
 
 async def track_stream_meta(original, self, obj, *args, **kwargs):
+    raw = kwargs.get("request", args[0] if args else None)
+    body = getattr(raw, "_json", None)       # SGLang's /generate parsed it (its contract check)
+    if isinstance(body, dict) and getattr(getattr(raw, "url", None), "path", "") == "/generate":
+        copy_fields(body, obj)               # top-level fields, as on the OpenAI routes
     box: dict[int, dict] = {}
     _STREAM_META.set(box)
     inner = original(self, obj, *args, **kwargs)

@@ -60,6 +60,23 @@ def test_meta_info_carries_each_counter_once(dllm, mode):
     assert forwards == sorted(forwards) and forwards[-1] == whole["nld_forwards"] > 0
 
 
+def test_generate_takes_top_level_fields_as_the_openai_routes_do(dllm):
+    """SGLang's /generate parser drops unknown top-level fields silently: the plugin copies NLD's
+    into custom_params (an explicit custom_params value wins), and a bad one is a 400."""
+    body = {"input_ids": PROMPTS[0], "sampling_params": {"max_new_tokens": 12, "temperature": 0}}
+    top = dllm.post_json("/generate", {**body, "decode_mode": "diffusion", "max_steps": 1})
+    inner = dllm.post_json("/generate", {**body, "sampling_params": {
+        **body["sampling_params"], "custom_params": {"decode_mode": "diffusion", "max_steps": 1}}})
+    assert top["meta_info"]["nld_mode"] == "diffusion"
+    assert top["output_ids"] == inner["output_ids"]
+    assert top["meta_info"]["nld_forwards"] == inner["meta_info"]["nld_forwards"]
+    wins = dllm.post_json("/generate", {**body, "decode_mode": "diffusion", "sampling_params": {
+        **body["sampling_params"], "custom_params": {"decode_mode": "ar"}}})
+    assert wins["meta_info"]["nld_mode"] == "ar"
+    status, text = dllm.post("/generate", {**body, "decode_mode": "warp"})
+    assert status == 400 and "decode_mode" in text, text[:300]
+
+
 def test_concurrent_mixed_modes(dllm, core32):
     mixed_modes_equal_core(dllm, core32, 12, timeout=180)
 
