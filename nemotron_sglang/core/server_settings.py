@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from .block_policy import CostTable
-from .modes import (ALGORITHM_NAME, DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError, check_block_length, check_mode,
-                    check_threshold)
+from .modes import (ALGORITHM_NAME, DEFAULT_MODE, DEFAULT_THRESHOLD, RuleError,
+                    check_block_length, check_mode, check_threshold)
 
 AUTO_MAX_BATCH = 8          # auto's switch point without a cost table, unless set
 
@@ -55,15 +55,18 @@ class ServerSettings:
                 or self.auto_max_batch < 1:
             raise RuleError("auto_max_batch", f"must be an integer >= 1, got "
                                               f"{self.auto_max_batch!r}")
-        if self.cost_model is not None:
-            try:
-                CostTable.from_mapping(self.cost_model)
-            except (TypeError, ValueError) as e:
-                raise RuleError("cost_model", str(e)) from None
+        try:
+            self.cost_table()
+        except (TypeError, ValueError) as e:
+            raise RuleError("cost_model", str(e)) from None
         for key in ("lora_path", "custom_attention", "step_graphs"):
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise RuleError(key, f"must be a name or a path, got {value!r}")
+
+    def cost_table(self) -> CostTable | None:
+        """``cost_model`` as core's ``CostTable`` (None without one)."""
+        return None if self.cost_model is None else CostTable.from_mapping(self.cost_model)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> "ServerSettings":

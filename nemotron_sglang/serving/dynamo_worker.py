@@ -36,7 +36,7 @@ import os
 import sys
 from typing import Any, Iterable
 
-from ..sglang_plugin.params import ParamError
+from ..sglang_plugin.params import ParamError, add_custom
 
 PREFIX = "nld."
 # the fields a request may set through annotations: NLD's decode fields (the OpenAI ``suffix`` is
@@ -80,15 +80,6 @@ def fields_from_annotations(annotations: Iterable[Any] | None) -> dict[str, Any]
     return out
 
 
-def merge_custom(sampling_params: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    """``sampling_params`` with ``fields`` added to its ``custom_params`` (a value Dynamo already
-    set there wins)."""
-    if not fields:
-        return sampling_params
-    return {**sampling_params,
-            "custom_params": {**fields, **(sampling_params.get("custom_params") or {})}}
-
-
 def _refusal(error: Exception) -> str | None:
     """The message of an NLD refusal (the plugin's ``ParamError``, or the ``ValueError`` its
     main-process hook raises from SGLang), else None."""
@@ -112,7 +103,8 @@ def handler_class() -> type:
 
         def _build_sampling_params(self, request: dict[str, Any]) -> dict[str, Any]:
             params = DecodeWorkerHandler._build_sampling_params(self, request)
-            return merge_custom(params, fields_from_annotations(request.get("annotations")))
+            add_custom(params, fields_from_annotations(request.get("annotations")))
+            return params
 
         async def generate(self, request: dict[str, Any], context):
             try:

@@ -151,7 +151,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     model = Path(args.model) if args.model else embedded_model()
     if not (model / "config.json").exists():
         raise ValueError(f"{model} has no config.json")
-    auto = args.auto_max_batch or AUTO_MAX_BATCH["cuda" if cuda else "cpu"]
+    auto = (AUTO_MAX_BATCH["cuda" if cuda else "cpu"] if args.auto_max_batch is None
+            else args.auto_max_batch)
     yaml = write_yaml(settings(args.default_mode, args.threshold, auto,
                                cost_table(getattr(args, "cost_model", None), model, cuda)))
     if getattr(args, "dynamo", False):
@@ -244,7 +245,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, passthrough: list[str]) -> int:
-    # checked before anything is written or launched (the device's default is valid)
+    # the flags are checked before the model is looked up or anything written
     settings(args.default_mode, args.threshold,
              1 if args.auto_max_batch is None else args.auto_max_batch, None)
     if args.dynamo and importlib.util.find_spec("dynamo") is None:

@@ -32,7 +32,6 @@ import torch
 from sglang.srt.arg_groups.overrides import declare_resolution
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm, DllmRunOutput
 
-from ..core.block_policy import CostTable
 from ..core.host_pack import HostPack
 from ..core.logits import PassLogits
 from ..core.step_plan import PlanRow
@@ -96,8 +95,7 @@ class NemotronTriMode(DllmAlgorithm):
         self.decide = decide_batched         # the decision layer (tests swap in decide_each)
         # "auto" picks its block per round from this table (core/auto_policy.py); without one
         # it runs linear_spec while a round holds <= auto_max_batch requests, else ar
-        table = None if settings.cost_model is None else CostTable.from_mapping(settings.cost_model)
-        self.auto = AutoPlanner(table, self.block_size, defaults.auto_max_batch)
+        self.auto = AutoPlanner(settings.cost_table(), self.block_size, defaults.auto_max_batch)
 
     def _step_graphs(self, mode) -> ServerStepGraphs | None:
         """The YAML's ``step_graphs`` (``step_graphs.MODES``), with its one start-up line."""

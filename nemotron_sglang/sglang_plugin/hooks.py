@@ -106,7 +106,6 @@ def cap_running_requests(original, self):
     from sglang.srt.arg_groups.overrides import resolving_view
     from sglang.srt.runtime_context import get_parallel
 
-    from ..core.block_policy import CostTable
     from .auto_plan import switch_point_note
     from .server_config import TriModeConfig
 
@@ -120,8 +119,7 @@ def cap_running_requests(original, self):
     if get_parallel().tp_rank != 0:
         return
     logger.info("NemotronTriMode: %s", why)
-    table = config.settings.cost_model
-    level, note = switch_point_note(None if table is None else CostTable.from_mapping(table),
+    level, note = switch_point_note(config.settings.cost_table(),
                                     config.settings.auto_max_batch, str(self.device))
     logger.log(level, "NemotronTriMode: %s", note)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from ..core.decoding import SamplingRule, SamplingValues
+from ..core.server_settings import AUTO_MAX_BATCH
 from ..core.modes import (DEFAULT_MODE, DEFAULT_THRESHOLD, MODE_ONLY, RuleError,
                           check_block_length, check_canvas, check_max_steps, check_mode,
                           check_mode_fields, check_threshold, infill_canvas)
@@ -51,7 +52,7 @@ class ServerDefaults:
     default_mode: str = DEFAULT_MODE
     threshold: float = DEFAULT_THRESHOLD
     block_size: int = 32            # the server's canvas: the largest block a request may ask for
-    auto_max_batch: int = 8         # "auto" speculates while a round holds at most this many
+    auto_max_batch: int = AUTO_MAX_BATCH   # "auto" speculates while a round holds at most this many
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,13 @@ def sampling_rule(s: SamplingView, stop_ids: tuple[int, ...] = (), transform=Non
     values = {f.name: getattr(s, f.name) for f in fields(SamplingValues)}
     return SamplingRule(**values, stop_ids=tuple(sorted(stop_ids)) if s.min_new_tokens else (),
                         transform=transform)
+
+
+def add_custom(sampling_params: dict, fields: Mapping[str, Any]) -> None:
+    """Add ``fields`` to ``sampling_params``' ``custom_params`` (a value already there wins)."""
+    if fields:
+        sampling_params["custom_params"] = {**fields,
+                                            **(sampling_params.get("custom_params") or {})}
 
 
 def check_fields(custom: Mapping[str, Any], grammar: bool = False) -> None:

@@ -40,6 +40,13 @@ class RequestStats:
         """The block most of the request's rounds ran (1 = ar)."""
         return max(self.blocks, key=self.blocks.get) if self.blocks else None
 
+    def counters(self) -> dict[str, Any]:
+        """What ``meta_info`` reports, by key (``surface.export_stats``)."""
+        return {"nld_mode": self.reported_mode, "nld_forwards": self.forwards,
+                "nld_cycles": self.cycles, "nld_cycle_tokens": self.cycle_tokens,
+                "nld_rounds": self.rounds, "nld_reprefills": self.reprefills,
+                "nld_pass_tokens": self.pass_tokens, "nld_block_length": self.block_length}
+
     @property
     def reported_mode(self) -> str:
         """The mode as reported: ``auto(linear_spec/16,ar)`` names what auto chose, most
@@ -98,3 +105,7 @@ class NLDRequest:
         st = self.state
         self.stats.cycles = self.base_cycles + (st.cycles if st else 0)
         self.stats.cycle_tokens = self.base_cycle_tokens + (st.cycle_tokens if st else 0)
+
+
+# the keys of ``RequestStats.counters``: the per-request counters in ``meta_info``
+COUNTER_KEYS = tuple(RequestStats().counters())

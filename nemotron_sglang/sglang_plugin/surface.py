@@ -37,7 +37,8 @@ from typing import Any
 from ..core.vlm_checkpoint import SERVED_ARCHITECTURES
 from . import metrics
 from ..core.modes import ALGORITHM_NAME, check_mode_fields, check_thinking_budget
-from .params import PARAM_KEYS, ParamError, check_fields, mode_fields
+from .params import PARAM_KEYS, ParamError, add_custom, check_fields, mode_fields
+from .request import COUNTER_KEYS
 
 # top-level fields of an OpenAI body copied into custom_params: NLD's, and SGLang's own thinking
 # budget (its grammar manager reads custom_params["thinking_budget"]; /generate has
@@ -59,9 +60,6 @@ STREAM_USAGE_TARGET = ("sglang.srt.entrypoints.openai.usage_processor.UsageProce
 GENERATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request"
 # latest meta_info per choice index of the request being streamed (shared with the SSE task)
 _STREAM_META: ContextVar[dict | None] = ContextVar("nemotron_sglang_stream_meta", default=None)
-# the per-request counters in meta_info (export_stats writes them, counters_once reports them)
-COUNTER_KEYS = ("nld_mode", "nld_forwards", "nld_cycles", "nld_cycle_tokens", "nld_rounds",
-                "nld_reprefills", "nld_pass_tokens", "nld_block_length")
 
 
 def suffix_ids(serving, request) -> list[int] | None:
@@ -89,19 +87,15 @@ def copy_top_level_fields(result, self, request, raw_request=None, *args, **kwar
 def copy_fields(body: dict, obj) -> None:
     """The ``TOP_LEVEL_KEYS`` of a request's JSON ``body`` into each of ``obj``'s (SGLang's
     ``GenerateReqInput``) sampling parameters' ``custom_params``; a value already there wins."""
-    if not any(k in body for k in TOP_LEVEL_KEYS):
+    fields = {k: body[k] for k in TOP_LEVEL_KEYS if k in body}
+    if not fields:
         return
     sp = obj.sampling_params
     if sp is None:
         sp = obj.sampling_params = {}
     for params in sp if isinstance(sp, list) else [sp]:
-        if params is None:
-            continue
-        custom = dict(params.get("custom_params") or {})
-        for key in TOP_LEVEL_KEYS:
-            if key in body:
-                custom.setdefault(key, body[key])
-        params["custom_params"] = custom
+        if params is not None:
+            add_custom(params, fields)
 
 
 def check_request_fields(custom: dict[str, Any] | None, dllm_algorithm: str | None,
@@ -222,11 +216,7 @@ def export_stats(self, reqs, *args, **kwargs):
         stats = nld.stats
         n = len(getattr(req, "output_ids_through_stop", None) or req.output_ids)
         info = req.customized_info if req.customized_info is not None else {}
-        values = {"nld_mode": stats.reported_mode, "nld_forwards": stats.forwards,
-                  "nld_cycles": stats.cycles, "nld_cycle_tokens": stats.cycle_tokens,
-                  "nld_rounds": stats.rounds, "nld_reprefills": stats.reprefills,
-                  "nld_pass_tokens": stats.pass_tokens, "nld_block_length": stats.block_length}
-        for key, value in values.items():
+        for key, value in stats.counters().items():
             seq = info.setdefault(key, [])
             del seq[n:]
             seq.extend([value] * (n - len(seq)))
