@@ -2,7 +2,8 @@
 
 It drives core's mode strategies (``core/decoding``) on SGLang's lifecycle with a separate
 context pass (``requires_separate_context_encoding``), with each request's core state kept
-across rounds (``request.NLDRequest`` on ``req.nld``):
+across rounds (``request.NLDRequest`` on ``req.nld``: begun with the parameters the scheduler's
+``TriModeConfig.validate_request`` parsed, completed here at first sight, never parsed again):
 
 - a context round is a causal EXTEND of a prompt (or, after a retraction, of everything
   committed); its last logit per request starts a fresh core state (the AR-exact seed);
@@ -22,7 +23,6 @@ for the dLLM path (one log line): a captured graph would bake in one causality a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any, List, Optional
@@ -46,8 +46,8 @@ from .auto_plan import AutoPlanner
 from .canvas_round import CanvasRound, Row
 from .custom_pass import run_custom_pass
 from .grammar import SGLangGrammar, constrains
-from .params import parse, sampling_rule
-from .request import NLDRequest, RequestStats
+from .params import sampling_rule
+from .request import NLDRequest
 from .step_graphs import MODES as STEP_GRAPH_MODES, ServerStepGraphs
 from .server_config import TriModeConfig, custom_transform, sampling_view
 
@@ -184,27 +184,30 @@ class NemotronTriMode(DllmAlgorithm):
 
     # ---- per-request state ----------------------------------------------------------------
     def request(self, req) -> NLDRequest:
-        """The request's typed plugin state, created on first sight."""
+        """The request's typed plugin state, completed on first sight. Its parameters were
+        parsed once, by the scheduler's ``validate_request`` (``TriModeConfig.admit``), and
+        are not parsed again (a retracted request keeps its state); a request that reached the
+        algorithm without it (built directly, as tests do) is admitted here: its one parse."""
         nld = getattr(req, "nld", None)
         if nld is None:
-            params = parse(req.sampling_params.custom_params, sampling_view(req),
-                           self.defaults)
-            seed = params.seed
-            if seed is None:
-                seed = int.from_bytes(hashlib.blake2b(str(req.rid).encode(),
-                                                      digest_size=8).digest(), "little")
-            view = sampling_view(req)
-            nld = NLDRequest(params, seed, RequestStats(mode=params.mode),
-                             rule=sampling_rule(view, self._stop_ids(req),
-                                                custom_transform(req)),
-                             logprobs=view.top_logprobs if view.logprobs else None,
-                             logprob_ids=view.token_ids_logprob)
-            obj = getattr(req, "grammar", None)      # compiled by SGLang's backend
-            if obj is not None and constrains(obj, req.sampling_params.max_new_tokens):
-                nld.grammar = GrammarCursor(SGLangGrammar(obj, self.vocab), self.vocab)
-            nld.strategy = get_strategy(AUTO_START if params.mode == AUTO else params.mode)
-            req.nld = nld
+            nld = req.nld = self.config.admit(req)
+        if not nld.started:
+            self._start(req, nld)
         return nld
+
+    def _start(self, req, nld: NLDRequest) -> None:
+        """What the request's state needs from the model and SGLang's later work: its sampling
+        rule (the model's EOS among the stop ids), logprob asks, grammar cursor (SGLang compiles
+        the grammar after validation) and the strategy of its mode."""
+        view = sampling_view(req)
+        nld.rule = sampling_rule(view, self._stop_ids(req), custom_transform(req))
+        nld.logprobs = view.top_logprobs if view.logprobs else None
+        nld.logprob_ids = view.token_ids_logprob
+        obj = getattr(req, "grammar", None)      # compiled by SGLang's backend
+        if obj is not None and constrains(obj, req.sampling_params.max_new_tokens):
+            nld.grammar = GrammarCursor(SGLangGrammar(obj, self.vocab), self.vocab)
+        mode = nld.params.mode
+        nld.strategy = get_strategy(AUTO_START if mode == AUTO else mode)
 
     def _stop_ids(self, req) -> set[int]:
         """What min_new_tokens bans, SGLang's set (penaltylib/min_new_tokens.py): stop token

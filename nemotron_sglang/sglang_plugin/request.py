@@ -13,6 +13,7 @@ tokens emitted but not yet returned (``pending``: the held seed, whose KV the ne
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,11 @@ class RequestStats:
 class NLDRequest:
     """Per-request plugin state: parameters, sampling seed, core state, counters.
 
+    Made in two steps, on the one attribute: the scheduler's ``TriModeConfig.validate_request``
+    parses the request's parameters (its one parse) and attaches ``admitted(params, rid)``
+    (parameters, seed, counters); the algorithm completes it the first time it sees the request
+    (``NemotronTriMode.request``: sampling rule, logprob asks, grammar cursor, strategy, which
+    need the model's EOS id and SGLang's compiled grammar). ``started`` tells the two apart.
     ``state`` is None until the request's first context pass; a later context pass (after a
     retraction, which drops SGLang's KV) starts a fresh state from that pass's AR-exact seed.
     ``keep`` is what the last canvas round asks SGLang to keep of its B canvas slots (the
@@ -84,6 +90,21 @@ class NLDRequest:
     logprob_ids: tuple[int, ...] = ()   # token_ids_logprob: these ids' logprobs per token
     round_logprobs: list = field(default_factory=list)  # entries of the tokens just returned
     grammar: Any = None             # core GrammarCursor over req.grammar, for the request's life
+
+    @classmethod
+    def admitted(cls, params: RequestParams, rid: Any) -> NLDRequest:
+        """The state of a request whose parameters were just parsed: its seed (the request's,
+        else one derived from its rid) and counters; not yet ``started``."""
+        seed = params.seed
+        if seed is None:
+            seed = int.from_bytes(hashlib.blake2b(str(rid).encode(), digest_size=8).digest(),
+                                  "little")
+        return cls(params, seed, RequestStats(mode=params.mode))
+
+    @property
+    def started(self) -> bool:
+        """The algorithm has seen the request (``NemotronTriMode.request`` completed it)."""
+        return self.strategy is not None
 
     @property
     def block(self) -> int:

@@ -4,7 +4,10 @@
   ``DllmConfig.from_server_args`` builds it from the checkpoint and the algorithm YAML), with
   the YAML read once into core's ``ServerSettings`` (``settings``; every key checked there) and
   the server's request defaults (``params.ServerDefaults``); SGLang's
-  scheduler calls its ``validate_request`` for every request (a refusal is a 400).
+  scheduler calls its ``validate_request`` once for every request it receives (a refusal is a
+  400). Its parse is the request's only one: an accepted request leaves with its plugin state
+  begun (``admit``: ``req.nld``, a ``request.NLDRequest`` holding the parsed parameters), which
+  the algorithm completes at first sight (``NemotronTriMode.request``).
 - ``sampling_view``: an SGLang ``Req``'s sampling parameters as the plain ``params.SamplingView``;
   ``custom_transform``: its custom logit processor as core's rule transform.
 """
@@ -18,6 +21,7 @@ from sglang.srt.sampling.sampling_params import TOP_K_ALL
 
 from ..core.server_settings import ServerSettings
 from .params import ParamError, SamplingView, ServerDefaults, parse
+from .request import NLDRequest
 
 
 
@@ -83,14 +87,22 @@ class TriModeConfig(DllmConfig):
             block_size=self.block_size, auto_max_batch=settings.auto_max_batch)
         parse({}, SamplingView(), self.defaults)  # a bad default fails at startup
 
+    def admit(self, req) -> NLDRequest:
+        """``req``'s plugin state with its parameters parsed against the server's defaults
+        (raises ``ParamError``): the one place the scheduler parses a request."""
+        params = parse(req.sampling_params.custom_params, sampling_view(req), self.defaults)
+        return NLDRequest.admitted(params, req.rid)
+
     def validate_request(self, req) -> Optional[str]:
-        """None, or why ``req`` is refused (SGLang answers it with a 400)."""
+        """None, or why ``req`` is refused (SGLang answers it with a 400). An accepted request
+        carries its parse to the algorithm: ``req.nld``, begun here (``admit``)."""
         try:
-            parse(req.sampling_params.custom_params, sampling_view(req), self.defaults)
+            nld = self.admit(req)
         except ParamError as e:
             return f"nemotron-sglang: {e}"
         try:                     # loaded here once, so a bad one is a 400, not a crashed round
             custom_transform(req)
         except Exception as e:   # whatever the deserialiser raises
             return f"nemotron-sglang: custom_logit_processor: not a loadable processor ({e})"
+        req.nld = nld
         return None

@@ -203,7 +203,7 @@ def attach_logprobs(req, nld) -> None:
 def export_stats(self, reqs, *args, **kwargs):
     for req in reqs:
         nld = getattr(req, "nld", None)
-        if nld is None:
+        if nld is None or not nld.started:      # validated only: the algorithm never ran it
             continue
         lp = getattr(req, "logprob", None)
         if lp is not None and lp.output_token_logprobs_val is not None:

@@ -336,6 +336,65 @@ def test_validate_request_names_the_field(core64):
     assert cfg.validate_request(req) is None           # chosen ids: honoured
 
 
+def _count_parses(monkeypatch) -> list:
+    """Every call of ``params.parse``: the counter replaces the function under every name a
+    plugin module binds it to (``from .params import parse``), so a second call site anywhere
+    in the plugin is counted too."""
+    import sys
+    from nemotron_sglang.sglang_plugin import params as params_module
+    real, calls = params_module.parse, []
+
+    def counted(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+    bound = [name for name, mod in list(sys.modules.items())
+             if name.startswith("nemotron_sglang.") and getattr(mod, "parse", None) is real]
+    for name in bound:
+        monkeypatch.setattr(sys.modules[name], "parse", counted)
+    assert "nemotron_sglang.sglang_plugin.server_config" in bound, bound
+    return calls
+
+
+def test_the_scheduler_parses_a_request_once(monkeypatch):
+    """validate_request's parse is carried on ``req.nld`` to the algorithm, which completes that
+    state and never parses again; a request the algorithm sees unvalidated is parsed there,
+    once; a refused one carries nothing."""
+    algo = make_algo(4)
+    calls = _count_parses(monkeypatch)
+    req = make_req(0, [1, 2, 3], "linear_spec", 8, threshold=0.5)
+    assert algo.config.validate_request(req) is None
+    assert len(calls) == 1
+    nld = req.nld
+    assert not nld.started and nld.params.mode == "linear_spec" and nld.params.threshold == 0.5
+    assert algo.request(req) is nld and nld.started and nld.strategy.name == "linear_spec"
+    assert algo.request(req) is nld                  # every later round, a re-prefill too
+    assert len(calls) == 1
+    direct = make_req(0, [1, 2, 3], "linear_spec", 8, threshold=0.5)   # never validated
+    assert algo.request(direct).started and len(calls) == 2
+    assert algo.request(direct) is direct.nld and len(calls) == 2
+    assert (direct.nld.params, direct.nld.seed) == (nld.params, nld.seed)    # the same state
+    bad = make_req(1, [1], "turbo", 4)
+    assert algo.config.validate_request(bad) is not None
+    assert getattr(bad, "nld", None) is None
+
+
+def test_served_requests_are_parsed_once_through_re_prefills(core64, monkeypatch):
+    """The whole lifecycle (validate, context round, canvas rounds, a re-prefill after core's
+    state stopped early): one parse per request."""
+    prompts = random_prompts(4, seed=61, vocab=512)
+    algo, runner = make_algo(core64.config.block_size), FakeRunner(core64)
+    reqs = [make_req(i, p, SERVED[i % 4], 8) for i, p in enumerate(prompts)]
+    calls = _count_parses(monkeypatch)
+
+    def stop_core_early(rnd, active):
+        for r in active:
+            if rnd == 1 and not r.finished:
+                r.nld.state.finish_reason = "stop"
+    serve(algo, runner, reqs, core64.config.eos_token_id, after_round=stop_core_early)
+    assert any(r.nld.stats.reprefills for r in reqs)
+    assert len(calls) == len(reqs)
+
+
 @pytest.mark.parametrize("auto_max_batch,expected", [(8, "auto(linear_spec)"), (2, "auto(ar)")])
 def test_auto_speculates_small_rounds_and_runs_ar_in_large_ones(core64, auto_max_batch,
                                                                  expected):

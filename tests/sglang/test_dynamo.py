@@ -25,6 +25,8 @@ from nemotron_sglang.data import EMBEDDED
 from nemotron_sglang.testing.cpu_server import listening_addresses
 from nemotron_sglang.testing.dynamo_local import SERVE, Worker, wait_registered
 from nemotron_sglang.testing.dynamo_local import frontend as start_frontend
+import doc_commands
+from doc_commands import commands_for
 from sglang_server import Server
 
 WORKER_FLAGS = ["--max-running-requests", "8", "--sleep-on-idle"]
@@ -141,6 +143,16 @@ def test_every_mode_through_dynamos_generate_equals_the_direct_server(direct, fr
     for key in ("nld_mode", "nld_forwards", "nld_cycles", "nld_block_length"):
         assert meta[key] == want["meta_info"][key], key       # one final value each
     assert meta["nld_mode"].split("(")[0] == mode
+
+
+def test_the_docs_dynamo_lines(frontend, workers):
+    """docs/scale-out.md's curl lines for Dynamo (``doc_commands``), run as written against this
+    frontend: the OpenAI route's answer without NLD's usage fields (as the doc says), the native
+    stream's ``nld_*`` counters in the mode asked for."""
+    lines = commands_for("dynamo")
+    assert lines
+    for cmd in lines:
+        doc_commands.check(cmd, *doc_commands.run(cmd, frontend.url), nld_usage=False)
 
 
 @pytest.mark.parametrize("route,annotations,field", [

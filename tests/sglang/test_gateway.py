@@ -19,6 +19,8 @@ import pytest
 
 from nemotron_sglang.core.modes import SERVING_MODES
 from nemotron_sglang.testing.cpu_server import CPUServer, free_port, listening_addresses
+import doc_commands
+from doc_commands import commands_for
 from sglang_server import Server, used_tokens
 
 SMG = Path(sys.executable).parent / "smg"
@@ -120,6 +122,15 @@ def test_a_bad_field_is_a_400_naming_it(gateway, route, body, field):
         payload = {"model": "nld", "prompt": PROMPT, "max_tokens": 4, **body}
     status, text = gateway.post(route, payload)
     assert status == 400 and field in text, (status, text[:500])
+
+
+def test_the_docs_gateway_lines(workers, gateway):
+    """docs/scale-out.md's curl lines for the gateway (``doc_commands``), run as written against
+    this gateway: the server's answer and NLD's usage fields through it."""
+    lines = commands_for("gateway")
+    assert lines
+    for cmd in lines:
+        doc_commands.check(cmd, *doc_commands.run(cmd, gateway.url))
 
 
 def test_a_stream_through_the_gateway_ends_cleanly(workers, gateway):

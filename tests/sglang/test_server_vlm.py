@@ -13,6 +13,8 @@ import json
 import pytest
 import torch
 
+import doc_commands
+from doc_commands import commands_for
 from sglang_server import TRI_MODE, Server, used_tokens
 
 pytest.importorskip("sglang")
@@ -156,6 +158,19 @@ def png_header_only(h: int, w: int) -> bytes:
     data[16:29] = ihdr
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     return bytes(data)
+
+
+def test_the_docs_image_line(server, tmp_path):
+    """docs/serving.md's image chat (``doc_commands``), run as written with its placeholder path
+    a real image: a reply in the asked mode, the image tokens counted in the usage."""
+    path = tmp_path / "image.png"
+    path.write_bytes(png(random_image(24, 40)))
+    lines = commands_for("vlm")
+    assert lines
+    for cmd in lines:
+        status, text = doc_commands.run(cmd, server.url, {"/path/to/image.png": str(path)})
+        answer = doc_commands.check(cmd, status, text)
+        assert answer["usage"]["prompt_tokens_details"]["image_tokens"] > 0, answer["usage"]
 
 
 def test_bad_images_are_400_with_the_reason(server, tmp_path):
