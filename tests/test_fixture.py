@@ -112,3 +112,26 @@ def test_train_tiny_loss_falls():
     _, hist = train_base(tc, None, tok, stream, None, quiet=True)
     assert hist[0]["step"] == 0 and hist[-1]["step"] == tc.steps - 1
     assert hist[-1]["loss"] < hist[0]["loss"] - 2.0, hist
+
+
+@pytest.mark.slow
+def test_train_tiny_chat_rows_and_init(tmp_path):
+    """The recipe's chat path: conversations rendered by the chat template join each step
+    (their loss falls too), and ``init`` continues from a saved checkpoint's weights."""
+    from nemotron_sglang.core.tokenizer import build_tokenizer
+    from nemotron_sglang.testing.train_tiny import (Stream, TrainConfig, chat_stream, save_model,
+                                                    train_base)
+
+    torch.set_num_threads(1)
+    tc = TrainConfig(seed=0, steps=30, batch=4, seq_len=64, hidden=64, layers=2, heads=2,
+                     kv_heads=1, head_dim=32, intermediate=128, vocab=400, warmup=5, lr=3e-3,
+                     block_sizes=((32, 0.5), (8, 0.5)), chat_rows=4, chat_len=96)
+    tok = build_tokenizer(tc.vocab, corpus.documents(5, 500))
+    stream, chat = Stream(tok, tc.seed, 300), chat_stream(tok, tc.seed, 300)
+    assert chat.ids[0].item() == 1 and (chat.ids == 3).any()     # <s> first; [TOOL_CALLS] seen
+    model, hist = train_base(tc, None, tok, stream, None, quiet=True, chat=chat)
+    assert hist[-1]["chat"] < hist[0]["chat"] - 2.0, hist
+    save_model(tmp_path, model, tok, "float32")
+    tc.init, tc.steps = str(tmp_path), 1
+    _, again = train_base(tc, None, tok, stream, None, quiet=True, chat=chat)
+    assert again[0]["loss"] < hist[0]["loss"] - 1.0      # starts near where the first run ended

@@ -161,3 +161,18 @@ def test_strict_thinking_turns_the_budget_filter_on(tmp_path, monkeypatch, ckpt_
     monkeypatch.setenv("SGLANG_MAX_THINK_TOKENS", "256")
     _, env = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), flags, cuda=False)
     assert env["SGLANG_MAX_THINK_TOKENS"] == "256"
+
+
+def test_embedded_default_parses_tool_calls_and_reasoning(tmp_path, monkeypatch, ckpt_dirs):
+    """The embedded default's template writes Mistral-style tool calls and a <think> section:
+    serve passes the parsers that read them, unless given; another model gets none added."""
+    monkeypatch.setenv("NEMOTRON_SGLANG_CACHE", str(tmp_path))
+    cmd, _ = serve.build_command(args(), [], cuda=False)
+    assert value(cmd, "--tool-call-parser") == "mistral"
+    assert value(cmd, "--reasoning-parser") == "nemotron_3"
+    cmd, _ = serve.build_command(args(), ["--tool-call-parser", "pythonic"], cuda=False)
+    assert cmd.count("--tool-call-parser") == 1 and value(cmd, "--tool-call-parser") == "pythonic"
+    cmd, _ = serve.build_command(args(model=str(ckpt_dirs["s0_lora"])), [], cuda=False)
+    assert "--tool-call-parser" not in cmd and "--reasoning-parser" not in cmd
+    out = serve.banner(args(), serve.build_command(args(), [], cuda=False)[0], cuda=False)
+    assert serve.CHAT_EXAMPLE in out and "/v1/chat/completions" in out

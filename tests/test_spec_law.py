@@ -32,8 +32,9 @@ from nemotron_sglang.core.weights import load_model
 from nemotron_sglang.data import EMBEDDED
 
 # a prompt whose laws are neither flat nor one-hot at T = 3 and top-2, with drafts close enough
-# to the target that acceptance matters (measured with spec_law: first-cycle acceptance ~0.8)
-PROMPT_TEXT = "Hello"
+# to the target that acceptance matters; re-chosen for the chat-trained fixture (2026-12-07): of
+# nine short prompts, "The" gives the most power (weakest: quadratic under_10, 0.9992 asymptotic)
+PROMPT_TEXT = "The"
 TEMP, TOP_K, LENGTH = 3.0, 2, 5
 MIN_POWER = 0.99
 SPEC = ("linear_spec", "quadratic_spec")
@@ -195,12 +196,24 @@ def test_negative_control_a_broken_rule_is_rejected(model, oracle, ar, monkeypat
 # is left out here: a bonus from the verifying row's law can leave the grammar, so that rule has
 # no law over the grammar's outputs to state a power against.
 GRAMMAR_RULES = ("under_10", "residual_p", "q_untempered")
+# the grammar's prompt (its own: with the chat-trained fixture no prompt tried gives power >= 0.99
+# both with and without the grammar; "In": the grammar moves AR's law by 0.32 in total variation,
+# and the weakest power here is linear's, 0.9994 asymptotic)
+G_PROMPT_TEXT = "In"
 
 
 @pytest.fixture(scope="module")
-def g_oracle(oracle):
+def g_plain(oracle):
+    """The grammar prompt's oracle without the grammar."""
+    prompt = load_tokenizer(EMBEDDED).encode(G_PROMPT_TEXT).ids
+    return Oracle(oracle.model, prompt, TEMP, TOP_K)
+
+
+@pytest.fixture(scope="module")
+def g_oracle(g_plain):
     from nemotron_sglang.testing.token_grammar import TokenDFA
 
+    oracle = g_plain
     cfg = oracle.model.config
     wide = Oracle(oracle.model, oracle.prompt, TEMP, 3)
     first = sorted(wide.p(()), key=lambda t: -wide.p(())[t])     # the 3 likeliest first tokens
@@ -220,12 +233,13 @@ def _tv(a: dict, b: dict) -> float:
 
 
 @pytest.mark.parametrize("mode", SPEC)
-def test_under_a_grammar_the_calculator_agrees_and_the_test_has_power(g_oracle, g_ar, ar, mode):
+def test_under_a_grammar_the_calculator_agrees_and_the_test_has_power(g_oracle, g_ar, g_plain,
+                                                                      mode):
     """The grammar changes AR's law; self-spec's exact law under it is the grammar's AR law,
     under each broken rule it is not; the test as run has power >= 0.99 against each (a 10 %
     error in acceptance at the real test's N, the others at their controls' N) and its
     false-alarm rate is consistent with FALSE_ALARM."""
-    assert _tv(g_ar, ar) > 0.05 and len(g_ar) >= 16
+    assert _tv(g_ar, ar_law(g_plain, LENGTH)) > 0.05 and len(g_ar) >= 16
     law = spec_law(g_oracle, mode, LENGTH)
     assert max(abs(law.get(k, 0) - g_ar.get(k, 0)) for k in set(law) | set(g_ar)) < 1e-12
     for rule in GRAMMAR_RULES:

@@ -32,7 +32,8 @@ def test_special_table():
     assert T.SPECIAL_TOKENS[T.MASK_ID] == "<|mask|>" and T.MASK_ID == 100
     assert T.SPECIAL_TOKENS[T.UNK_ID] == "<unk>" and T.UNK_ID == 0
     assert T.SPECIAL_TOKENS[2] == "</s>" and T.SPECIAL_TOKENS[10] == "<|im_start|>"
-    assert T.SPECIAL_TOKENS[3] == "<SPECIAL_3>" and T.SPECIAL_TOKENS[127] == "<SPECIAL_127>"
+    assert T.SPECIAL_TOKENS[3] == "[TOOL_CALLS]" and T.SPECIAL_TOKENS[7] == "[/TOOL_RESULTS]"
+    assert T.SPECIAL_TOKENS[8] == "<SPECIAL_8>" and T.SPECIAL_TOKENS[127] == "<SPECIAL_127>"
     assert len(set(T.SPECIAL_TOKENS.values())) == 128
 
 
@@ -129,7 +130,7 @@ def test_chat_template_renders(tok):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     text = template.render(messages=messages, add_generation_prompt=True)
     assert text == ("<s><|im_start|>system\nBe brief.<|im_end|>\n"
-                    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+                    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think></think>\n\n")
     assert template.render(messages=messages, add_generation_prompt=False).endswith("<|im_end|>\n")
     ids = T.encode(tok, text)
     assert ids[0] == T.BOS_ID and ids.count(10) == 3 and ids.count(T.EOS_ID) == 2
@@ -153,3 +154,98 @@ def test_minimum_vocab_and_custom_texts():
     assert T.decode(tok, T.encode(tok, "bandana!")) == "bandana!"
     with pytest.raises(ValueError):
         T.build_tokenizer(5000, texts=["tiny"])
+
+
+def _hf(tok):
+    transformers = pytest.importorskip("transformers")
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=T.CHAT_TEMPLATE)
+
+
+ADD = {"type": "function", "function": {
+    "name": "add", "description": "Add two integers.",
+    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}},
+                   "required": ["a"]}}}
+
+
+@pytest.mark.parametrize("arguments", ['{"a": 3}', {"a": 3}])
+def test_chat_template_renders_tools_calls_and_results(tok, arguments):
+    """Tools, an assistant's call (JSON-string arguments as a client sends them, or the dict
+    SGLang hands the template) and the tool's result, in the Mistral family's markers; each
+    marker is one token that decodes as text (not special)."""
+    messages = [{"role": "user", "content": "What is 3?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c0", "type": "function",
+                     "function": {"name": "add", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c0", "content": "3"}]
+    text = _hf(tok).apply_chat_template(messages, tools=[ADD], tokenize=False,
+                                        add_generation_prompt=True)
+    assert text == (
+        '<s><|im_start|>system\n[AVAILABLE_TOOLS][{"name": "add", "parameters": {"type": '
+        '"object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}]'
+        '[/AVAILABLE_TOOLS]<|im_end|>\n'
+        '<|im_start|>user\nWhat is 3?<|im_end|>\n'
+        '<|im_start|>assistant\n<think></think>\n\n'
+        '[TOOL_CALLS] [{"name":"add", "arguments": {"a": 3}}]'
+        '<|im_end|>\n<|im_start|>tool\n[TOOL_RESULTS]3[/TOOL_RESULTS]<|im_end|>\n'
+        '<|im_start|>assistant\n<think></think>\n\n')
+    ids = T.encode(tok, text)
+    for i in (T.TOOL_CALLS_ID, T.TOOLS_START_ID, T.TOOLS_END_ID, T.RESULTS_START_ID,
+              T.RESULTS_END_ID):
+        assert ids.count(i) == 1
+        assert T.decode(tok, [i], skip_special=True) == T.SPECIAL_TOKENS[i]
+
+
+def test_chat_template_without_tools_is_plain_chatml(tok):
+    """No tools: ChatML turns; the assistant's turn opens the reasoning section with
+    ``enable_thinking`` and writes it closed and empty otherwise (so the model never decides)."""
+    messages = [{"role": "user", "content": "Hi"}]
+    hf = _hf(tok)
+    assert hf.apply_chat_template(messages, tools=None, tokenize=False) == \
+        "<s><|im_start|>user\nHi<|im_end|>\n"
+    on = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                enable_thinking=True)
+    assert on.endswith("<|im_start|>assistant\n<think>\n")
+    for kw in ({}, {"enable_thinking": False}):
+        off = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
+        assert off.endswith("<|im_start|>assistant\n<think></think>\n\n")
+    # the two openings differ in their second token: <think> "\n" vs <think> </think>
+    assert T.encode(tok, "<think>\n")[1] != T.encode(tok, "<think></think>")[1]
+
+
+def test_chat_template_writes_reasoning_before_the_answer(tok):
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "42.", "reasoning_content": "41 + 1 = 42."}]
+    assert _hf(tok).apply_chat_template(messages, tokenize=False).endswith(
+        "<|im_start|>assistant\n<think>\n41 + 1 = 42.\n</think>\n\n42.<|im_end|>\n")
+
+
+def test_sglang_mistral_parser_reads_the_rendered_call(tok):
+    """What the template writes for a call is what SGLang's ``mistral`` tool-call parser reads
+    back: the same name and arguments."""
+    pytest.importorskip("sglang")
+    from sglang.srt.entrypoints.openai.protocol import Tool
+    from sglang.srt.function_call.mistral_detector import MistralDetector
+
+    messages = [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c0", "type": "function", "function": {"name": "add", "arguments": '{"a": 17}'}}]}]
+    text = _hf(tok).apply_chat_template(messages, tokenize=False)
+    body = text.split("<|im_start|>assistant\n<think></think>\n\n", 1)[1]
+    body = body.removesuffix("<|im_end|>\n")
+    got = MistralDetector().detect_and_parse(body, [Tool(**ADD)])
+    assert [(c.name, json.loads(c.parameters)) for c in got.calls] == [("add", {"a": 17})]
+    # and it is the form tool_choice required / named forces (the parser's structural tag)
+    info = MistralDetector().structure_info()("add")
+    assert body.startswith(info.begin) and body.endswith(info.end), (body, info)
+
+
+@pytest.mark.parametrize("template", ["CHAT_TEMPLATE", "VLM_CHAT_TEMPLATE"])
+def test_sglang_reads_thinking_as_off_unless_enabled(template):
+    """SGLang's template detection must read the toggle as ``enable_thinking``, default off:
+    otherwise a reasoning parser (nemotron_3 defaults to on) files a plain chat's whole answer
+    under ``reasoning_content``."""
+    pytest.importorskip("sglang")
+    from sglang.srt.parser.template_detection import detect_reasoning_pattern
+
+    _, config = detect_reasoning_pattern(getattr(T, template))
+    assert config is not None and config.toggle_param == "enable_thinking"
+    assert config.default_enabled is False

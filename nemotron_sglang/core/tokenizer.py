@@ -19,35 +19,83 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 NUM_RESERVED = 128
 UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 11, 100
-_NAMED = {0: "<unk>", 1: "<s>", 2: "</s>", 10: "<|im_start|>", 11: "<|im_end|>",
-          12: "<think>", 13: "</think>", 100: "<|mask|>"}
+_NAMED = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[TOOL_CALLS]", 4: "[AVAILABLE_TOOLS]",
+          5: "[/AVAILABLE_TOOLS]", 6: "[TOOL_RESULTS]", 7: "[/TOOL_RESULTS]",
+          10: "<|im_start|>", 11: "<|im_end|>", 12: "<think>", 13: "</think>", 100: "<|mask|>"}
 THINK_START_ID, THINK_END_ID = 12, 13      # the reasoning section (SGLang's nemotron_3 parser)
+# the Mistral family's tool markers (what SGLang's ``mistral`` tool-call parser reads)
+TOOL_CALLS_ID, TOOLS_START_ID, TOOLS_END_ID, RESULTS_START_ID, RESULTS_END_ID = 3, 4, 5, 6, 7
 # the VLM's image tokens (``with_image_tokens``), named as Pixtral's processor expects them
 IMG, IMG_BREAK, IMG_END = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
 IMG_BREAK_ID, IMG_END_ID = 14, 15
 # added but not "special": decoding with skip_special_tokens keeps them in the text, so a
-# reasoning parser can split at </think> (as in Qwen3 / Nemotron tokenizers)
-TEXT_TOKENS = frozenset((THINK_START_ID, THINK_END_ID))
+# reasoning parser can split at </think> and a tool-call parser find [TOOL_CALLS] (as in Qwen3 /
+# Nemotron / Mistral tokenizers)
+TEXT_TOKENS = frozenset((THINK_START_ID, THINK_END_ID, TOOL_CALLS_ID, TOOLS_START_ID, TOOLS_END_ID,
+                         RESULTS_START_ID, RESULTS_END_ID))
 SPECIAL_TOKENS: dict[int, str] = {i: _NAMED.get(i, f"<SPECIAL_{i}>") for i in range(NUM_RESERVED)}
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = NUM_RESERVED + BYTE_ALPHABET_SIZE + 1  # 385: at least one learned merge
 MODEL_MAX_LENGTH = 4096
 
-# the chat template: every message in turn, then the assistant's turn (opening the reasoning
-# section with ``enable_thinking``); the text and the VLM templates differ in how a message's
-# content is written
-_CHAT_OPEN = "{{ '<s>' }}{% for message in messages %}"
+# the chat template: ChatML turns (``<|im_start|>role\n ... <|im_end|>\n``), then the assistant's
+# turn (opening the reasoning section with ``enable_thinking``). The text template also renders
+# the Mistral family's tool convention: the offered tools (name and parameter schema) as a first
+# system turn ``[AVAILABLE_TOOLS][...][/AVAILABLE_TOOLS]``; an assistant's calls as
+# ``[TOOL_CALLS] [{"name":"...", "arguments": {...}}]`` (spaced as SGLang's mistral parser's
+# structural tag, which ``tool_choice`` required / named forces); a ``tool`` message as
+# ``[TOOL_RESULTS]...[/TOOL_RESULTS]``; an assistant's ``reasoning_content`` as
+# ``<think>\n...\n</think>\n\n`` before its content (none: ``<think></think>\n\n``). The text and the VLM templates differ in
+# how a message's content is written.
+# Thinking is off unless ``enable_thinking`` is given true: written as SGLang's template detection
+# reads it (``explicit_enable_thinking_default_false``), so a reasoning parser such as nemotron_3
+# leaves a plain chat's answer in ``content``.
+_THINK_DEFAULT = "{% if not enable_thinking is defined %}{% set enable_thinking = false %}{% endif %}"
+_CHAT_OPEN = _THINK_DEFAULT + "{{ '<s>' }}{% for message in messages %}"
 _CHAT_CLOSE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and enable_thinking %}{{ '<think>\n' }}{% endif %}"
+    "{% if enable_thinking %}{{ '<think>\n' }}{% endif %}"
     "{% endif %}"
 )
-CHAT_TEMPLATE = (
-    _CHAT_OPEN
-    + "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    + _CHAT_CLOSE
+_TOOLS = (
+    _THINK_DEFAULT + "{{ '<s>' }}"
+    "{% if tools %}{{ '<|im_start|>system\n[AVAILABLE_TOOLS][' }}"
+    "{% for tool in tools %}{% set f = tool['function'] if tool['function'] is defined else tool %}"
+    "{{ {'name': f['name'], 'parameters': f['parameters']} | tojson }}"
+    "{% if not loop.last %}{{ ', ' }}{% endif %}{% endfor %}"
+    "{{ '][/AVAILABLE_TOOLS]<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}"
 )
+_MESSAGE = (
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '[TOOL_RESULTS]' + message['content'] + '[/TOOL_RESULTS]' }}"
+    "{% else %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% if message['reasoning_content'] is defined and message['reasoning_content'] %}"
+    "{{ '<think>\n' + message['reasoning_content'] + '\n</think>\n\n' }}"
+    "{% else %}{{ '<think></think>\n\n' }}{% endif %}{% endif %}"
+    "{{ message['content'] or '' }}"
+    "{% if message['tool_calls'] is defined and message['tool_calls'] %}{{ '[TOOL_CALLS] [' }}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set f = call['function'] if call['function'] is defined else call %}"
+    "{{ '{\"name\":' + (f['name'] | tojson) + ', \"arguments\": ' }}"
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}"
+    "{% endif %}{{ '}' }}{% if not loop.last %}{{ ', ' }}{% endif %}{% endfor %}{{ ']' }}"
+    "{% endif %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}"
+)
+# the text model's turn opens its reasoning section either way: ``<think>\n`` to be written
+# (``enable_thinking``), else closed empty, ``<think></think>\n\n`` (as every earlier assistant
+# turn without reasoning is written), so whether it reasons is the request's choice, not the model's
+_TEXT_CLOSE = (
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking %}{{ '<think>\n' }}{% else %}{{ '<think></think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
+CHAT_TEMPLATE = _TOOLS + _MESSAGE + _TEXT_CLOSE
 
 # the VLM's: a message's content is a string, or a list of parts ({"type": "text", "text": ...} or
 # {"type": "image"}, as SGLang's chat route hands them over), each image written as [IMG] where it

@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seq-len", type=int, default=None)
     t.add_argument("--data-docs", type=int, default=None)
     t.add_argument("--dlm-weight", type=float, default=None)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument("--warmup", type=int, default=None)
+    t.add_argument("--chat-rows", type=int, default=None,
+                   help="rows of chat / thinking / tool conversations per step (0: none)")
+    t.add_argument("--chat-len", type=int, default=None)
+    t.add_argument("--chat-docs", type=int, default=None)
+    t.add_argument("--init", default=None,
+                   help="continue from this checkpoint's weights (same tokenizer and shape)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--quiet", action="store_true")
     return ap
@@ -209,7 +217,8 @@ def _train_tiny(args) -> int:
 
     torch.set_num_threads(args.threads)
     tc = TrainConfig(seed=args.seed)
-    for name in ("steps", "lora_steps", "batch", "seq_len", "data_docs", "dlm_weight"):
+    for name in ("steps", "lora_steps", "batch", "seq_len", "data_docs", "dlm_weight", "lr",
+                 "warmup", "chat_rows", "chat_len", "chat_docs", "init"):
         v = getattr(args, name)
         if v is not None:
             setattr(tc, name, v)

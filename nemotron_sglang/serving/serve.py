@@ -13,6 +13,8 @@ process with SGLang's (no HTTP server of its own):
   processes share the cores; 1 thread measured ~7× faster than torch's default on 2 cores) and a
   KV pool sized for a small machine; on CUDA: the triton attention backend (with
   ``--attention-backend nemotron``, the plugin's own kernels: ``--disable-cuda-graph`` added);
+- for the embedded default, ``--tool-call-parser mistral`` and ``--reasoning-parser nemotron_3``
+  unless given (its template writes the Mistral family's tool calls and a ``<think>`` section);
 - ``--enable-metrics`` unless given; no ``--max-running-requests``: the plugin derives the
   running-request cap from the device's memory (``core/limits.py``, logged at start-up), and a
   ``--max-running-requests`` passed here wins;
@@ -57,6 +59,10 @@ CPU_COST_TABLE = Path(__file__).with_name("cost_cpu.json")
 NO_THINK_LIMIT = 1 << 30
 DYNAMO_WORKER = "nemotron_sglang.serving.dynamo_worker"
 SERVED_MODEL_NAME = "nld"     # --served-model-name unless given: /v1/models, a gateway's routing
+# the embedded default's parsers (its chat template: the Mistral family's tool calls, a <think>
+# reasoning section), unless given: tool calls and reasoning come back as OpenAI fields
+EMBEDDED_PARSERS = (("--tool-call-parser", "mistral"), ("--reasoning-parser", "nemotron_3"))
+CHAT_EXAMPLE = "Count: 5, 10, 15"     # the banner's and README's chat line
 
 
 def embedded_model() -> Path:
@@ -167,6 +173,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     # "nld": the name the banner's curl line, the README and a gateway's routing use
     defaults: list[tuple[str, str | None]] = [("--enable-metrics", None),
                                               ("--served-model-name", SERVED_MODEL_NAME)]
+    if not args.model and not getattr(args, "dynamo", False):   # Dynamo's frontend parses itself
+        defaults += list(EMBEDDED_PARSERS)
     if cuda:
         defaults += [("--attention-backend", "triton")]
         if _flag(passthrough, "--attention-backend") == "nemotron":
@@ -194,6 +202,10 @@ def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
     curl = (f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d "
             f"'{{\"model\": \"{SERVED_MODEL_NAME}\", \"prompt\": \"The number after 41 is\", \"max_tokens\": 16, "
             f"\"temperature\": 0, \"decode_mode\": \"{args.default_mode}\"}}'")
+    chat = (f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d "
+            f"'{{\"model\": \"{SERVED_MODEL_NAME}\", \"messages\": [{{\"role\": \"user\", "
+            f"\"content\": \"{CHAT_EXAMPLE}\"}}], \"max_tokens\": 16, \"temperature\": 0, "
+            f"\"decode_mode\": \"{args.default_mode}\"}}'")
     if is_vlm_dir(model):                     # the vision-language model: an image chat
         curl = (f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d "
                 f"'{{\"model\": \"nld\", \"max_tokens\": 16, \"temperature\": 0, "
@@ -201,6 +213,7 @@ def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
                 f"\"content\": [{{\"type\": \"image_url\", \"image_url\": {{\"url\": "
                 f"\"/path/to/image.png\"}}}}, {{\"type\": \"text\", \"text\": "
                 f"\"What is in the image?\"}}]}}]}}'")
+        chat = None
     if getattr(args, "dynamo", False):
         curl = (f"curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' "
                 f"-d '{{\"model\": \"{SERVED_MODEL_NAME}\", \"prompt\": \"The number after 41 is\", "
@@ -221,6 +234,7 @@ def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
         f"  model: {model}",
         f"  modes: {', '.join(MODES)} per request (decode_mode), default {args.default_mode}",
         f"  try:   {curl}",
+        *([f"  chat:  {chat}"] if chat else []),
         f"  exec:  {shlex.join(cmd)}",
     ])
 

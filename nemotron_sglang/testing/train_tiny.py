@@ -91,6 +91,10 @@ class TrainConfig:
     save_every_s: float = 600.0
     dtype: str = "bfloat16"
     data_docs: int = 200000
+    chat_rows: int = 0          # rows of rendered conversations per step (chat_corpus), 0 = none
+    chat_len: int = 320         # their length (a conversation offering two tools is ~300 tokens)
+    chat_docs: int = 60000
+    init: str | None = None     # continue from this checkpoint's weights instead of a fresh init
 
     def model_config(self) -> NLDConfig:
         return NLDConfig(
@@ -108,14 +112,18 @@ class TrainConfig:
 class Stream:
     """Packed token stream of training documents with their start offsets."""
 
-    def __init__(self, tok, seed: int, n_docs: int):
-        docs = corpus.documents(seed * 1000 + 1, n_docs)
+    def __init__(self, tok, seed: int, n_docs: int, docs: list[str] | None = None,
+                 bos_share: float = 0.5):
+        """``docs`` (default: ``corpus.documents(seed * 1000 + 1, n_docs)``), each
+        ``[bos]? text [eos]`` with bos at ``bos_share``."""
+        if docs is None:
+            docs = corpus.documents(seed * 1000 + 1, n_docs)
         r = random.Random(seed)
         ids: list[int] = []
         starts: list[int] = []
         for enc in tok.encode_batch(docs, add_special_tokens=False):
             starts.append(len(ids))
-            if r.random() < 0.5:
+            if r.random() < bos_share:
                 ids.append(BOS_ID)
             ids.extend(enc.ids)
             ids.append(EOS_ID)
@@ -132,6 +140,23 @@ class Stream:
                 s = g.randrange(limit)
             rows.append(self.ids[s:s + length])
         return torch.stack(rows)
+
+
+def chat_stream(tok, seed: int, n: int) -> Stream:
+    """``n`` conversations of ``chat_corpus`` (seed ``seed * 1000 + 2``) rendered by the chat
+    template exactly as SGLang's chat route renders them (Hugging Face's ``apply_chat_template``;
+    the template writes the bos), each closed by its last ``<|im_end|>`` (= eos), packed."""
+    from transformers import PreTrainedTokenizerFast
+
+    from ..core.tokenizer import CHAT_TEMPLATE
+    from . import chat_corpus
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=CHAT_TEMPLATE)
+    texts = []
+    for c in chat_corpus.conversations(seed * 1000 + 2, n):
+        text = hf.apply_chat_template(c["messages"], tools=c["tools"], tokenize=False)
+        texts.append(text.removesuffix("<|im_end|>\n"))     # the stream appends the eos
+    return Stream(tok, seed, n, docs=texts, bos_share=0.0)
 
 
 # ---------------------------------------------------------------- model
@@ -236,17 +261,41 @@ def save_model(out: Path, model: NLDModel, tok, dtype: str) -> None:
     save_tokenizer(tok, out)
 
 
+def _pass_loss(model: NLDModel, x: torch.Tensor, y: torch.Tensor, block: int, p_draft: float,
+               dlm_weight: float, mask: torch.Tensor, gen: torch.Generator):
+    """(loss, ar, dlm) of one batch of clean rows ``x`` [n, L] with next tokens ``y``."""
+    L, vocab = x.shape[1], model.config.vocab_size
+    positions = torch.cat([torch.arange(L), torch.arange(L)])
+    noisy, m, t = noise(x, block, p_draft, gen)
+    logits = dense_forward(model, torch.cat([noisy, x], dim=1), positions, mask)
+    ar = F.cross_entropy(logits[:, L:].reshape(-1, vocab), y.reshape(-1))
+    ce = F.cross_entropy(logits[:, :L].reshape(-1, vocab), x.reshape(-1),
+                         reduction="none").view_as(x)
+    dlm = (ce * m / t).sum() / x.numel()
+    return ar + dlm_weight * dlm, ar, dlm
+
+
 def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path: Path | None,
-               quiet: bool = False, deadline: float | None = None) -> tuple[NLDModel, list]:
+               quiet: bool = False, deadline: float | None = None,
+               chat: Stream | None = None) -> tuple[NLDModel, list]:
+    """The base phase; with ``chat`` (and ``tc.chat_rows``) every step also takes a batch of
+    ``tc.chat_rows`` conversation windows of ``tc.chat_len`` tokens, its loss added."""
     torch.manual_seed(tc.seed)
     cfg = tc.model_config()
-    model = NLDModel(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, cfg.initializer_range)
-                if name.endswith(("o_proj.weight", "down_proj.weight")):
-                    p.mul_(1.0 / math.sqrt(2 * cfg.num_hidden_layers))
+    if tc.init is not None:
+        from ..core.weights import load_model
+        model = load_model(Path(tc.init), dtype=torch.float32, lora=False)
+        if model.config.vocab_size != cfg.vocab_size or model.config.hidden_size != cfg.hidden_size:
+            raise ValueError(f"--init {tc.init}: its shape differs from the training config")
+        cfg = model.config
+    else:
+        model = NLDModel(cfg)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, cfg.initializer_range)
+                    if name.endswith(("o_proj.weight", "down_proj.weight")):
+                        p.mul_(1.0 / math.sqrt(2 * cfg.num_hidden_layers))
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() == 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -256,8 +305,9 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
     g = random.Random(tc.seed + 1)
     gen = torch.Generator().manual_seed(tc.seed + 2)
     L = tc.seq_len
-    positions = torch.cat([torch.arange(L), torch.arange(L)])
     masks = {b: dual_mask(L, b) for b, _ in tc.block_sizes}
+    chat_masks = ({b: dual_mask(tc.chat_len, b) for b, _ in tc.block_sizes}
+                  if chat is not None and tc.chat_rows else None)
     t0, last_save = time.time(), time.time()
     c0 = time.process_time()
     hist = []
@@ -265,18 +315,18 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
     for step in range(tc.steps):
         block = _pick_block(g, tc.block_sizes)
         clean = stream.batch(g, tc.batch, L + 1)
-        x, y = clean[:, :L], clean[:, 1:]
-        noisy, m, t = noise(x, block, tc.p_draft, gen)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, tc.steps, tc.warmup, tc.lr, tc.min_lr)
-        logits = dense_forward(model, torch.cat([noisy, x], dim=1), positions, masks[block])
-        ar = F.cross_entropy(logits[:, L:].reshape(-1, cfg.vocab_size), y.reshape(-1))
-        ce = F.cross_entropy(logits[:, :L].reshape(-1, cfg.vocab_size), x.reshape(-1),
-                             reduction="none").view_as(x)
-        dlm = (ce * m / t).sum() / x.numel()
-        loss = ar + tc.dlm_weight * dlm
         opt.zero_grad(set_to_none=True)
+        loss, ar, dlm = _pass_loss(model, clean[:, :L], clean[:, 1:], block, tc.p_draft,
+                                   tc.dlm_weight, masks[block], gen)
         loss.backward()
+        chat_loss = None
+        if chat_masks is not None:
+            rows = chat.batch(g, tc.chat_rows, tc.chat_len + 1)
+            chat_loss, _, _ = _pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft,
+                                         tc.dlm_weight, chat_masks[block], gen)
+            chat_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
@@ -284,6 +334,7 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
             rec = {"phase": "base", "step": step, "loss": round(loss.item(), 4),
                    "ar": round(ar.item(), 4), "dlm": round(dlm.item(), 4),
                    "ema": round(ema, 4), "block": block, "lr": round(opt.param_groups[0]["lr"], 6),
+                   **({} if chat_loss is None else {"chat": round(chat_loss.item(), 4)}),
                    "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
             hist.append(rec)
             _log(log_path, rec, quiet)
@@ -301,8 +352,9 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
 
 
 def train_lora(tc: TrainConfig, model: NLDModel, stream: Stream, log_path: Path | None,
-               quiet: bool = False, deadline: float | None = None
+               quiet: bool = False, deadline: float | None = None, chat: Stream | None = None
                ) -> tuple[dict[str, torch.Tensor], list]:
+    """The drafter's phase; with ``chat``, every other step's batch is conversation windows."""
     cfg = model.config
     for p in model.parameters():
         p.requires_grad_(False)
@@ -324,7 +376,7 @@ def train_lora(tc: TrainConfig, model: NLDModel, stream: Stream, log_path: Path 
     t0, c0 = time.time(), time.process_time()
     for step in range(tc.lora_steps):
         block = _pick_block(g, tc.block_sizes)
-        x = stream.batch(g, tc.batch, L)
+        x = (chat if chat is not None and step % 2 else stream).batch(g, tc.batch, L)
         nb = L // block
         slot = torch.arange(L) % block
         noisy = torch.where(slot[None, :] == 0, x, torch.full_like(x, MASK_ID))
@@ -372,6 +424,18 @@ def train_lora(tc: TrainConfig, model: NLDModel, stream: Stream, log_path: Path 
     return tensors, hist
 
 
+def _check_same_tokenizer(tok, init: Path) -> None:
+    """``--init``'s tokenizer must be this one up to the reserved ids' names (its merges and
+    every learned id equal), or the weights would read other tokens."""
+    from ..core.tokenizer import NUM_RESERVED, load_tokenizer
+
+    a, b = json.loads(tok.to_str())["model"], json.loads(load_tokenizer(init).to_str())["model"]
+    learned = {k: v for k, v in a["vocab"].items() if v >= NUM_RESERVED}
+    if a["merges"] != b["merges"] or learned != {k: v for k, v in b["vocab"].items()
+                                                 if v >= NUM_RESERVED}:
+        raise ValueError(f"--init {init}: its tokenizer differs from the corpus tokenizer")
+
+
 def build_corpus_tokenizer(vocab: int):
     """The fixture's tokenizer: BPE over corpus text, one token per digit."""
     return build_tokenizer(vocab, corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS),
@@ -399,16 +463,21 @@ def train(out_dir: str | os.PathLike, tc: TrainConfig, quiet: bool = False,
     deadline = None if minutes is None else t0 + minutes * 60
     base_deadline = None if deadline is None else deadline - LORA_RESERVE_S
     tok = build_corpus_tokenizer(tc.vocab)
+    if tc.init is not None:
+        _check_same_tokenizer(tok, Path(tc.init))
     stream = Stream(tok, tc.seed, tc.data_docs)
+    chat = chat_stream(tok, tc.seed, tc.chat_docs) if tc.chat_rows else None
     _log(log_path, {"phase": "data", "tokens": len(stream.ids), "docs": len(stream.starts),
+                    **({} if chat is None else {"chat_tokens": len(chat.ids),
+                                                "chat_docs": len(chat.starts)}),
                     "config": dict(vars(tc))}, quiet)
-    model, hist = train_base(tc, out, tok, stream, log_path, quiet, base_deadline)
+    model, hist = train_base(tc, out, tok, stream, log_path, quiet, base_deadline, chat)
     save_model(out, model, tok, tc.dtype)
     # the LoRA is trained on the weights as saved (rounded to the checkpoint dtype)
     from ..core.weights import load_model
     model = load_model(out, dtype=torch.float32, lora=False)
     base_wall, base_cpu = time.time() - t0, time.process_time() - c0
-    tensors, lhist = train_lora(tc, model, stream, log_path, quiet, deadline)
+    tensors, lhist = train_lora(tc, model, stream, log_path, quiet, deadline, chat)
     save_lora(out / LORA_DIR, tensors, tc.lora_rank, tc.lora_alpha, base_model=str(out.name))
     summary = {"base_wall_s": round(base_wall, 1), "base_cpu_s": round(base_cpu, 1),
                "total_wall_s": round(time.time() - t0, 1),

@@ -320,7 +320,14 @@ def check(cmd: DocCurl, status: int, text: str, nld_usage: bool = True) -> dict:
             answer["text"] = (choice["text"] if route == "/v1/completions"
                               else choice["message"]["content"])
             finish = [choice["finish_reason"]]
-        assert finish[0] in ("stop", "length"), (where, finish)
+            if finish[0] == "tool_calls":       # a call: JSON-object arguments, no text needed
+                assert body.get("tools"), (where, "a tool call without tools", answer)
+                calls = choice["message"]["tool_calls"]
+                assert calls and all(isinstance(json.loads(c["function"]["arguments"]), dict)
+                                     for c in calls), (where, calls)
+                answer["text"] = answer["text"] or ""
+        assert finish[0] in ("stop", "length", *(("tool_calls",) if body.get("tools") else ())), \
+            (where, finish)
         if finish[0] == "length":           # an answer, not only special tokens
             assert answer["text"], (where, answer)
         usage = answer["usage"]

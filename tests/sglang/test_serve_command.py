@@ -1,5 +1,6 @@
 """``nemotron-sglang serve`` end to end: with no ``--model`` it serves the embedded default through
-SGLang's own server, prints the URL and a curl line, and answers the OpenAI routes in every mode.
+SGLang's own server, prints the URL and a curl line, and answers the OpenAI routes in every mode:
+raw rule prompts, chat, thinking and tool calls (its parsers are serve's defaults).
 With no ``--max-running-requests`` the running cap is core's rule on the pools SGLang sized
 (logged with its derivation), and more than 16 requests run in one round."""
 
@@ -14,6 +15,8 @@ import pytest
 
 from nemotron_sglang.core.limits import running_request_cap
 from nemotron_sglang.data import EMBEDDED
+from nemotron_sglang.serving import serve
+from nemotron_sglang.testing import chat_corpus
 from sglang_server import Server
 
 pytest.importorskip("sglang")
@@ -112,3 +115,75 @@ def test_more_than_16_requests_run_in_one_round(served):
     """24 requests sent at once all run in the same canvas rounds (the old fixed cap was 16)."""
     counts = run_together(served, 24, 120)
     assert counts and max(counts) == 24, counts
+
+
+# The embedded default as a chat model (its README: trained on chat, thinking and tool turns).
+# Held-out questions (chat_corpus seeds >= 1 000 000), greedy; the lossless modes must give ar's
+# answer exactly, and ar must get the rule right on CHAT_MIN of them.
+CHAT_N, CHAT_MIN = 10, 9
+ADD_TOOL = chat_corpus.TOOLS["add"]
+NEXT_TOOL = chat_corpus.TOOLS["next_number"]
+
+
+def chat(served, messages, mode, **body) -> dict:
+    status, text = served.post("/v1/chat/completions", {
+        "model": "nld", "messages": messages, "max_tokens": 48, "temperature": 0,
+        "decode_mode": mode, **body})
+    assert status == 200, text
+    return json.loads(text)["choices"][0]
+
+
+def test_embedded_default_answers_chat(served):
+    """The banner's chat line gets the rule's answer in every mode; held-out rule questions are
+    answered correctly by ar (CHAT_MIN of CHAT_N) and identically by the lossless modes."""
+    for mode in ("ar", "diffusion", "linear_spec", "quadratic_spec"):
+        got = chat(served, [{"role": "user", "content": serve.CHAT_EXAMPLE}], mode)
+        assert got["message"]["content"].startswith("20, 25, 30"), (mode, got)
+    qs = chat_corpus.eval_questions(chat_corpus.EVAL_SEED_BASE + 7, CHAT_N)
+    answers = {mode: [chat(served, [{"role": "user", "content": q["user"]}], mode)["message"]
+                      ["content"] for q in qs] for mode in ("ar", "linear_spec", "quadratic_spec")}
+    ok = [chat_corpus.answer_ok(q, a) for q, a in zip(qs, answers["ar"])]
+    assert sum(ok) >= CHAT_MIN, list(zip([q["user"] for q in qs], answers["ar"]))
+    assert answers["linear_spec"] == answers["ar"] == answers["quadratic_spec"]
+
+
+def test_embedded_default_thinks_when_asked(served):
+    """enable_thinking: a reasoning section (reasoning_content) and then the answer (content);
+    without it, no reasoning at all."""
+    q = chat_corpus.eval_questions(chat_corpus.EVAL_SEED_BASE + 8, 1)[0]
+    msgs = [{"role": "user", "content": q["user"]}]
+    for mode in ("ar", "linear_spec"):
+        got = chat(served, msgs, mode, chat_template_kwargs={"enable_thinking": True})["message"]
+        assert got["reasoning_content"] and chat_corpus.answer_ok(q, got["content"]), got
+        plain = chat(served, msgs, mode)["message"]
+        assert not plain.get("reasoning_content") and chat_corpus.answer_ok(q, plain["content"])
+
+
+@pytest.mark.parametrize("mode", ["ar", "linear_spec", "diffusion"])
+def test_embedded_default_calls_tools(served, mode):
+    """Through SGLang's mistral parser: tool_choice required and named give arguments that
+    validate against the tool's schema (and are the question's); auto calls the tool a question
+    needs and answers directly one no tool answers; the second turn, with the tool's result, is
+    answered."""
+    jsonschema = pytest.importorskip("jsonschema")
+    tools = [ADD_TOOL, NEXT_TOOL]
+    q = chat_corpus.eval_questions(chat_corpus.EVAL_SEED_BASE + 9, 1, ("add",), big=True)[0]
+    msgs = [{"role": "user", "content": q["user"]}]
+    named = {"type": "function", "function": {"name": "add"}}
+    for choice in ("required", named, "auto"):
+        got = chat(served, msgs, mode, tools=tools, tool_choice=choice)
+        calls = got["message"]["tool_calls"]
+        assert got["finish_reason"] == "tool_calls" and calls, (choice, got)
+        args = json.loads(calls[0]["function"]["arguments"])
+        jsonschema.validate(args, ADD_TOOL["function"]["parameters"])
+        assert calls[0]["function"]["name"] == "add" and args == q["args"], (choice, calls)
+    direct = chat(served, [{"role": "user", "content": "What day comes after Monday?"}], mode,
+                  tools=tools, tool_choice="auto")
+    assert not direct["message"].get("tool_calls") and \
+        direct["message"]["content"].startswith("Tuesday"), direct
+    call = {"id": "call_0", "type": "function",
+            "function": {"name": "add", "arguments": json.dumps(q["args"])}}
+    second = chat(served, msgs + [{"role": "assistant", "content": "", "tool_calls": [call]},
+                                  {"role": "tool", "tool_call_id": "call_0",
+                                   "content": q["result"]}], mode, tools=tools)
+    assert chat_corpus.answer_ok(q, second["message"]["content"]), second
