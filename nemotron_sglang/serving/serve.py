@@ -62,7 +62,7 @@ SERVED_MODEL_NAME = "nld"     # --served-model-name unless given: /v1/models, a 
 # the embedded default's parsers (its chat template: the Mistral family's tool calls, a <think>
 # reasoning section), unless given: tool calls and reasoning come back as OpenAI fields
 EMBEDDED_PARSERS = (("--tool-call-parser", "mistral"), ("--reasoning-parser", "nemotron_3"))
-CHAT_EXAMPLE = "Count: 5, 10, 15"     # the banner's and README's chat line
+CHAT_EXAMPLE = "What comes after 41?"     # the banner's and README's chat line
 
 
 def embedded_model() -> Path:
