@@ -28,6 +28,12 @@ the previous position). Along the text, the greedy path equals the text up to th
 where that argmax differs, so CE is taken on the accepted prefix plus the first rejected slot
 (the slots after it follow a path the text does not show).
 
+Chat (``chat_rows`` > 0): every base step also takes ``chat_rows`` windows of ``chat_len``
+tokens of packed conversations (``chat_stream``: ``chat_corpus.conversations(seed * 1000 + 2,
+chat_docs)`` rendered by the chat template as SGLang's chat route renders them), with the same
+loss added; the drafter's phase alternates raw and conversation batches. ``init`` continues from
+a checkpoint's weights (its tokenizer must be the corpus tokenizer up to reserved names).
+
 Data: the training stream is ``corpus.documents(seed * 1000 + 1, data_docs)`` (below
 ``corpus.EVAL_SEED_BASE`` for training seeds 0..998, which :func:`train` enforces; the
 tokenizer's text is ``corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS)``); each document is
