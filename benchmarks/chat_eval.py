@@ -105,13 +105,9 @@ def _call_ok(q: dict, call) -> tuple[bool, bool]:
     return True, name == C.TOOL_FOR[q["kind"]] and args == q["args"]
 
 
-def _strict(tool: dict) -> dict:
-    return {**tool, "function": {**tool["function"], "strict": True}}
-
-
 def tool_rows(client, modes, n: int, pool) -> list[list]:
     tools = [C.TOOLS[t] for t in OFFERED]
-    strict = [_strict(t) for t in tools]
+    strict = [C.strict(t) for t in tools]
     qs = _tool_questions(n)
     direct = C.eval_questions(EVAL_SEED + 3, n, kinds=("cycle", "sequence"))
     rows = []

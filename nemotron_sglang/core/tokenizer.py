@@ -51,21 +51,28 @@ MODEL_MAX_LENGTH = 4096
 # reads it (``explicit_enable_thinking_default_false``), so a reasoning parser such as nemotron_3
 # leaves a plain chat's answer in ``content``.
 _THINK_DEFAULT = "{% if not enable_thinking is defined %}{% set enable_thinking = false %}{% endif %}"
-_CHAT_OPEN = _THINK_DEFAULT + "{{ '<s>' }}{% for message in messages %}"
-_CHAT_CLOSE = (
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking %}{{ '<think>\n' }}{% endif %}"
-    "{% endif %}"
-)
+_BOS = _THINK_DEFAULT + "{{ '<s>' }}"
+_LOOP = "{% for message in messages %}"
+_CHAT_OPEN = _BOS + _LOOP
+
+
+def _chat_close(thinking_off: str) -> str:
+    """The end of the message loop and the assistant's turn: ``<think>\n`` opened with
+    ``enable_thinking``, else ``thinking_off`` written."""
+    off = "{% else %}{{ '" + thinking_off + "' }}" if thinking_off else ""
+    return ("{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+            "{% if enable_thinking %}{{ '<think>\n' }}" + off + "{% endif %}"
+            "{% endif %}")
+
+
+_CHAT_CLOSE = _chat_close("")
 _TOOLS = (
-    _THINK_DEFAULT + "{{ '<s>' }}"
     "{% if tools %}{{ '<|im_start|>system\n[AVAILABLE_TOOLS][' }}"
     "{% for tool in tools %}{% set f = tool['function'] if tool['function'] is defined else tool %}"
     "{{ {'name': f['name'], 'parameters': f['parameters']} | tojson }}"
     "{% if not loop.last %}{{ ', ' }}{% endif %}{% endfor %}"
     "{{ '][/AVAILABLE_TOOLS]<|im_end|>\n' }}{% endif %}"
-    "{% for message in messages %}"
 )
 _MESSAGE = (
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
@@ -89,13 +96,7 @@ _MESSAGE = (
 # the text model's turn opens its reasoning section either way: ``<think>\n`` to be written
 # (``enable_thinking``), else closed empty, ``<think></think>\n\n`` (as every earlier assistant
 # turn without reasoning is written), so whether it reasons is the request's choice, not the model's
-_TEXT_CLOSE = (
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking %}{{ '<think>\n' }}{% else %}{{ '<think></think>\n\n' }}{% endif %}"
-    "{% endif %}"
-)
-CHAT_TEMPLATE = _TOOLS + _MESSAGE + _TEXT_CLOSE
+CHAT_TEMPLATE = _BOS + _TOOLS + _LOOP + _MESSAGE + _chat_close("<think></think>\n\n")
 
 # the VLM's: a message's content is a string, or a list of parts ({"type": "text", "text": ...} or
 # {"type": "image"}, as SGLang's chat route hands them over), each image written as [IMG] where it

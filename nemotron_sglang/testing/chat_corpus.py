@@ -16,10 +16,11 @@ Questions (``KINDS``), each with its answer:
 
 A share of the answers carries a reasoning section (``reasoning``: one line stating the rule);
 the template writes it as ``<think>\\n...\\n</think>\\n\\n`` before the answer. Tool conversations
-offer a shuffled subset (at most ``MAX_TOOLS``) of ``TOOLS`` (``add(a, b)``, ``next_number(n)``, ``previous_number(n)``):
-a question a tool answers (its tool offered in ``MATCH_SHARE`` of these) is a call (the Mistral convention the ``mistral`` tool-call parser
-reads: ``[TOOL_CALLS] [{"name": ..., "arguments": {...}}]``), the tool's result, then the answer;
-a question no offered tool answers is answered directly.
+offer a shuffled subset (at most ``MAX_TOOLS``) of ``TOOLS`` (``add(a, b)``, ``next_number(n)``,
+``previous_number(n)``): a question a tool answers (its tool offered in ``MATCH_SHARE`` of these)
+is a call (the Mistral convention the ``mistral`` tool-call parser reads: ``[TOOL_CALLS]
+[{"name":"add", "arguments": {...}}]``), the tool's result, then the answer; a question no
+offered tool answers is answered directly.
 
 Seeds: training uses seeds below ``corpus.EVAL_SEED_BASE``; ``eval_questions`` only seeds at or
 above it (the rules and number ranges are shared; the drawn questions are not).
@@ -51,15 +52,17 @@ TOOLS = {
 # which tool answers which question, and with what arguments
 TOOL_FOR = {"add": "add", "after": "next_number", "before": "previous_number"}
 
+
+def strict(tool: dict) -> dict:
+    """``tool`` marked ``"strict": true``: with ``tool_choice`` required or named, SGLang's
+    grammar then holds the call's arguments to its schema (docs/serving.md)."""
+    return {**tool, "function": {**tool["function"], "strict": True}}
+
 THINK_SHARE = 0.3        # of answers with a reasoning section
 TOOL_SHARE = 0.5         # of conversations that offer tools
 SYSTEM_SHARE = 0.2       # of conversations that open with a system message
 MAX_TOOLS = 2            # tools offered at most (each renders to ~130 tokens)
 MATCH_SHARE = 0.75       # of tool offers to a question a tool answers that include that tool
-
-
-def _phrase(r: random.Random, options: list[str]) -> str:
-    return r.choice(options)
 
 
 def question(r: random.Random, kind: str, big: bool = False) -> dict:
@@ -69,14 +72,14 @@ def question(r: random.Random, kind: str, big: bool = False) -> dict:
     if kind in ("after", "before"):
         n = r.randint(1, 999)
         m = n + 1 if kind == "after" else n - 1
-        user = _phrase(r, [f"What comes {kind} {n}?", f"What number comes {kind} {n}?",
+        user = r.choice([f"What comes {kind} {n}?", f"What number comes {kind} {n}?",
                            f"What is the number {kind} {n}?"])
         op = "+" if kind == "after" else "-"
         return {"kind": kind, "user": user, "answer": f"The number {kind} {n} is {m}.",
                 "reasoning": f"{n} {op} 1 = {m}.", "args": {"n": n}, "result": str(m)}
     if kind == "add":           # small enough to answer without a tool; a tool takes any
         a, b = (r.randint(1, 99), r.randint(1, 499)) if big else (r.randint(1, 9), r.randint(1, 99))
-        user = _phrase(r, [f"What is {a} + {b}?", f"What is {a} plus {b}?", f"Add {a} and {b}."])
+        user = r.choice([f"What is {a} + {b}?", f"What is {a} plus {b}?", f"Add {a} and {b}."])
         return {"kind": kind, "user": user, "answer": f"{a} + {b} = {a + b}.",
                 "reasoning": f"{a} + {b} = {a + b}.", "args": {"a": a, "b": b},
                 "result": str(a + b)}
@@ -96,7 +99,7 @@ def question(r: random.Random, kind: str, big: bool = False) -> dict:
             rule = f"Each term is {step} more than the one before."
         terms = ", ".join(str(v) for v in xs[:k])
         more = [xs[-1] + (xs[1] - xs[0]) * i for i in range(1, 13)]   # the rule, past the answer
-        user = _phrase(r, [head + terms, "Continue: " + head + terms,
+        user = r.choice([head + terms, "Continue: " + head + terms,
                            "What comes next? " + head + terms])
         return {"kind": kind, "user": user, "answer": ", ".join(str(v) for v in xs[k:]),
                 "reasoning": rule, "args": None, "result": None,
@@ -105,7 +108,7 @@ def question(r: random.Random, kind: str, big: bool = False) -> dict:
         names, what = r.choice([(DAYS, "day"), (MONTHS, "month")])
         i = r.randrange(len(names))
         nxt = names[(i + 1) % len(names)]
-        user = _phrase(r, [f"What {what} comes after {names[i]}?",
+        user = r.choice([f"What {what} comes after {names[i]}?",
                            f"Which {what} follows {names[i]}?"])
         return {"kind": kind, "user": user, "answer": f"{nxt}.",
                 "reasoning": f"After {names[i]} comes {nxt}.", "args": None, "result": None}

@@ -169,7 +169,7 @@ def test_embedded_default_calls_tools(served, mode):
     jsonschema = pytest.importorskip("jsonschema")
     tools = [ADD_TOOL, NEXT_TOOL]
     # required / named hold the arguments to the schema only for strict tools (docs/serving.md)
-    strict = [{**t, "function": {**t["function"], "strict": True}} for t in tools]
+    strict = [chat_corpus.strict(t) for t in tools]
     q = chat_corpus.eval_questions(chat_corpus.EVAL_SEED_BASE + 9, 1, ("add",), big=True)[0]
     msgs = [{"role": "user", "content": q["user"]}]
     named = {"type": "function", "function": {"name": "add"}}
