@@ -1,6 +1,7 @@
 """A real SGLang server process on the CPU, for the tests and the benchmarks: ``sglang.launch_server``
 (torch_native attention, fp32, ``OMP_NUM_THREADS=1``, the plugin's CPU platform) on a loopback
-port, polled until healthy, stopped with its whole process group; plus a JSON POST.
+port drawn below the kernel's ephemeral range, polled until healthy, started again on a fresh port
+if its own was taken meanwhile, stopped with its whole process group; plus a JSON POST.
 
 The server's process group also dies with the process that started it, even one killed by
 SIGKILL (a suite killed by a timeout): a watchdog (``python -m nemotron_sglang.testing.cpu_server
@@ -11,6 +12,7 @@ only follow ``launch_server``'s main process, by ``PR_SET_PDEATHSIG``; nothing k
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -113,22 +115,37 @@ def listening_addresses(pgid: int) -> set[tuple[str, int]]:
     return found
 
 
-def free_port(below: int | None = None) -> int:
-    """A free loopback port: the kernel's pick, or with ``below`` one drawn from 20000..below-1
-    (Dynamo 1.6.1 parses ``DYN_SYSTEM_PORT`` as an i16: ports from 32768, the kernel's ephemeral
-    range, are refused)."""
-    if below is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-    for port in random.Random().sample(range(20000, below), 200):
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (``bind(0)`` and every outgoing connection
+    draw from it)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=256)   # this process's recent picks
+
+
+def free_port() -> int:
+    """A free loopback port, for a server to bind later, drawn from 10000..21999: below the
+    kernel's ephemeral range, so none of the server's own outgoing connections (a client of torch's
+    distributed store, a ZMQ socket) can take it meanwhile, and below SGLang's own picks
+    (22000..29999); never one this process handed out recently (a test's servers and side ports
+    are live together). Dynamo 1.6.1 reads ``DYN_SYSTEM_PORT`` as an i16, which this range
+    also suits."""
+    high = min(22000, _ephemeral_low())
+    for port in random.Random().sample(range(10000, high), 200):
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError(f"no free port in 20000..{below - 1}")
+        _HANDED_OUT.append(port)
+        return port
+    raise RuntimeError(f"no free port in 10000..{high - 1}")
 
 
 def post(url: str, body, timeout: float = 120) -> tuple[int, str]:
@@ -149,21 +166,38 @@ def launch_command(model: Path) -> list[str]:
             "--dtype", "float32"]
 
 
+BIND_FAILED = "address already in use"    # uvicorn's and Rust's bind error, lower-cased
+BIND_TRIES = 3
+
+
 class CPUServer:
     """``command`` (default: ``launch_command(model)``) + ``port_flag`` + ``extra``, with
     ``env`` added to the environment and the output in ``log``; up (``/health`` answers 200 on
     the port) when the constructor returns, which waits up to ``wait_s`` (a loaded 2-core
-    machine needs minutes). ``port_flag=None``: the command takes its port from ``env``."""
+    machine needs minutes). ``port_flag=None``: the command takes its port from ``env``.
+
+    A server whose log says its port was taken meanwhile is stopped at once (SGLang's does not
+    exit: it waits on its scheduler for ever) and, when this class drew the port, started again
+    on a fresh one, up to ``BIND_TRIES`` times."""
 
     def __init__(self, model: Path | None, log: Path, extra: list[str] = (),
                  command: list[str] | None = None, env: dict[str, str] | None = None,
                  port: int | None = None, wait_s: float = 600, port_flag: str | None = "--port"):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log)
         env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **(env or {}))
-        cmd = [*(command or launch_command(model)),
-               *([port_flag, str(self.port)] if port_flag else []), *extra]
+        for attempt in range(1 if port else BIND_TRIES):
+            self.port = port or free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            cmd = [*(command or launch_command(model)),
+                   *([port_flag, str(self.port)] if port_flag else []), *extra]
+            if self._start(cmd, env, wait_s):
+                return
+        raise RuntimeError(f"port taken on each of {BIND_TRIES} tries:\n"
+                           f"{self.log.read_text()[-3000:]}")
+
+    def _start(self, cmd: list[str], env: dict[str, str], wait_s: float) -> bool:
+        """Start ``cmd`` and wait until it is healthy (True) or its port was taken (False, the
+        server stopped); a server that exits or stays down ``wait_s`` raises, stopped."""
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
@@ -175,12 +209,15 @@ class CPUServer:
                 start_new_session=True)
         deadline = time.time() + wait_s
         while time.time() < deadline:
+            if BIND_FAILED in self.log.read_text(errors="replace").lower():
+                self.stop()
+                return False
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=2)
-                return
+                return True
             except OSError:                     # URLError, a refused or reset connection
                 time.sleep(1.0)
         self.stop()

@@ -29,7 +29,7 @@ class Worker(CPUServer):
     torch distributed-store port."""
 
     def __init__(self, log: Path, store: Path, extra: list[str] = ()):
-        port, self.nccl = free_port(below=1 << 15), free_port()
+        port, self.nccl = free_port(), free_port()
         super().__init__(None, log, ["--nccl-port", str(self.nccl), *extra],
                          command=[*SERVE, "--dynamo"], port=port, port_flag=None,
                          env={**LOCAL_ENV, "DYN_FILE_KV": str(store),

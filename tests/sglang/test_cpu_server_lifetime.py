@@ -88,3 +88,35 @@ def test_server_group_dies_when_its_starter_is_sigkilled(tmp_path):
         for group in (pgid, watchdog):
             if group is not None and live_group_members(group):
                 os.killpg(group, signal.SIGKILL)
+
+
+def test_a_port_taken_meanwhile_is_drawn_again(tmp_path, monkeypatch):
+    """The port ``free_port`` drew is taken before the server binds it (as a client connection
+    of the server's own could take a kernel-picked port): the server's bind fails, CPUServer
+    stops that start at once and starts again on a fresh port. The negative control: with the
+    port given, the same collision raises at once instead of waiting ``wait_s``."""
+    import socket
+
+    from nemotron_sglang.testing import cpu_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        picks = iter([busy, cpu_server.free_port()])
+        monkeypatch.setattr(cpu_server, "free_port", lambda: next(picks))
+        with cpu_server.CPUServer(None, tmp_path / "server.log",
+                                  command=[sys.executable, "-c", SERVER], wait_s=120) as s:
+            assert s.port != busy and answers(s.port)
+            assert live_group_members(s.proc.pid)
+        assert not live_group_members(s.proc.pid)
+
+        started = time.monotonic()
+        try:
+            cpu_server.CPUServer(None, tmp_path / "given.log", port=busy,
+                                 command=[sys.executable, "-c", SERVER], wait_s=120)
+        except RuntimeError as e:
+            assert "port taken" in str(e)
+        else:
+            raise AssertionError("a server on a taken port came up")
+        assert time.monotonic() - started < 60
