@@ -10,12 +10,12 @@ Starts ``nemotron-sglang serve`` (``--model``, default the embedded fixture) wit
 * **thinking**: ``enable_thinking``; has a reasoning section and a correct answer; and with
   ``thinking_budget`` 4 the section ends there (the answer follows).
 * **tools** (``add`` and ``next_number`` offered; questions one of them answers):
-  ``tool_choice`` ``required`` and named, with ``strict`` tools: the call's arguments validate
-  against the tool's JSON schema (and, second figure, equal the question's); ``required`` with
-  tools not ``strict`` (SGLang's mistral grammar then forces the call's frame but not its
-  arguments); ``auto``: a question a tool answers gets a
-  call, one none answers (days, sequences) a direct correct answer; **second turn**: the
-  conversation with the call and the tool's result gets a correct answer.
+  ``tool_choice`` ``required`` and named, with the tools as a client writes them and with
+  ``strict`` tools (the schema then joins SGLang's grammar): the call's arguments validate
+  against the tool's JSON schema (and, second figure, equal the question's); ``auto``: a
+  question a tool answers gets a call, one none answers (days, sequences) a direct correct
+  answer; **second turn**: the conversation with the call and the tool's result gets a correct
+  answer.
 
     python benchmarks/chat_eval.py --markdown
     python benchmarks/chat_eval.py --model /path/to/checkpoint --n 40 --modes ar,linear_spec
@@ -120,9 +120,10 @@ def tool_rows(client, modes, n: int, pool) -> list[list]:
         def named(q):
             return {"type": "function", "function": {"name": C.TOOL_FOR[q["kind"]]}}
 
-        loose = list(pool.map(lambda q: first_call(q, "required"), qs))
-        req = list(pool.map(lambda q: first_call(q, "required", strict), qs))
-        nam = list(pool.map(lambda q: first_call(q, named(q), strict), qs))
+        req = list(pool.map(lambda q: first_call(q, "required"), qs))
+        nam = list(pool.map(lambda q: first_call(q, named(q)), qs))
+        s_req = list(pool.map(lambda q: first_call(q, "required", strict), qs))
+        s_nam = list(pool.map(lambda q: first_call(q, named(q), strict), qs))
         auto = list(pool.map(lambda q: first_call(q, "auto"), qs))
         plain = list(pool.map(
             lambda q: _ask(client, mode, [{"role": "user", "content": q["user"]}], tools=tools,
@@ -138,9 +139,8 @@ def tool_rows(client, modes, n: int, pool) -> list[list]:
             return C.answer_ok(q, m.content or "")
 
         turn2 = list(pool.map(second, qs))
-        rows.append([mode, _share(v for v, _ in loose),
-                     _share(v for v, _ in req), _share(e for _, e in req),
-                     _share(v for v, _ in nam), _share(e for _, e in nam),
+        rows.append([mode, *(f"{_share(v for v, _ in got)} / {sum(e for _, e in got)}"
+                             for got in (req, nam, s_req, s_nam)),
                      _share(e for _, e in auto),
                      _share(not m.tool_calls and C.answer_ok(q, m.content or "")
                             for q, m in zip(direct, plain)),
@@ -184,8 +184,8 @@ def main(argv=None) -> int:
     print_table(["mode", "thinking: has reasoning", "reasoning + correct",
                  "budget 4: answer after"], think, args.markdown)
     print()
-    print_table(["mode", "required, not strict: valid", "required: valid", "required: exact",
-                 "named: valid", "named: exact",
+    print_table(["mode", "required: valid / exact", "named: valid / exact",
+                 "strict required: valid / exact", "strict named: valid / exact",
                  "auto: calls when needed", "auto: direct when not", "2nd turn correct"],
                 tools, args.markdown)
     return 0

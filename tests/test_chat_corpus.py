@@ -23,6 +23,24 @@ def test_deterministic_and_seed_ranges():
     assert [q["kind"] for q in held] == [C.KINDS[i % len(C.KINDS)] for i in range(10)]
 
 
+def test_kind_weights_shift_the_draw():
+    """``add=1000`` makes nearly every conversation an addition; no weights keep the uniform
+    draw (the stream stages 2 and 3 were trained on); a weight for no kind is refused."""
+    seed = random.randrange(EVAL_SEED_BASE)
+
+    def additions(convs):
+        return sum(" + " in c["messages"][-1]["content"] for c in convs) / len(convs)
+
+    assert C.conversations(seed, 400, None) == C.conversations(seed, 400)
+    assert 0.1 < additions(C.conversations(seed, 400)) < 0.3, seed
+    assert additions(C.conversations(seed, 400, C.kind_weights("add=1000"))) > 0.95, seed
+    assert C.kind_weights(None) is None
+    assert C.kind_weights("add=3,sequence=2")["sequence"] == 2.0
+    for bad in ("mul=2", "add", "add=x"):
+        with pytest.raises(ValueError):
+            C.kind_weights(bad)
+
+
 def test_every_answer_follows_its_rule():
     seed = random.randrange(10**6)
     r = random.Random(seed)

@@ -33,7 +33,8 @@ from nemotron_sglang.data import EMBEDDED
 
 # a prompt whose laws are neither flat nor one-hot at T = 3 and top-2, with drafts close enough
 # to the target that acceptance matters; re-chosen for the chat-trained fixture (2026-12-07): of
-# nine short prompts, "The" gives the most power (weakest: quadratic under_10, 0.9992 asymptotic)
+# nine short prompts, "The" gives the most power (stage-4 weights: every rule's asymptotic power
+# >= 0.9999 in both modes)
 PROMPT_TEXT = "The"
 TEMP, TOP_K, LENGTH = 3.0, 2, 5
 MIN_POWER = 0.99
@@ -197,9 +198,9 @@ def test_negative_control_a_broken_rule_is_rejected(model, oracle, ar, monkeypat
 # no law over the grammar's outputs to state a power against.
 GRAMMAR_RULES = ("under_10", "residual_p", "q_untempered")
 # the grammar's prompt (its own: with the chat-trained fixture no prompt tried gives power >= 0.99
-# both with and without the grammar; "In": the grammar moves AR's law by 0.32 in total variation,
-# and the weakest power here is linear's, 0.9994 asymptotic)
-G_PROMPT_TEXT = "In"
+# both with and without the grammar; stage-4 weights, of 15 short prompts "1": the grammar moves
+# AR's law by 0.56 in total variation, and every rule's asymptotic power is >= 0.9999)
+G_PROMPT_TEXT = "1"
 
 
 @pytest.fixture(scope="module")

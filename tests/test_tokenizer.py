@@ -185,7 +185,7 @@ def test_chat_template_renders_tools_calls_and_results(tok, arguments):
         '[/AVAILABLE_TOOLS]<|im_end|>\n'
         '<|im_start|>user\nWhat is 3?<|im_end|>\n'
         '<|im_start|>assistant\n<think></think>\n\n'
-        '[TOOL_CALLS] [{"name":"add", "arguments": {"a": 3}}]'
+        '[TOOL_CALLS] [{"name":"add", "arguments":{"a": 3}}]'
         '<|im_end|>\n<|im_start|>tool\n[TOOL_RESULTS]3[/TOOL_RESULTS]<|im_end|>\n'
         '<|im_start|>assistant\n<think></think>\n\n')
     ids = T.encode(tok, text)

@@ -42,8 +42,9 @@ MODEL_MAX_LENGTH = 4096
 # turn (opening the reasoning section with ``enable_thinking``). The text template also renders
 # the Mistral family's tool convention: the offered tools (name and parameter schema) as a first
 # system turn ``[AVAILABLE_TOOLS][...][/AVAILABLE_TOOLS]``; an assistant's calls as
-# ``[TOOL_CALLS] [{"name":"...", "arguments": {...}}]`` (spaced as SGLang's mistral parser's
-# structural tag, which ``tool_choice`` required / named forces); a ``tool`` message as
+# ``[TOOL_CALLS] [{"name":"...", "arguments":{...}}]`` (spaced as SGLang's mistral parser's
+# structural tag, which ``tool_choice`` required / named forces: its grammar takes the arguments
+# from the ``{``, no space before it); a ``tool`` message as
 # ``[TOOL_RESULTS]...[/TOOL_RESULTS]``; an assistant's ``reasoning_content`` as
 # ``<think>\n...\n</think>\n\n`` before its content (none: ``<think></think>\n\n``). The text and the VLM templates differ in
 # how a message's content is written.
@@ -87,7 +88,7 @@ _MESSAGE = (
     "{% if message['tool_calls'] is defined and message['tool_calls'] %}{{ '[TOOL_CALLS] [' }}"
     "{% for call in message['tool_calls'] %}"
     "{% set f = call['function'] if call['function'] is defined else call %}"
-    "{{ '{\"name\":' + (f['name'] | tojson) + ', \"arguments\": ' }}"
+    "{{ '{\"name\":' + (f['name'] | tojson) + ', \"arguments\":' }}"
     "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}"
     "{% endif %}{{ '}' }}{% if not loop.last %}{{ ', ' }}{% endif %}{% endfor %}{{ ']' }}"
     "{% endif %}{% endif %}"

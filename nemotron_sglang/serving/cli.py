@@ -117,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="rows of chat / thinking / tool conversations per step (0: none)")
     t.add_argument("--chat-len", type=int, default=None)
     t.add_argument("--chat-docs", type=int, default=None)
+    t.add_argument("--chat-weights", default=None,
+                   help='question kinds drawn more often, e.g. "add=3,sequence=3" (others 1)')
     t.add_argument("--init", default=None,
                    help="continue from this checkpoint's weights (same tokenizer and shape)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -218,7 +220,7 @@ def _train_tiny(args) -> int:
     torch.set_num_threads(args.threads)
     tc = TrainConfig(seed=args.seed)
     for name in ("steps", "lora_steps", "batch", "seq_len", "data_docs", "dlm_weight", "lr",
-                 "warmup", "chat_rows", "chat_len", "chat_docs", "init"):
+                 "warmup", "chat_rows", "chat_len", "chat_docs", "chat_weights", "init"):
         v = getattr(args, name)
         if v is not None:
             setattr(tc, name, v)

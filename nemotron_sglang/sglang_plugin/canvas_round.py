@@ -138,6 +138,10 @@ class CanvasRound:
         nld.keep = min(with_kv, n)
         if st.finish_reason == "error":
             return self._fail(row, pending[:n])
+        if st.grammar is not None and n < len(pending) and st.grammar.grammar.is_terminated():
+            # the stop token that completed the grammar waits for the next round: SGLang would
+            # read the grammar as complete now, finish on this round's last token and trim it
+            st.grammar.seek(list(row.req.output_ids) + pending[:n])
         if st.complete and n == len(pending):
             # core ended the output (an infill region): SGLang's stop rules would go on
             row.req.to_finish = InfillDone()

@@ -19,7 +19,7 @@ the template writes it as ``<think>\\n...\\n</think>\\n\\n`` before the answer. 
 offer a shuffled subset (at most ``MAX_TOOLS``) of ``TOOLS`` (``add(a, b)``, ``next_number(n)``,
 ``previous_number(n)``): a question a tool answers (its tool offered in ``MATCH_SHARE`` of these)
 is a call (the Mistral convention the ``mistral`` tool-call parser reads: ``[TOOL_CALLS]
-[{"name":"add", "arguments": {...}}]``), the tool's result, then the answer; a question no
+[{"name":"add", "arguments":{...}}]``), the tool's result, then the answer; a question no
 offered tool answers is answered directly.
 
 Seeds: training uses seeds below ``corpus.EVAL_SEED_BASE``; ``eval_questions`` only seeds at or
@@ -122,9 +122,23 @@ def _assistant(text: str, reasoning: str | None) -> dict:
     return msg
 
 
-def conversation(r: random.Random) -> dict:
-    """One training conversation (see the module docstring for the mix)."""
-    kind = r.choice(KINDS)
+def kind_weights(spec: str | None) -> dict[str, float] | None:
+    """``"add=3,sequence=3"`` -> each kind's draw weight (kinds not named: 1); None for None."""
+    if not spec:
+        return None
+    weights = dict.fromkeys(KINDS, 1.0)
+    for item in spec.split(","):
+        kind, _, w = item.partition("=")
+        if kind.strip() not in weights or not w:
+            raise ValueError(f"kind weights {spec!r}: want kind=weight with kinds from {KINDS}")
+        weights[kind.strip()] = float(w)
+    return weights
+
+
+def conversation(r: random.Random, weights: dict[str, float] | None = None) -> dict:
+    """One training conversation (see the module docstring for the mix); ``weights``: each
+    kind's draw weight (``kind_weights``; None: uniform, the draw stages 2 and 3 were trained on)."""
+    kind = r.choice(KINDS) if weights is None else r.choices(KINDS, [weights[k] for k in KINDS])[0]
     offer = r.random() < TOOL_SHARE
     tool = TOOL_FOR.get(kind)
     names = []
@@ -156,12 +170,13 @@ def conversation(r: random.Random) -> dict:
     return {"messages": messages, "tools": tools}
 
 
-def conversations(seed: int, n: int) -> list[dict]:
-    """``n`` training conversations; deterministic in ``seed`` (< EVAL_SEED_BASE)."""
+def conversations(seed: int, n: int, weights: dict[str, float] | None = None) -> list[dict]:
+    """``n`` training conversations; deterministic in ``seed`` (< EVAL_SEED_BASE) and
+    ``weights`` (``conversation``)."""
     if seed >= EVAL_SEED_BASE:
         raise ValueError(f"training conversations use seeds below {EVAL_SEED_BASE}")
     r = random.Random(seed)
-    return [conversation(r) for _ in range(n)]
+    return [conversation(r, weights) for _ in range(n)]
 
 
 def eval_questions(seed: int, n: int, kinds=KINDS, big: bool = False) -> list[dict]:

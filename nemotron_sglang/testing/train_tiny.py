@@ -100,6 +100,7 @@ class TrainConfig:
     chat_rows: int = 0          # rows of rendered conversations per step (chat_corpus), 0 = none
     chat_len: int = 320         # their length (a conversation offering two tools is ~300 tokens)
     chat_docs: int = 60000
+    chat_weights: str | None = None   # kinds' draw weights, "add=3,sequence=3" (None: uniform)
     init: str | None = None     # continue from this checkpoint's weights instead of a fresh init
 
     def model_config(self) -> NLDConfig:
@@ -148,8 +149,9 @@ class Stream:
         return torch.stack(rows)
 
 
-def chat_stream(tok, seed: int, n: int) -> Stream:
-    """``n`` conversations of ``chat_corpus`` (seed ``seed * 1000 + 2``) rendered by the chat
+def chat_stream(tok, seed: int, n: int, weights: str | None = None) -> Stream:
+    """``n`` conversations of ``chat_corpus`` (seed ``seed * 1000 + 2``, the kinds drawn with
+    ``weights``, ``chat_corpus.kind_weights``) rendered by the chat
     template exactly as SGLang's chat route renders them (Hugging Face's ``apply_chat_template``;
     the template writes the bos), each closed by its last ``<|im_end|>`` (= eos), packed."""
     from transformers import PreTrainedTokenizerFast
@@ -159,7 +161,8 @@ def chat_stream(tok, seed: int, n: int) -> Stream:
 
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=CHAT_TEMPLATE)
     texts = []
-    for c in chat_corpus.conversations(seed * 1000 + 2, n):
+    for c in chat_corpus.conversations(seed * 1000 + 2, n,
+                                        chat_corpus.kind_weights(weights)):
         text = hf.apply_chat_template(c["messages"], tools=c["tools"], tokenize=False)
         texts.append(text.removesuffix("<|im_end|>\n"))     # the stream appends the eos
     return Stream(tok, seed, n, docs=texts, bos_share=0.0)
@@ -472,7 +475,7 @@ def train(out_dir: str | os.PathLike, tc: TrainConfig, quiet: bool = False,
     if tc.init is not None:
         _check_same_tokenizer(tok, Path(tc.init))
     stream = Stream(tok, tc.seed, tc.data_docs)
-    chat = chat_stream(tok, tc.seed, tc.chat_docs) if tc.chat_rows else None
+    chat = chat_stream(tok, tc.seed, tc.chat_docs, tc.chat_weights) if tc.chat_rows else None
     _log(log_path, {"phase": "data", "tokens": len(stream.ids), "docs": len(stream.starts),
                     **({} if chat is None else {"chat_tokens": len(chat.ids),
                                                 "chat_docs": len(chat.starts)}),
