@@ -185,7 +185,7 @@ class CPUServer:
                  port: int | None = None, wait_s: float = 600, port_flag: str | None = "--port"):
         self.log = Path(log)
         env = dict(os.environ, NEMOTRON_SGLANG_CPU_PLATFORM="1", OMP_NUM_THREADS="1", **(env or {}))
-        for attempt in range(1 if port else BIND_TRIES):
+        for _ in range(1 if port else BIND_TRIES):
             self.port = port or free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             cmd = [*(command or launch_command(model)),

@@ -145,14 +145,16 @@ def measure(server, log: Path, prompts: list[list[int]], max_new: int,
             batch: int = 2) -> dict[str, dict]:
     """``step_stats`` of each mode's canvas steps on a server started with ``probe_env(.., log)``:
     per mode ``batch`` greedy requests of that mode in one call, then "mixed" (one request of
-    each mode in one call); prompts taken in turn from ``prompts``."""
+    each mode in one call); prompts taken in turn from ``prompts``; ``ignore_eos``, so every
+    request runs ``max_new`` tokens whatever the weights answer (an EOS as the first token would
+    leave no canvas step to count)."""
     out = {}
     for label in (*MODES, "mixed"):
         modes = list(MODES) if label == "mixed" else [label] * batch
         skip = len(read_log(log))
         server.post_json("/generate", {
             "input_ids": [prompts[k % len(prompts)] for k in range(len(modes))],
-            "sampling_params": [{"max_new_tokens": max_new, "temperature": 0,
+            "sampling_params": [{"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True,
                                  "custom_params": {"decode_mode": m}} for m in modes]})
         out[label] = step_stats(read_log(log, skip))
     return out
