@@ -36,7 +36,7 @@ def test_kind_weights_shift_the_draw():
     assert additions(C.conversations(seed, 400, C.kind_weights("add=1000"))) > 0.95, seed
     assert C.kind_weights(None) is None
     assert C.kind_weights("add=3,sequence=2")["sequence"] == 2.0
-    for bad in ("mul=2", "add", "add=x"):
+    for bad in ("mul=2", "add", "add=x", "add=-1"):
         with pytest.raises(ValueError):
             C.kind_weights(bad)
 

@@ -129,8 +129,9 @@ def kind_weights(spec: str | None) -> dict[str, float] | None:
     weights = dict.fromkeys(KINDS, 1.0)
     for item in spec.split(","):
         kind, _, w = item.partition("=")
-        if kind.strip() not in weights or not w:
-            raise ValueError(f"kind weights {spec!r}: want kind=weight with kinds from {KINDS}")
+        if kind.strip() not in weights or not w or float(w) < 0:
+            raise ValueError(f"kind weights {spec!r}: want kind=weight (>= 0) with kinds from "
+                             f"{KINDS}")
         weights[kind.strip()] = float(w)
     return weights
 
