@@ -194,31 +194,32 @@ def build_command(args: argparse.Namespace, passthrough: list[str], cuda: bool
     return cmd + passthrough, env
 
 
+def _curl(url: str, body: dict) -> str:
+    """The banner's curl line: a JSON POST of ``body`` to ``url``."""
+    return f"curl -s {url} -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+
+
 def banner(args: argparse.Namespace, cmd: list[str], cuda: bool) -> str:
     from ..core.vlm_checkpoint import is_vlm_dir
 
     url = f"http://{args.host}:{args.port}"
     model = cmd[cmd.index("--model-path") + 1]
-    curl = (f"curl -s {url}/v1/completions -H 'Content-Type: application/json' -d "
-            f"'{{\"model\": \"{SERVED_MODEL_NAME}\", \"prompt\": \"The number after 41 is\", \"max_tokens\": 16, "
-            f"\"temperature\": 0, \"decode_mode\": \"{args.default_mode}\"}}'")
-    chat = (f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d "
-            f"'{{\"model\": \"{SERVED_MODEL_NAME}\", \"messages\": [{{\"role\": \"user\", "
-            f"\"content\": \"{CHAT_EXAMPLE}\"}}], \"max_tokens\": 16, \"temperature\": 0, "
-            f"\"decode_mode\": \"{args.default_mode}\"}}'")
+    prompt = {"model": SERVED_MODEL_NAME, "prompt": "The number after 41 is", "max_tokens": 16,
+              "temperature": 0}
+    curl = _curl(f"{url}/v1/completions", {**prompt, "decode_mode": args.default_mode})
+    chat = _curl(f"{url}/v1/chat/completions", {
+        "model": SERVED_MODEL_NAME, "messages": [{"role": "user", "content": CHAT_EXAMPLE}],
+        "max_tokens": 16, "temperature": 0, "decode_mode": args.default_mode})
     if is_vlm_dir(model):                     # the vision-language model: an image chat
-        curl = (f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d "
-                f"'{{\"model\": \"nld\", \"max_tokens\": 16, \"temperature\": 0, "
-                f"\"decode_mode\": \"{args.default_mode}\", \"messages\": [{{\"role\": \"user\", "
-                f"\"content\": [{{\"type\": \"image_url\", \"image_url\": {{\"url\": "
-                f"\"/path/to/image.png\"}}}}, {{\"type\": \"text\", \"text\": "
-                f"\"What is in the image?\"}}]}}]}}'")
+        curl = _curl(f"{url}/v1/chat/completions", {
+            "model": SERVED_MODEL_NAME, "max_tokens": 16, "temperature": 0,
+            "decode_mode": args.default_mode, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "/path/to/image.png"}},
+                {"type": "text", "text": "What is in the image?"}]}]})
         chat = None
     if getattr(args, "dynamo", False):
-        curl = (f"curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' "
-                f"-d '{{\"model\": \"{SERVED_MODEL_NAME}\", \"prompt\": \"The number after 41 is\", "
-                f"\"max_tokens\": 16, \"temperature\": 0, \"nvext\": {{\"annotations\": "
-                f"[\"nld.decode_mode={args.default_mode}\"]}}}}'")
+        curl = _curl("http://127.0.0.1:8000/v1/completions", {
+            **prompt, "nvext": {"annotations": [f"nld.decode_mode={args.default_mode}"]}})
         return "\n".join([
             f"nemotron-sglang serve --dynamo: a Dynamo worker ({'CUDA' if cuda else 'CPU'}), "
             f"model {SERVED_MODEL_NAME!r}; HTTP is Dynamo's frontend "
