@@ -100,7 +100,8 @@ def test_diffusion_decodes_held_out_prompts(fixture, ar_results):
 
 @pytest.mark.slow
 def test_train_tiny_loss_falls():
-    from nemotron_sglang.testing.train_tiny import Stream, TrainConfig, train_base
+    from nemotron_sglang.testing.train_data import Stream
+    from nemotron_sglang.testing.train_tiny import TrainConfig, train_base
     from nemotron_sglang.core.tokenizer import build_tokenizer
 
     torch.set_num_threads(1)
@@ -119,8 +120,8 @@ def test_train_tiny_chat_rows_and_init(tmp_path):
     """The recipe's chat path: conversations rendered by the chat template join each step
     (their loss falls too), and ``init`` continues from a saved checkpoint's weights."""
     from nemotron_sglang.core.tokenizer import BOS_ID, TOOL_CALLS_ID, build_tokenizer
-    from nemotron_sglang.testing.train_tiny import (Stream, TrainConfig, chat_stream, save_model,
-                                                    train_base)
+    from nemotron_sglang.testing.train_data import Stream, chat_stream
+    from nemotron_sglang.testing.train_tiny import TrainConfig, save_model, train_base
 
     torch.set_num_threads(1)
     tc = TrainConfig(seed=0, steps=30, batch=4, seq_len=64, hidden=64, layers=2, heads=2,
@@ -135,3 +136,42 @@ def test_train_tiny_chat_rows_and_init(tmp_path):
     tc.init, tc.steps = str(tmp_path), 1
     _, again = train_base(tc, None, tok, stream, None, quiet=True, chat=chat)
     assert again[0]["loss"] < hist[0]["loss"] - 1.0      # starts near where the first run ended
+
+
+def test_aligned_chat_rows_open_a_block_on_a_reply():
+    """``chat_stream`` marks where every assistant reply's generated part starts (right after
+    the generation prompt serving renders); ``aligned`` rows put such a start at the given row
+    offset, a block start, where serving's canvas opens."""
+    import random
+
+    from nemotron_sglang.core.tokenizer import build_tokenizer
+    from nemotron_sglang.testing import chat_corpus
+    from nemotron_sglang.testing.train_data import Stream, chat_stream, reply_starts
+
+    tok = build_tokenizer(400, corpus.documents(5, 500))
+    convs = chat_corpus.conversations(2, 200)          # chat_stream's draw for seed 0
+    chat = chat_stream(tok, 0, 200)
+    replies = [m for c in convs for m in c["messages"] if m["role"] == "assistant"]
+    assert len(chat.answers) == len(replies) > 200     # tool conversations reply twice
+    ends = ("<think></think>\n\n", "<think>\n")
+    for a, m in zip(chat.answers, replies):
+        before = decode(tok, chat.ids[a - 8:a].tolist(), skip_special=False)
+        after = decode(tok, chat.ids[a:a + 24].tolist(), skip_special=False)
+        assert before.endswith(ends), before
+        first = m.get("reasoning_content") or m["content"] or "[TOOL_CALLS]"
+        assert after.startswith(first[:12]), (after, m)
+
+    def at_reply(rows, at):
+        return [decode(tok, r[at - 8:at].tolist(), skip_special=False).endswith(ends)
+                for r in rows]
+
+    assert all(at_reply(chat.batch(random.Random(3), 16, 97, 1.0, 64), 64))
+    assert not all(at_reply(chat.batch(random.Random(3), 16, 97), 64))   # unaligned: by chance
+    rows, aligned = chat.draw(random.Random(4), 16, 97, 0.5, 64)
+    assert aligned.any() and not aligned.all() and all(at_reply(rows[aligned], 64))
+    assert reply_starts("<|im_start|>assistant\n<think></think>\n\nHi") == [39]
+    text = "The quick brown fox jumps over the lazy dog."
+    inside = next(a + 1 for a, b in tok.encode(text, add_special_tokens=False).offsets
+                  if b - a > 1)                                   # a character inside a token
+    with pytest.raises(ValueError, match="does not begin a token"):
+        Stream(tok, 0, 1, docs=[text], marks=[[inside]])

@@ -119,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--chat-docs", type=int, default=None)
     t.add_argument("--chat-weights", default=None,
                    help='question kinds drawn more often, e.g. "add=3,sequence=3" (others 1)')
+    t.add_argument("--chat-aligned", type=float, default=None,
+                   help="share of chat rows whose last block opens on a reply (0: none)")
+    t.add_argument("--chat-reply-weight", type=float, default=None,
+                   help="scale of the diffusion loss on those rows' reply block (default 1)")
+    t.add_argument("--chat-reply-uniform-t", action="store_const", const=True, default=None,
+                   help="that reply block's mask ratio uniform (default Beta(2, 1))")
     t.add_argument("--init", default=None,
                    help="continue from this checkpoint's weights (same tokenizer and shape)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -220,7 +226,8 @@ def _train_tiny(args) -> int:
     torch.set_num_threads(args.threads)
     tc = TrainConfig(seed=args.seed)
     for name in ("steps", "lora_steps", "batch", "seq_len", "data_docs", "dlm_weight", "lr",
-                 "warmup", "chat_rows", "chat_len", "chat_docs", "chat_weights", "init"):
+                 "warmup", "chat_rows", "chat_len", "chat_docs", "chat_weights", "chat_aligned",
+                 "chat_reply_weight", "chat_reply_uniform_t", "init"):
         v = getattr(args, name)
         if v is not None:
             setattr(tc, name, v)

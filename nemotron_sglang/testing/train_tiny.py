@@ -3,23 +3,8 @@
 One responsibility: turn ``corpus.documents`` into an NLD-format checkpoint directory
 (``config.json`` via :func:`core.weights.save_checkpoint`, tokenizer files, ``linear_spec_lora/``).
 
-Training runs core's :class:`NLDModel` parameters through a dense, batched forward of its own
-(:func:`dense_forward`; the serving forward is paged and ``no_grad``). Every sample is the
-dual-stream sequence of model_spec §2.3, length 2L = [noisy x_t ; clean x], both halves at
-positions 0..L-1:
-
-* clean -> clean: token-causal (gives the AR next-token loss in the same pass);
-* noisy -> noisy: same block only (bidirectional within the block);
-* noisy -> clean: clean blocks strictly before the query's block;
-* clean -> noisy: none.
-
-Loss = AR CE (clean stream, next token) + ``dlm_weight`` x block-diffusion loss (noisy stream,
-CE at masked slots weighted by 1/t, summed and divided by the number of noisy tokens). The
-block size of a step is drawn from {32: 0.6, 16: 0.2, 8: 0.2} (decoders run at 8, 16, 32). The
-mask ratio is biased toward heavy masking: per block, with probability ``p_draft`` the block
-is the drafting pattern [clean slot 0, masks after it] (what linear/quadratic drafting and the
-first diffusion step see), otherwise every slot is masked with probability t ~ Beta(2, 1)
-clipped to [0.05, 1] (at least one mask per block).
+The objective (the dual-stream pass, its mask, the noise and the loss) is
+:mod:`train_objective`'s; the data windows are :mod:`train_data`'s.
 
 The drafter (model_spec §3.4): rank-r LoRA on every layer's ``o_proj``, active on the noisy
 stream only, base frozen. Each block is [seed, mask x (B-1)] over the clean text; the target of
@@ -31,14 +16,20 @@ where that argmax differs, so CE is taken on the accepted prefix plus the first 
 Chat (``chat_rows`` > 0): every base step also takes ``chat_rows`` windows of ``chat_len``
 tokens of packed conversations (``chat_stream``: ``chat_corpus.conversations(seed * 1000 + 2,
 chat_docs)`` rendered by the chat template as SGLang's chat route renders them), with the same
-loss added; the drafter's phase alternates raw and conversation batches. ``init`` continues from
-a checkpoint's weights (its tokenizer must be the corpus tokenizer up to reserved names).
+loss added; the drafter's phase alternates raw and conversation batches. ``chat_aligned`` of
+those windows end in a block that opens on a reply (``reply_starts``: the first generated token
+after the generation prompt), the layout a decoder's canvas has when it answers a chat request:
+its first slot the AR seed, the rest masked (the ``p_draft`` pattern) or partly committed; that
+block's diffusion loss is scaled by ``chat_reply_weight``, and with ``chat_reply_uniform_t`` its
+mask ratio is uniform (``train_objective.ReplyBlocks``).
+``init`` continues from a checkpoint's weights (its tokenizer must be the corpus tokenizer up to
+reserved names).
 
 Data: the training stream is ``corpus.documents(seed * 1000 + 1, data_docs)`` (below
 ``corpus.EVAL_SEED_BASE`` for training seeds 0..998, which :func:`train` enforces; the
 tokenizer's text is ``corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS)``); each document is
-``[bos]? + text + [eos]`` (bos with probability 1/2), documents are packed, and half the windows start at a document start (position 0), half at a
-random offset. Everything is deterministic in ``seed`` (torch and ``random`` seeded; one thread
+``[bos]? + text + [eos]`` (bos with probability 1/2), documents are packed, and half the windows
+start at a document start (position 0), half at a random offset. Everything is deterministic in ``seed`` (torch and ``random`` seeded; one thread
 recommended for bit-reproducibility). RoPE: YaRN with factor 8 and
 original_max_position_embeddings 512 (> the training length, so the llama-4 query scale is 1
 everywhere we train and evaluate); max_position_embeddings 4096.
@@ -58,11 +49,12 @@ import torch
 from torch.nn import functional as F
 
 from ..core.config import NLDConfig, RopeParameters
-from ..core.lora import lora_delta
 from ..core.model import NLDModel
-from ..core.tokenizer import BOS_ID, EOS_ID, MASK_ID, build_tokenizer, save_tokenizer
+from ..core.tokenizer import MASK_ID, build_tokenizer, save_tokenizer
 from ..core.weights import LORA_DIR, save_checkpoint, save_lora
 from . import corpus
+from .train_data import Stream, chat_stream
+from .train_objective import ReplyBlocks, dense_forward, dual_mask, pass_loss, pick_block
 
 TOKENIZER_DOCS = 20000
 LORA_RESERVE_S = 480.0      # of a --minutes deadline, kept for the LoRA phase
@@ -101,6 +93,9 @@ class TrainConfig:
     chat_len: int = 320         # their length (a conversation offering two tools is ~300 tokens)
     chat_docs: int = 60000
     chat_weights: str | None = None   # kinds' draw weights, "add=3,sequence=3" (None: uniform)
+    chat_aligned: float = 0.0   # share of chat rows ending in a block that opens on a reply
+    chat_reply_weight: float = 1.0   # that block's diffusion loss scaled by this
+    chat_reply_uniform_t: bool = False   # that block's mask ratio uniform (else Beta(2, 1))
     init: str | None = None     # continue from this checkpoint's weights instead of a fresh init
 
     def model_config(self) -> NLDConfig:
@@ -113,136 +108,6 @@ class TrainConfig:
                                            original_max_position_embeddings=512),
             block_size=self.block_size, torch_dtype=self.dtype,
             dlm_loss_weight=self.dlm_weight, ar_loss_weight=1.0)
-
-
-# ---------------------------------------------------------------- data
-class Stream:
-    """Packed token stream of training documents with their start offsets."""
-
-    def __init__(self, tok, seed: int, n_docs: int, docs: list[str] | None = None,
-                 bos_share: float = 0.5):
-        """``docs`` (default: ``corpus.documents(seed * 1000 + 1, n_docs)``), each
-        ``[bos]? text [eos]`` with bos at ``bos_share``."""
-        if docs is None:
-            docs = corpus.documents(seed * 1000 + 1, n_docs)
-        r = random.Random(seed)
-        ids: list[int] = []
-        starts: list[int] = []
-        for enc in tok.encode_batch(docs, add_special_tokens=False):
-            starts.append(len(ids))
-            if r.random() < bos_share:
-                ids.append(BOS_ID)
-            ids.extend(enc.ids)
-            ids.append(EOS_ID)
-        self.ids = torch.tensor(ids, dtype=torch.long)
-        self.starts = starts
-
-    def batch(self, g: random.Random, n: int, length: int) -> torch.Tensor:
-        rows = []
-        limit = len(self.ids) - length - 1
-        for _ in range(n):
-            if g.random() < 0.5:
-                s = self.starts[g.randrange(len(self.starts) - 50)]
-            else:
-                s = g.randrange(limit)
-            rows.append(self.ids[s:s + length])
-        return torch.stack(rows)
-
-
-def chat_stream(tok, seed: int, n: int, weights: str | None = None) -> Stream:
-    """``n`` conversations of ``chat_corpus`` (seed ``seed * 1000 + 2``, the kinds drawn with
-    ``weights``, ``chat_corpus.kind_weights``) rendered by the chat
-    template exactly as SGLang's chat route renders them (Hugging Face's ``apply_chat_template``;
-    the template writes the bos), each closed by its last ``<|im_end|>`` (= eos), packed."""
-    from transformers import PreTrainedTokenizerFast
-
-    from ..core.tokenizer import CHAT_TEMPLATE
-    from . import chat_corpus
-
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=CHAT_TEMPLATE)
-    texts = []
-    for c in chat_corpus.conversations(seed * 1000 + 2, n,
-                                        chat_corpus.kind_weights(weights)):
-        text = hf.apply_chat_template(c["messages"], tools=c["tools"], tokenize=False)
-        texts.append(text.removesuffix("<|im_end|>\n"))     # the stream appends the eos
-    return Stream(tok, seed, n, docs=texts, bos_share=0.0)
-
-
-# ---------------------------------------------------------------- model
-def dual_mask(length: int, block: int) -> torch.Tensor:
-    """Bool [2L, 2L], True = may attend; rows/cols 0..L-1 noisy, L..2L-1 clean."""
-    i = torch.arange(length)
-    bi = i // block
-    causal = i[None, :] <= i[:, None]
-    same_block = bi[None, :] == bi[:, None]
-    earlier_block = bi[None, :] < bi[:, None]
-    top = torch.cat([same_block, earlier_block], dim=1)            # noisy queries
-    bottom = torch.cat([torch.zeros_like(causal), causal], dim=1)  # clean queries
-    return torch.cat([top, bottom], dim=0)
-
-
-def dense_forward(model: NLDModel, ids: torch.Tensor, positions: torch.Tensor,
-                  mask: torch.Tensor, lora: list | None = None, lora_scale: float = 0.0,
-                  lora_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """ids [N, T], positions [T], mask [T, T] bool -> logits [N, T, V] (with autograd).
-
-    ``lora``: per layer (A [r, q], B [h, r]) added to o_proj at token rows ``lora_rows`` [T] bool.
-    """
-    cfg = model.config
-    n, t = ids.shape
-    x = model.encoder.embed_tokens(ids)
-    pos = positions.repeat(n)
-    group = cfg.num_attention_heads // cfg.num_key_value_heads
-    for li, layer in enumerate(model.encoder.layers):
-        att = layer.self_attn
-        h = layer.input_layernorm(x).reshape(n * t, -1)
-        q = att.q_proj(h).view(n * t, cfg.num_attention_heads, cfg.head_dim)
-        k = att.k_proj(h).view(n * t, cfg.num_key_value_heads, cfg.head_dim)
-        v = att.v_proj(h).view(n * t, cfg.num_key_value_heads, cfg.head_dim)
-        q, k = model.rotary.apply(q, k, pos)
-        q = q.view(n, t, -1, cfg.head_dim).transpose(1, 2)
-        k = k.view(n, t, -1, cfg.head_dim).transpose(1, 2).repeat_interleave(group, dim=1)
-        v = v.view(n, t, -1, cfg.head_dim).transpose(1, 2).repeat_interleave(group, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=att.scale)
-        o = o.transpose(1, 2).reshape(n, t, cfg.q_size)
-        y = att.o_proj(o)
-        if lora is not None:
-            a, b = lora[li]
-            y = y + lora_delta(o, a, b, lora_scale, lora_rows[None, :]).to(y.dtype)
-        x = x + y
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return model.diffusion_head(model.encoder.norm(x))
-
-
-def _pick_block(g: random.Random, sizes) -> int:
-    u, acc = g.random(), 0.0
-    for b, p in sizes:
-        acc += p
-        if u < acc:
-            return b
-    return sizes[-1][0]
-
-
-def noise(clean: torch.Tensor, block: int, p_draft: float, gen: torch.Generator
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masked copy of clean [N, L], the bool mask and the per-token mask ratio t."""
-    n, length = clean.shape
-    nb = length // block
-    draft = torch.rand(n, nb, generator=gen) < p_draft
-    # Beta(2,1) by inverse CDF (sqrt of uniform), with our generator for determinism
-    t = torch.rand(n, nb, generator=gen).sqrt().clamp(0.05, 1.0)
-    m = torch.rand(n, nb, block, generator=gen) < t[..., None]
-    # at least one mask per block
-    force = torch.randint(0, block, (n, nb), generator=gen)
-    m.scatter_(2, force[..., None], True)
-    draft_pat = torch.ones(block, dtype=torch.bool)
-    draft_pat[0] = False
-    m = torch.where(draft[..., None], draft_pat.expand(n, nb, block), m)
-    t = torch.where(draft, torch.full_like(t, (block - 1) / block), t)
-    m = m.reshape(n, length)
-    tt = t[..., None].expand(n, nb, block).reshape(n, length)
-    noisy = torch.where(m, torch.full_like(clean, MASK_ID), clean)
-    return noisy, m, tt
 
 
 def lr_at(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -268,20 +133,6 @@ def _state(model: NLDModel) -> dict[str, torch.Tensor]:
 def save_model(out: Path, model: NLDModel, tok, dtype: str) -> None:
     save_checkpoint(out, model.config, _state(model), dtype=dtype)
     save_tokenizer(tok, out)
-
-
-def _pass_loss(model: NLDModel, x: torch.Tensor, y: torch.Tensor, block: int, p_draft: float,
-               dlm_weight: float, mask: torch.Tensor, gen: torch.Generator):
-    """(loss, ar, dlm) of one batch of clean rows ``x`` [n, L] with next tokens ``y``."""
-    L, vocab = x.shape[1], model.config.vocab_size
-    positions = torch.cat([torch.arange(L), torch.arange(L)])
-    noisy, m, t = noise(x, block, p_draft, gen)
-    logits = dense_forward(model, torch.cat([noisy, x], dim=1), positions, mask)
-    ar = F.cross_entropy(logits[:, L:].reshape(-1, vocab), y.reshape(-1))
-    ce = F.cross_entropy(logits[:, :L].reshape(-1, vocab), x.reshape(-1),
-                         reduction="none").view_as(x)
-    dlm = (ce * m / t).sum() / x.numel()
-    return ar + dlm_weight * dlm, ar, dlm
 
 
 def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path: Path | None,
@@ -322,19 +173,21 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
     hist = []
     ema = None
     for step in range(tc.steps):
-        block = _pick_block(g, tc.block_sizes)
+        block = pick_block(g, tc.block_sizes)
         clean = stream.batch(g, tc.batch, L + 1)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, tc.steps, tc.warmup, tc.lr, tc.min_lr)
         opt.zero_grad(set_to_none=True)
-        loss, ar, dlm = _pass_loss(model, clean[:, :L], clean[:, 1:], block, tc.p_draft,
+        loss, ar, dlm = pass_loss(model, clean[:, :L], clean[:, 1:], block, tc.p_draft,
                                    tc.dlm_weight, masks[block], gen)
         loss.backward()
         chat_loss = None
         if chat_masks is not None:
-            rows = chat.batch(g, tc.chat_rows, tc.chat_len + 1)
-            chat_loss, _, _ = _pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft,
-                                         tc.dlm_weight, chat_masks[block], gen)
+            at = (tc.chat_len // block - 1) * block
+            rows, aligned = chat.draw(g, tc.chat_rows, tc.chat_len + 1, tc.chat_aligned, at)
+            reply = ReplyBlocks(aligned, at, tc.chat_reply_weight, tc.chat_reply_uniform_t)
+            chat_loss, _, _ = pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft,
+                                        tc.dlm_weight, chat_masks[block], gen, reply)
             chat_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -384,7 +237,7 @@ def train_lora(tc: TrainConfig, model: NLDModel, stream: Stream, log_path: Path 
     hist = []
     t0, c0 = time.time(), time.process_time()
     for step in range(tc.lora_steps):
-        block = _pick_block(g, tc.block_sizes)
+        block = pick_block(g, tc.block_sizes)
         x = (chat if chat is not None and step % 2 else stream).batch(g, tc.batch, L)
         nb = L // block
         slot = torch.arange(L) % block
