@@ -175,3 +175,36 @@ def test_aligned_chat_rows_open_a_block_on_a_reply():
                   if b - a > 1)                                   # a character inside a token
     with pytest.raises(ValueError, match="does not begin a token"):
         Stream(tok, 0, 1, docs=[text], marks=[[inside]])
+
+
+def test_reply_blocks_weight_and_light_masks():
+    """``ReplyBlocks``: the reply block's diffusion term scales linearly with ``weight`` (and
+    nothing else does), and ``uniform_t`` draws its mask ratio as u where Beta(2, 1) draws
+    sqrt(u) from the same uniform u."""
+    from nemotron_sglang.core.model import NLDModel
+    from nemotron_sglang.testing.train_objective import ReplyBlocks, dual_mask, noise, pass_loss
+    from nemotron_sglang.testing.train_tiny import TrainConfig
+
+    torch.manual_seed(5)
+    tc = TrainConfig(hidden=64, layers=2, heads=2, kv_heads=1, head_dim=32, intermediate=128,
+                     vocab=400)
+    model = NLDModel(tc.model_config()).eval()
+    x = torch.randint(10, 400, (4, 64))
+    rows = torch.tensor([True, False, True, False])
+
+    def dlm(weight):
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(9)
+            return pass_loss(model, x, x, 16, 0.4, 1.0, dual_mask(64, 16), gen,
+                             ReplyBlocks(rows, 48, weight))[2].item()
+
+    d1, d2, d3 = dlm(1.0), dlm(2.0), dlm(3.0)
+    assert d2 > d1 and d3 - d1 == pytest.approx(2 * (d2 - d1), rel=1e-4)
+    assert dlm(0.0) < d1
+
+    def ratios(uniform):
+        _, _, t = noise(x, 16, 0.0, torch.Generator().manual_seed(3), uniform)
+        return t[:, ::16]                                   # [4, 4], one per block
+    beta, unif = ratios(None), ratios(torch.ones(4, 4, dtype=torch.bool))
+    keep = beta ** 2 >= 0.05                                # neither clamped
+    assert keep.sum() >= 8 and torch.allclose(unif[keep], beta[keep] ** 2)
