@@ -118,7 +118,8 @@ def test_train_tiny_loss_falls():
 @pytest.mark.slow
 def test_train_tiny_chat_rows_and_init(tmp_path):
     """The recipe's chat path: conversations rendered by the chat template join each step
-    (their loss falls too), and ``init`` continues from a saved checkpoint's weights."""
+    (their loss falls too), as do the short reply windows (``reply_rows``), and ``init``
+    continues from a saved checkpoint's weights."""
     from nemotron_sglang.core.tokenizer import BOS_ID, TOOL_CALLS_ID, build_tokenizer
     from nemotron_sglang.testing.train_data import Stream, chat_stream
     from nemotron_sglang.testing.train_tiny import TrainConfig, save_model, train_base
@@ -126,12 +127,15 @@ def test_train_tiny_chat_rows_and_init(tmp_path):
     torch.set_num_threads(1)
     tc = TrainConfig(seed=0, steps=30, batch=4, seq_len=64, hidden=64, layers=2, heads=2,
                      kv_heads=1, head_dim=32, intermediate=128, vocab=400, warmup=5, lr=3e-3,
-                     block_sizes=((32, 0.5), (8, 0.5)), chat_rows=4, chat_len=96)
+                     block_sizes=((32, 0.5), (8, 0.5)), chat_rows=4, chat_len=96,
+                     chat_aligned=0.5, chat_reply_weight=2.0, chat_reply_uniform_t=True,
+                     reply_rows=2, reply_len=64)
     tok = build_tokenizer(tc.vocab, corpus.documents(5, 500))
     stream, chat = Stream(tok, tc.seed, 300), chat_stream(tok, tc.seed, 300)
     assert chat.ids[0].item() == BOS_ID and (chat.ids == TOOL_CALLS_ID).any()   # a call seen
     model, hist = train_base(tc, None, tok, stream, None, quiet=True, chat=chat)
     assert hist[-1]["chat"] < hist[0]["chat"] - 2.0, hist
+    assert hist[-1]["reply"] < hist[0]["reply"] - 2.0, hist
     save_model(tmp_path, model, tok, "float32")
     tc.init, tc.steps = str(tmp_path), 1
     _, again = train_base(tc, None, tok, stream, None, quiet=True, chat=chat)

@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="scale of the diffusion loss on those rows' reply block (default 1)")
     t.add_argument("--chat-reply-uniform-t", action="store_const", const=True, default=None,
                    help="that reply block's mask ratio uniform (default Beta(2, 1))")
+    t.add_argument("--reply-rows", type=int, default=None,
+                   help="more rows per step: short conversation windows ending in a reply block")
+    t.add_argument("--reply-len", type=int, default=None)
     t.add_argument("--init", default=None,
                    help="continue from this checkpoint's weights (same tokenizer and shape)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -227,7 +230,8 @@ def _train_tiny(args) -> int:
     tc = TrainConfig(seed=args.seed)
     for name in ("steps", "lora_steps", "batch", "seq_len", "data_docs", "dlm_weight", "lr",
                  "warmup", "chat_rows", "chat_len", "chat_docs", "chat_weights", "chat_aligned",
-                 "chat_reply_weight", "chat_reply_uniform_t", "init"):
+                 "chat_reply_weight", "chat_reply_uniform_t", "reply_rows", "reply_len",
+                 "init"):
         v = getattr(args, name)
         if v is not None:
             setattr(tc, name, v)

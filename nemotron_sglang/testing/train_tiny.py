@@ -21,7 +21,10 @@ those windows end in a block that opens on a reply (``reply_starts``: the first 
 after the generation prompt), the layout a decoder's canvas has when it answers a chat request:
 its first slot the AR seed, the rest masked (the ``p_draft`` pattern) or partly committed; that
 block's diffusion loss is scaled by ``chat_reply_weight``, and with ``chat_reply_uniform_t`` its
-mask ratio is uniform (``train_objective.ReplyBlocks``).
+mask ratio is uniform (``train_objective.ReplyBlocks``). ``reply_rows`` more windows a step, each
+``reply_len`` tokens of conversation ending in such a block, spend the step's compute on replies
+(a direct question's whole conversation fits; a call's tool list may be cut, which the full
+windows keep showing).
 ``init`` continues from a checkpoint's weights (its tokenizer must be the corpus tokenizer up to
 reserved names).
 
@@ -96,6 +99,8 @@ class TrainConfig:
     chat_aligned: float = 0.0   # share of chat rows ending in a block that opens on a reply
     chat_reply_weight: float = 1.0   # that block's diffusion loss scaled by this
     chat_reply_uniform_t: bool = False   # that block's mask ratio uniform (else Beta(2, 1))
+    reply_rows: int = 0         # more rows per step: short windows ending in a reply's block
+    reply_len: int = 96         # their length (a direct question's conversation is ~30-60 tokens)
     init: str | None = None     # continue from this checkpoint's weights instead of a fresh init
 
     def model_config(self) -> NLDConfig:
@@ -168,6 +173,8 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
     masks = {b: dual_mask(L, b) for b, _ in tc.block_sizes}
     chat_masks = ({b: dual_mask(tc.chat_len, b) for b, _ in tc.block_sizes}
                   if chat is not None and tc.chat_rows else None)
+    reply_masks = ({b: dual_mask(tc.reply_len, b) for b, _ in tc.block_sizes}
+                   if chat is not None and tc.reply_rows else None)
     t0, last_save = time.time(), time.time()
     c0 = time.process_time()
     hist = []
@@ -189,6 +196,14 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
             chat_loss, _, _ = pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft,
                                         tc.dlm_weight, chat_masks[block], gen, reply)
             chat_loss.backward()
+        reply_loss = None
+        if reply_masks is not None:
+            at = (tc.reply_len // block - 1) * block
+            rows, aligned = chat.draw(g, tc.reply_rows, tc.reply_len + 1, 1.0, at)
+            reply = ReplyBlocks(aligned, at, tc.chat_reply_weight, tc.chat_reply_uniform_t)
+            reply_loss, _, _ = pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft,
+                                         tc.dlm_weight, reply_masks[block], gen, reply)
+            reply_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
@@ -197,6 +212,7 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
                    "ar": round(ar.item(), 4), "dlm": round(dlm.item(), 4),
                    "ema": round(ema, 4), "block": block, "lr": round(opt.param_groups[0]["lr"], 6),
                    **({} if chat_loss is None else {"chat": round(chat_loss.item(), 4)}),
+                   **({} if reply_loss is None else {"reply": round(reply_loss.item(), 4)}),
                    "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
             hist.append(rec)
             _log(log_path, rec, quiet)
