@@ -173,7 +173,16 @@ def test_aligned_chat_rows_open_a_block_on_a_reply():
     assert not all(at_reply(chat.batch(random.Random(3), 16, 97), 64))   # unaligned: by chance
     rows, aligned = chat.draw(random.Random(4), 16, 97, 0.5, 64)
     assert aligned.any() and not aligned.all() and all(at_reply(rows[aligned], 64))
-    assert reply_starts("<|im_start|>assistant\n<think></think>\n\nHi") == [39]
+    from transformers import PreTrainedTokenizerFast
+
+    from nemotron_sglang.core.tokenizer import CHAT_TEMPLATE
+    from nemotron_sglang.testing.train_data import generation_prompts
+    prompts = generation_prompts(PreTrainedTokenizerFast(tokenizer_object=tok,
+                                                         chat_template=CHAT_TEMPLATE))
+    assert prompts == ("<|im_start|>assistant\n<think></think>\n\n",
+                       "<|im_start|>assistant\n<think>\n")
+    turn = "<|im_start|>assistant\n<think></think>\n\nHi<|im_end|>\n"
+    assert reply_starts(turn + "<|im_start|>assistant\n<think>\nso", prompts) == [39, 82]
     text = "The quick brown fox jumps over the lazy dog."
     inside = next(a + 1 for a, b in tok.encode(text, add_special_tokens=False).offsets
                   if b - a > 1)                                   # a character inside a token

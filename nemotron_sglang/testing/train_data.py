@@ -21,6 +21,9 @@ from ..core.tokenizer import BOS_ID, EOS_ID
 from . import corpus
 
 
+_TRIES = 10000         # reply starts drawn before a window that fits none is refused
+
+
 class Stream:
     """Packed token stream of training documents with their start offsets (and, for
     conversations, the offsets where a generated reply starts: ``answers``)."""
@@ -68,9 +71,12 @@ class Stream:
         for _ in range(n):
             flags.append(aligned > 0 and g.random() < aligned)
             if flags[-1]:
-                s = -1
+                s, tries = -1, 0
                 while not 0 <= s <= limit:
-                    s = self.answers[g.randrange(len(self.answers))] - answer_at
+                    if tries == _TRIES:
+                        raise ValueError(f"no reply start fits a window of {length} at "
+                                         f"{answer_at} ({len(self.answers)} replies)")
+                    s, tries = self.answers[g.randrange(len(self.answers))] - answer_at, tries + 1
             elif g.random() < 0.5:
                 s = self.starts[g.randrange(len(self.starts) - 50)]
             else:
@@ -91,26 +97,40 @@ def chat_stream(tok, seed: int, n: int, weights: str | None = None) -> Stream:
     from . import chat_corpus
 
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=CHAT_TEMPLATE)
+    prompts = generation_prompts(hf)
     texts, marks = [], []
     for c in chat_corpus.conversations(seed * 1000 + 2, n,
                                         chat_corpus.kind_weights(weights)):
         text = hf.apply_chat_template(c["messages"], tools=c["tools"], tokenize=False)
         texts.append(text.removesuffix("<|im_end|>\n"))     # the stream appends the eos
-        marks.append(reply_starts(texts[-1]))
+        marks.append(reply_starts(texts[-1], prompts))
     return Stream(tok, seed, n, docs=texts, bos_share=0.0, marks=marks)
 
 
-_TURN = "<|im_start|>assistant\n"
-_PROMPT_ENDS = ("<think></think>\n\n", "<think>\n")   # generation prompt, thinking off / on
+def generation_prompts(hf) -> tuple[str, ...]:
+    """The generation prompts ``hf``'s chat template appends, thinking off and on (for the
+    committed template ``<|im_start|>assistant\\n<think></think>\\n\\n`` and
+    ``<|im_start|>assistant\\n<think>\\n``): what serving renders before a reply."""
+    msgs = [{"role": "user", "content": "?"}]
+    base = hf.apply_chat_template(msgs, tokenize=False)
+    out = []
+    for thinking in (False, True):
+        full = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                      enable_thinking=thinking)
+        if not full.startswith(base) or full == base:
+            raise ValueError("the chat template's generation prompt does not extend the chat")
+        out.append(full[len(base):])
+    return tuple(out)
 
 
-def reply_starts(text: str) -> list[int]:
+def reply_starts(text: str, prompts: tuple[str, ...]) -> list[int]:
     """Character offsets in a rendered conversation where each assistant reply's generated
-    part starts: right after the generation prompt SGLang's chat route renders for it
-    (``<|im_start|>assistant\\n`` + ``<think></think>\\n\\n``, or ``<think>\\n`` when it reasons)."""
-    out, i = [], text.find(_TURN)
+    part starts: right after one of the generation ``prompts`` (``generation_prompts``)."""
+    return sorted({i + len(p) for p in prompts for i in _find_all(text, p)})
+
+
+def _find_all(text: str, sub: str):
+    i = text.find(sub)
     while i >= 0:
-        j = i + len(_TURN)
-        out.append(j + next(len(p) for p in _PROMPT_ENDS if text.startswith(p, j)))
-        i = text.find(_TURN, j)
-    return out
+        yield i
+        i = text.find(sub, i + 1)
