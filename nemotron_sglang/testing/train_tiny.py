@@ -24,16 +24,15 @@ block's diffusion loss is scaled by ``chat_reply_weight``, and with ``chat_reply
 mask ratio is uniform (``train_objective.ReplyBlocks``). ``reply_rows`` more windows a step, each
 ``reply_len`` tokens of conversation ending in such a block, spend the step's compute on replies
 (a direct question's whole conversation fits; a call's tool list may be cut, which the full
-windows keep showing).
-``init`` continues from a checkpoint's weights (its tokenizer must be the corpus tokenizer up to
-reserved names).
+windows keep showing). ``init`` continues from a checkpoint's weights (its tokenizer must be the
+corpus tokenizer up to reserved names).
 
 Data: the training stream is ``corpus.documents(seed * 1000 + 1, data_docs)`` (below
 ``corpus.EVAL_SEED_BASE`` for training seeds 0..998, which :func:`train` enforces; the
 tokenizer's text is ``corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS)``); each document is
 ``[bos]? + text + [eos]`` (bos with probability 1/2), documents are packed, and half the windows
-start at a document start (position 0), half at a random offset. Everything is deterministic in ``seed`` (torch and ``random`` seeded; one thread
-recommended for bit-reproducibility). RoPE: YaRN with factor 8 and
+start at a document start (position 0), half at a random offset. Everything is deterministic in
+``seed`` (torch and ``random`` seeded; one thread recommended for bit-reproducibility). RoPE: YaRN with factor 8 and
 original_max_position_embeddings 512 (> the training length, so the llama-4 query scale is 1
 everywhere we train and evaluate); max_position_embeddings 4096.
 """
