@@ -32,9 +32,9 @@ Data: the training stream is ``corpus.documents(seed * 1000 + 1, data_docs)`` (b
 tokenizer's text is ``corpus.documents(TOKENIZER_SEED, TOKENIZER_DOCS)``); each document is
 ``[bos]? + text + [eos]`` (bos with probability 1/2), documents are packed, and half the windows
 start at a document start (position 0), half at a random offset. Everything is deterministic in
-``seed`` (torch and ``random`` seeded; one thread recommended for bit-reproducibility). RoPE: YaRN with factor 8 and
-original_max_position_embeddings 512 (> the training length, so the llama-4 query scale is 1
-everywhere we train and evaluate); max_position_embeddings 4096.
+``seed`` (torch and ``random`` seeded; one thread recommended for bit-reproducibility). RoPE:
+YaRN with factor 8 and original_max_position_embeddings 512 (> the training length, so the
+llama-4 query scale is 1 everywhere we train and evaluate); max_position_embeddings 4096.
 """
 
 from __future__ import annotations
@@ -174,6 +174,18 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
                   if chat is not None and tc.chat_rows else None)
     reply_masks = ({b: dual_mask(tc.reply_len, b) for b, _ in tc.block_sizes}
                    if chat is not None and tc.reply_rows else None)
+
+    def conversation_loss(block: int, n: int, length: int, aligned: float, by_block: dict):
+        """Backpropagate the loss of ``n`` conversation windows of ``length`` (``aligned`` of
+        them ending in a reply block) and return it."""
+        at = (length // block - 1) * block
+        rows, flags = chat.draw(g, n, length + 1, aligned, at)
+        reply = ReplyBlocks(flags, at, tc.chat_reply_weight, tc.chat_reply_uniform_t)
+        loss = pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft, tc.dlm_weight,
+                         by_block[block], gen, reply)[0]
+        loss.backward()
+        return loss
+
     t0, last_save = time.time(), time.time()
     c0 = time.process_time()
     hist = []
@@ -185,24 +197,14 @@ def train_base(tc: TrainConfig, out: Path | None, tok, stream: Stream, log_path:
             grp["lr"] = lr_at(step, tc.steps, tc.warmup, tc.lr, tc.min_lr)
         opt.zero_grad(set_to_none=True)
         loss, ar, dlm = pass_loss(model, clean[:, :L], clean[:, 1:], block, tc.p_draft,
-                                   tc.dlm_weight, masks[block], gen)
+                                  tc.dlm_weight, masks[block], gen)
         loss.backward()
-        chat_loss = None
+        chat_loss = reply_loss = None
         if chat_masks is not None:
-            at = (tc.chat_len // block - 1) * block
-            rows, aligned = chat.draw(g, tc.chat_rows, tc.chat_len + 1, tc.chat_aligned, at)
-            reply = ReplyBlocks(aligned, at, tc.chat_reply_weight, tc.chat_reply_uniform_t)
-            chat_loss, _, _ = pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft,
-                                        tc.dlm_weight, chat_masks[block], gen, reply)
-            chat_loss.backward()
-        reply_loss = None
+            chat_loss = conversation_loss(block, tc.chat_rows, tc.chat_len, tc.chat_aligned,
+                                          chat_masks)
         if reply_masks is not None:
-            at = (tc.reply_len // block - 1) * block
-            rows, aligned = chat.draw(g, tc.reply_rows, tc.reply_len + 1, 1.0, at)
-            reply = ReplyBlocks(aligned, at, tc.chat_reply_weight, tc.chat_reply_uniform_t)
-            reply_loss, _, _ = pass_loss(model, rows[:, :-1], rows[:, 1:], block, tc.p_draft,
-                                         tc.dlm_weight, reply_masks[block], gen, reply)
-            reply_loss.backward()
+            reply_loss = conversation_loss(block, tc.reply_rows, tc.reply_len, 1.0, reply_masks)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
